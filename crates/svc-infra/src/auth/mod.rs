@@ -1,0 +1,1 @@
+//! WebSocket authentication (being built: see issue 4).

@@ -1,0 +1,20 @@
+//! # svc-infra: production WebSocket infrastructure
+//!
+//! The Rust port of svc-infra's `svc_infra.websocket` module: an outbound
+//! [`WebSocketClient`](websocket::WebSocketClient) with auto-reconnect, a server-side
+//! [`ConnectionManager`](websocket::ConnectionManager) with rooms and broadcast on axum,
+//! JWT authentication for WebSocket routes, and `WS_*` environment configuration.
+//!
+//! | Feature | Default | What it adds |
+//! |---|---|---|
+//! | `client` | yes | [`websocket::WebSocketClient`], [`websocket::websocket_connect`] (tokio-tungstenite, rustls) |
+//! | `server` | yes | [`websocket::ConnectionManager`] and the axum integration |
+//! | `auth` | yes | [`auth`]: JWT / API-key authentication and the `ws_*_router` factories |
+//! | `redis` | no | The Redis pub/sub backplane for multi-instance deployments |
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod websocket;
+
+#[cfg(feature = "auth")]
+#[cfg_attr(docsrs, doc(cfg(feature = "auth")))]
+pub mod auth;
