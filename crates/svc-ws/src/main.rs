@@ -1,5 +1,45 @@
-//! `svc-ws`: the svc-infra-rs command line (gateway, client, dev tokens, load generator).
+//! `svc-ws`: the svc-infra-rs command line.
+//!
+//! Subcommands: `connect` (an interactive / pipe WebSocket client, like websocat),
+//! `bench` (the load generator behind `docs/benchmarks.md`); `serve` (the gateway) and
+//! `token` (development JWTs) are being built.
 
-fn main() {
-    eprintln!("svc-ws: subcommands are being built");
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod connect;
+
+#[derive(Debug, Parser)]
+#[command(name = "svc-ws", version, about = "svc-infra-rs WebSocket tools")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Connect to a WebSocket URL: stdin lines go out, messages come out on stdout.
+    Connect(connect::Args),
+    /// Load generator: echo, fanout and idle workloads against a bench_app-style server.
+    Bench(bench::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Connect(args) => connect::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    })
 }
