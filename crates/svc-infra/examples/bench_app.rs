@@ -1,0 +1,109 @@
+//! The common benchmark app (docs/benchmarks.md) and the Autobahn server endpoint.
+//!
+//! Run with:
+//! ```sh
+//! cargo run --release -p svc-infra --example bench_app -- --port 3000
+//! ```
+//!
+//! - `GET /ws/{user_id}`: registers with the `ConnectionManager`. A text message whose JSON
+//!   `"type"` is `"echo"` goes back unchanged to that connection only; `"broadcast"` goes
+//!   unchanged to every connection (sender included) through `manager.broadcast`; anything
+//!   else is ignored.
+//! - `GET /stats`: `{"connections": N}`.
+//! - `GET /echo`: echoes every text and binary message unchanged (64 MiB limit, for the
+//!   Autobahn suite).
+
+use std::{net::SocketAddr, time::Duration};
+
+use axum::{Json, Router, extract::Path, response::Response, routing::get};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use svc_infra::websocket::{
+    ConnectionManager, WebSocketConfig, WsManager, WsUpgrade, add_websocket_manager_with,
+};
+
+#[derive(Deserialize)]
+struct Kind<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<&'a str>,
+}
+
+async fn ws(ws: WsUpgrade, Path(user_id): Path<String>, WsManager(manager): WsManager) -> Response {
+    ws.on_upgrade(move |socket| async move {
+        let Ok(mut conn) = manager.connect(&user_id, socket).await else {
+            return;
+        };
+        while let Some(Ok(message)) = conn.recv().await {
+            let Some(text) = message.as_text() else {
+                continue;
+            };
+            match serde_json::from_str::<Kind<'_>>(text)
+                .ok()
+                .and_then(|k| k.kind)
+            {
+                Some("echo") if conn.send(&message).is_err() => break,
+                Some("broadcast") => {
+                    let _ = manager.broadcast(&message).await;
+                }
+                _ => {}
+            }
+        }
+    })
+}
+
+async fn echo(ws: WsUpgrade) -> Response {
+    ws.max_message_size(64 << 20)
+        .on_upgrade(|mut socket| async move {
+            while let Some(Ok(message)) = socket.recv().await {
+                if socket.send(message).is_err() {
+                    break;
+                }
+            }
+        })
+}
+
+async fn stats(WsManager(manager): WsManager) -> Json<Value> {
+    Json(json!({ "connections": manager.connection_count() }))
+}
+
+fn port() -> u16 {
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--port" {
+            if let Some(p) = args.next().and_then(|p| p.parse().ok()) {
+                return p;
+            }
+        } else if let Some(p) = arg.strip_prefix("--port=").and_then(|p| p.parse().ok()) {
+            return p;
+        }
+    }
+    std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(3000)
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    // Keepalive from WS_* (default 20 s); queue of 64 frames per connection for bursts.
+    let config = WebSocketConfig::from_env()
+        .map_err(std::io::Error::other)?
+        .with_max_queue_size(64);
+    let manager = ConnectionManager::new(config);
+    let app = Router::new()
+        .route("/ws/{user_id}", get(ws))
+        .route("/echo", get(echo))
+        .route("/stats", get(stats));
+    let app = add_websocket_manager_with(app, manager.clone());
+    let addr = SocketAddr::from(([127, 0, 0, 1], port()));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    eprintln!("bench_app listening on ws://{addr}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            manager
+                .shutdown(1001, "server shutting down", Duration::from_secs(5))
+                .await;
+        })
+        .await
+}

@@ -1,0 +1,19 @@
+//! The server side: our own RFC 6455 framing on top of axum's HTTP upgrade, the
+//! [`ConnectionManager`], and the axum integration.
+
+mod integration;
+mod manager;
+mod protocol;
+mod socket;
+mod upgrade;
+
+pub use integration::{
+    ManagerNotInstalled, WsManager, add_websocket_manager, add_websocket_manager_with,
+    get_ws_manager,
+};
+pub use manager::{
+    Connection, ConnectionHooks, ConnectionManager, IntoMessage, Json, ManagerStats, Metadata,
+    PreparedMessage, easy_websocket_manager,
+};
+pub use socket::{SlowConsumerPolicy, WebSocket};
+pub use upgrade::{WsUpgrade, WsUpgradeRejection};

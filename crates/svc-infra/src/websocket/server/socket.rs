@@ -1,0 +1,732 @@
+//! The server-side socket: one task reads (the handler calling [`WebSocket::recv`]), and
+//! anyone may send through the shared [`Outbound`], which writes straight to the socket
+//! when nothing is queued, so a broadcast needs no writer task and no wake-up per recipient.
+
+use std::{
+    borrow::Cow,
+    collections::VecDeque,
+    io::{self, IoSlice},
+    mem::MaybeUninit,
+    pin::Pin,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll, Waker, ready},
+    time::{Duration, Instant},
+};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::protocol::{self, Event, FrameParser, OP_PING, OP_PONG, Violation};
+use crate::websocket::{WebSocketConfig, WebSocketError, WebSocketMessage};
+
+pub(crate) type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+pub(crate) type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Stack buffer for one read; nothing is kept between reads unless a read ends mid-event.
+const READ_CHUNK: usize = 8 * 1024;
+/// At most this many queued frames go into one vectored write.
+const MAX_IOVECS: usize = 64;
+
+/// What to do with a message for a connection whose outgoing queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SlowConsumerPolicy {
+    /// Close the connection with 1013 (Try Again Later). The default: a client that cannot
+    /// keep up learns so, and reconnects when it can.
+    #[default]
+    Disconnect,
+    /// Drop the message that does not fit; the client misses it.
+    DropNewest,
+    /// Drop the oldest queued message to make room; the client misses that one.
+    DropOldest,
+}
+
+/// The result of handing a frame to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Push {
+    /// Written to the socket (or queued behind earlier frames).
+    Accepted,
+    /// The queue was full and the policy dropped a message (this one or an older one).
+    Dropped,
+    /// The queue was full and the connection is being closed with 1013.
+    Overflow,
+    /// The connection is closing or gone.
+    Closed,
+}
+
+/// Counters of the sending side, also used by keepalive.
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    state: Mutex<OutState>,
+    max_queue: usize,
+    policy: SlowConsumerPolicy,
+    /// Milliseconds since [`clock_origin`] of the last frame received from the peer.
+    pub(crate) last_seen: AtomicU64,
+    /// When our outstanding keepalive ping went out (µs since origin), 0 if none is.
+    pub(crate) ping_sent: AtomicU64,
+    /// Round trip of the last answered ping, microseconds.
+    pub(crate) latency_us: AtomicU64,
+}
+
+struct OutState {
+    writer: Option<BoxWrite>,
+    queue: VecDeque<Bytes>,
+    /// The reading task, woken when there is something to flush or a close to perform.
+    waker: Option<Waker>,
+    /// A close frame went into the queue; nothing else may follow it.
+    close_queued: bool,
+    /// Set by others (manager disconnect, keepalive, overflow, shutdown): close with this.
+    kill: Option<(u16, Cow<'static, str>)>,
+    /// The write side failed; the connection is dead.
+    broken: bool,
+}
+
+impl std::fmt::Debug for OutState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutState")
+            .field("queued", &self.queue.len())
+            .field("close_queued", &self.close_queued)
+            .field("kill", &self.kill)
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The instant all millisecond timestamps count from.
+pub(crate) fn clock_origin() -> Instant {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+/// Milliseconds since [`clock_origin`] (at least 1, so 0 can mean "never").
+pub(crate) fn now_ms() -> u64 {
+    clock_origin().elapsed().as_millis() as u64 + 1
+}
+
+/// Microseconds since [`clock_origin`] (at least 1).
+pub(crate) fn now_us() -> u64 {
+    clock_origin().elapsed().as_micros() as u64 + 1
+}
+
+impl Outbound {
+    pub(crate) fn new(writer: BoxWrite, max_queue: usize, policy: SlowConsumerPolicy) -> Self {
+        Self {
+            state: Mutex::new(OutState {
+                writer: Some(writer),
+                queue: VecDeque::new(),
+                waker: None,
+                close_queued: false,
+                kill: None,
+                broken: false,
+            }),
+            max_queue,
+            policy,
+            last_seen: AtomicU64::new(now_ms()),
+            ping_sent: AtomicU64::new(0),
+            latency_us: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, OutState> {
+        // A panic while holding this lock cannot leave the state half-updated in a way that
+        // matters more than losing the connection, so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands a complete frame to the connection without ever waiting: written now if
+    /// nothing is queued and the socket takes it, else queued (bounded by the policy).
+    pub(crate) fn push(&self, frame: Bytes) -> Push {
+        let mut st = self.lock();
+        if st.close_queued || st.broken || st.kill.is_some() {
+            return Push::Closed;
+        }
+        if st.queue.is_empty() {
+            return match st.write_now(frame) {
+                Ok(()) => Push::Accepted,
+                Err(()) => Push::Closed,
+            };
+        }
+        if st.queue.len() >= self.max_queue {
+            match self.policy {
+                SlowConsumerPolicy::DropNewest => return Push::Dropped,
+                SlowConsumerPolicy::DropOldest => {
+                    // The front frame may be partly written: it must go out whole.
+                    if st.queue.len() > 1 {
+                        st.queue.remove(1);
+                    }
+                    st.queue.push_back(frame);
+                    return Push::Dropped;
+                }
+                SlowConsumerPolicy::Disconnect => {
+                    st.kill = Some((1013, Cow::Borrowed("slow consumer")));
+                    st.wake();
+                    return Push::Overflow;
+                }
+            }
+        }
+        st.queue.push_back(frame);
+        Push::Accepted
+    }
+
+    /// Queues a control frame (pong, ping) past the bound: control frames are tiny and the
+    /// peer is owed them. Returns false if the connection is closing.
+    pub(crate) fn push_control(&self, frame: Bytes) -> bool {
+        let mut st = self.lock();
+        if st.close_queued || st.broken {
+            return false;
+        }
+        if st.queue.is_empty() {
+            return st.write_now(frame).is_ok();
+        }
+        st.queue.push_back(frame);
+        true
+    }
+
+    /// Asks the reading task to close the connection with `code`; the first request wins.
+    pub(crate) fn kill(&self, code: u16, reason: impl Into<Cow<'static, str>>) {
+        let mut st = self.lock();
+        if st.kill.is_none() && !st.close_queued {
+            st.kill = Some((code, reason.into()));
+        }
+        st.wake();
+    }
+
+    /// Queues the close frame, once; later calls do nothing.
+    fn queue_close(&self, code: u16, reason: &str) {
+        self.queue_close_frame(protocol::encode_close(code, reason));
+    }
+
+    /// Queues a close frame without a status code (the reply to an empty close).
+    fn queue_close_empty(&self) {
+        self.queue_close_frame(protocol::encode_frame(protocol::OP_CLOSE, &[]));
+    }
+
+    fn queue_close_frame(&self, frame: Bytes) {
+        let mut st = self.lock();
+        if st.close_queued || st.broken {
+            return;
+        }
+        st.close_queued = true;
+        if st.queue.is_empty() {
+            let _ = st.write_now(frame);
+        } else {
+            st.queue.push_back(frame);
+        }
+    }
+
+    fn take_kill(&self) -> Option<(u16, Cow<'static, str>)> {
+        self.lock().kill.take()
+    }
+
+    /// Writes queued frames until the queue is empty (Ready) or the socket is full (Pending,
+    /// with the task's waker registered).
+    fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut st = self.lock();
+        match &st.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => st.waker = Some(cx.waker().clone()),
+        }
+        st.poll_drain(cx)
+    }
+
+    /// Sends FIN after everything queued was written.
+    fn poll_shutdown(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut st = self.lock();
+        ready!(st.poll_drain(cx))?;
+        match st.writer.as_mut() {
+            Some(w) => Pin::new(w).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    /// Drops the write half: the socket closes once the read half is gone too.
+    pub(crate) fn release(&self) {
+        let mut st = self.lock();
+        st.writer = None;
+        st.queue = VecDeque::new();
+        st.broken = true;
+    }
+
+    /// Whether the connection has started closing or failed.
+    pub(crate) fn is_closing(&self) -> bool {
+        let st = self.lock();
+        st.close_queued || st.broken || st.kill.is_some()
+    }
+}
+
+impl OutState {
+    fn wake(&mut self) {
+        if let Some(w) = &self.waker {
+            w.wake_by_ref();
+        }
+    }
+
+    /// Tries to write `frame` at once; whatever the socket does not take is queued and the
+    /// reading task is woken to finish the job.
+    fn write_now(&mut self, mut frame: Bytes) -> Result<(), ()> {
+        let Some(writer) = self.writer.as_mut() else {
+            self.broken = true;
+            return Err(());
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        while !frame.is_empty() {
+            match Pin::new(&mut *writer).poll_write(&mut cx, &frame) {
+                Poll::Ready(Ok(0) | Err(_)) => {
+                    self.broken = true;
+                    self.wake();
+                    return Err(());
+                }
+                Poll::Ready(Ok(n)) => frame.advance(n),
+                Poll::Pending => {
+                    self.queue.push_back(frame);
+                    self.wake();
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.broken {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let Some(writer) = self.writer.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        while !self.queue.is_empty() {
+            let result = if self.queue.len() == 1 || !writer.is_write_vectored() {
+                Pin::new(&mut *writer).poll_write(cx, &self.queue[0])
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let n = self.queue.len().min(MAX_IOVECS);
+                for (slot, frame) in slices.iter_mut().zip(self.queue.iter()) {
+                    *slot = IoSlice::new(frame);
+                }
+                Pin::new(&mut *writer).poll_write_vectored(cx, &slices[..n])
+            };
+            match result {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    self.broken = true;
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Err(e)) => {
+                    self.broken = true;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Ready(Ok(mut n)) => {
+                    while n > 0 {
+                        let front = &mut self.queue[0];
+                        if n >= front.len() {
+                            n -= front.len();
+                            self.queue.pop_front();
+                        } else {
+                            front.advance(n);
+                            n = 0;
+                        }
+                    }
+                }
+            }
+        }
+        if self.queue.capacity() > 16 {
+            self.queue = VecDeque::new(); // give a burst's memory back
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// We sent a close frame and wait for the peer's (bounded by `close_timeout`).
+    Closing,
+    Closed,
+}
+
+/// A server-side WebSocket connection after the upgrade.
+///
+/// Call [`recv`](Self::recv) in a loop: it returns the next message and, while it waits,
+/// answers pings, flushes what others queued, and performs the closing handshake. It
+/// returns `None` once the connection is closed; [`close_code`](Self::close_code) then says
+/// how. Most applications hand the socket to
+/// [`ConnectionManager::connect`](crate::websocket::ConnectionManager::connect) instead of
+/// using it directly.
+pub struct WebSocket {
+    reader: BoxRead,
+    /// Bytes read but not parsed yet (only when a read ended mid-event).
+    leftover: Bytes,
+    parser: FrameParser,
+    out: Arc<Outbound>,
+    phase: Phase,
+    /// The peer's close frame arrived (or we answered one): only the TCP close is left.
+    peer_closed: bool,
+    /// We failed the connection: send close, FIN, then discard input until EOF.
+    draining: bool,
+    fin_sent: bool,
+    close_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    close_timeout: Duration,
+    /// The close code and reason, once known (received, sent, or 1006 for a drop).
+    closed_with: Option<(u16, String)>,
+    /// An error to hand out once the close after it is done.
+    pending_error: Option<WebSocketError>,
+    max_message_size: usize,
+    protocol: Option<String>,
+}
+
+impl std::fmt::Debug for WebSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSocket")
+            .field("phase", &self.phase)
+            .field("protocol", &self.protocol)
+            .field("closed_with", &self.closed_with)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebSocket {
+    pub(crate) fn new(
+        reader: BoxRead,
+        writer: BoxWrite,
+        already_read: Bytes,
+        config: &WebSocketConfig,
+        policy: SlowConsumerPolicy,
+        protocol: Option<String>,
+    ) -> Self {
+        Self {
+            reader,
+            leftover: already_read,
+            parser: FrameParser::new(config.max_message_size),
+            out: Arc::new(Outbound::new(writer, config.max_queue_size, policy)),
+            phase: Phase::Open,
+            peer_closed: false,
+            draining: false,
+            fin_sent: false,
+            close_deadline: None,
+            close_timeout: config.close_timeout,
+            closed_with: None,
+            pending_error: None,
+            max_message_size: config.max_message_size,
+            protocol,
+        }
+    }
+
+    pub(crate) fn outbound(&self) -> &Arc<Outbound> {
+        &self.out
+    }
+
+    /// The subprotocol selected in the handshake, if any.
+    pub fn protocol(&self) -> Option<&str> {
+        self.protocol.as_deref()
+    }
+
+    /// The close code and reason once the connection is closed: as received from the peer,
+    /// as we sent it, or `(1006, "")` when the peer vanished without a close frame.
+    pub fn close_code(&self) -> Option<(u16, &str)> {
+        self.closed_with.as_ref().map(|(c, r)| (*c, r.as_str()))
+    }
+
+    /// Whether the connection is open (no close started on either side).
+    pub fn is_open(&self) -> bool {
+        self.phase == Phase::Open && !self.out.is_closing()
+    }
+
+    /// Round trip of the last answered keepalive ping.
+    pub fn latency(&self) -> Option<Duration> {
+        match self.out.latency_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    /// Receives the next message. `None` once the connection is closed. An `Err` reports
+    /// why we closed it (message too large: 1009; invalid UTF-8: 1007; protocol
+    /// violation: 1002; slow consumer: 1013); the close is already done when it is returned.
+    pub async fn recv(&mut self) -> Option<Result<WebSocketMessage, WebSocketError>> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Sends a message. Never waits for the socket: the frame is written now or queued; a
+    /// full queue applies the slow-consumer policy.
+    pub fn send(&self, message: impl Into<WebSocketMessage>) -> Result<(), WebSocketError> {
+        let message = message.into();
+        if message.len() > self.max_message_size {
+            return Err(WebSocketError::MessageTooLarge {
+                size: message.len(),
+                limit: self.max_message_size,
+            });
+        }
+        let opcode = if message.is_text() {
+            protocol::OP_TEXT
+        } else {
+            protocol::OP_BINARY
+        };
+        let frame = protocol::encode_frame(opcode, message.as_bytes());
+        self.send_frame(frame)
+    }
+
+    pub(crate) fn send_frame(&self, frame: Bytes) -> Result<(), WebSocketError> {
+        match self.out.push(frame) {
+            Push::Accepted => Ok(()),
+            Push::Dropped => Ok(()),
+            Push::Overflow => Err(WebSocketError::closed(1013, "slow consumer")),
+            Push::Closed => Err(WebSocketError::closed(
+                self.closed_with.as_ref().map_or(1006, |c| c.0),
+                "connection is closing",
+            )),
+        }
+    }
+
+    /// Closes the connection: sends the close frame, waits (up to `close_timeout`) for the
+    /// peer's, then closes the socket. Messages still arriving meanwhile are discarded.
+    pub async fn close(&mut self, code: u16, reason: &str) {
+        if self.phase == Phase::Open {
+            self.start_close(code, reason);
+        }
+        while self.recv().await.is_some() {}
+    }
+
+    fn start_close(&mut self, code: u16, reason: &str) {
+        self.out.queue_close(code, reason);
+        if self.closed_with.is_none() {
+            self.closed_with = Some((code, reason.to_owned()));
+        }
+        self.phase = Phase::Closing;
+        self.close_deadline = Some(Box::pin(tokio::time::sleep(self.close_timeout)));
+    }
+
+    fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        loop {
+            let mut buf = ReadBuf::uninit(&mut chunk);
+            match Pin::new(&mut self.reader).poll_read(cx, &mut buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
+                Poll::Ready(_) => return Poll::Ready(()),
+            }
+        }
+    }
+
+    fn fail(&mut self, violation: Violation) {
+        self.pending_error = Some(match violation.code {
+            1009 => WebSocketError::MessageTooLarge {
+                size: self.max_message_size + 1,
+                limit: self.max_message_size,
+            },
+            _ => WebSocketError::Protocol(violation.reason.to_owned()),
+        });
+        self.start_close(violation.code, violation.reason);
+        self.leftover = Bytes::new();
+        self.draining = true;
+    }
+
+    fn finish(&mut self) -> Poll<Option<Result<WebSocketMessage, WebSocketError>>> {
+        self.phase = Phase::Closed;
+        self.close_deadline = None;
+        self.leftover = Bytes::new();
+        self.out.release();
+        if self.closed_with.is_none() {
+            self.closed_with = Some((1006, String::new()));
+        }
+        Poll::Ready(self.pending_error.take().map(Err))
+    }
+
+    fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<WebSocketMessage, WebSocketError>>> {
+        loop {
+            match self.phase {
+                Phase::Closed => return Poll::Ready(self.pending_error.take().map(Err)),
+                Phase::Open => {
+                    if let Some((code, reason)) = self.out.take_kill() {
+                        if code == 1013 {
+                            self.pending_error = Some(WebSocketError::closed(1013, reason.clone()));
+                        }
+                        self.start_close(code, &reason);
+                        continue;
+                    }
+                }
+                Phase::Closing => {
+                    let expired = self
+                        .close_deadline
+                        .as_mut()
+                        .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                    if expired {
+                        return self.finish();
+                    }
+                }
+            }
+
+            // Flush what is queued; a write error means the peer is gone.
+            if let Poll::Ready(Err(_)) = self.out.poll_flush(cx) {
+                return self.finish();
+            }
+
+            if self.peer_closed || self.draining {
+                // The server closes TCP first (RFC 6455 §7.1.1): FIN once everything is out.
+                if !self.fin_sent {
+                    if self.out.poll_shutdown(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    self.fin_sent = true;
+                }
+                if self.peer_closed {
+                    return self.finish();
+                }
+                // After a protocol violation the input is garbage: discard it until the
+                // peer closes too (or the close deadline passes), so it sees a clean close.
+                return match self.poll_discard(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(()) => self.finish(),
+                };
+            }
+
+            // Parse what was read before, then read more.
+            let event = if !self.leftover.is_empty() {
+                match self.parser.feed(&self.leftover) {
+                    Ok((n, ev)) => {
+                        self.leftover.advance(n);
+                        ev
+                    }
+                    Err(v) => {
+                        self.leftover = Bytes::new();
+                        self.fail(v);
+                        continue;
+                    }
+                }
+            } else {
+                match self.poll_read_event(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(Some(ev))) => Some(ev),
+                    // EOF or a read error: the peer is gone.
+                    Poll::Ready(Ok(None) | Err(ReadError::Io)) => {
+                        return self.finish();
+                    }
+                    Poll::Ready(Err(ReadError::Violation(v))) => {
+                        self.fail(v);
+                        continue;
+                    }
+                }
+            };
+            let Some(event) = event else { continue };
+            self.out.last_seen.store(now_ms(), Ordering::Relaxed);
+            match event {
+                Event::Text(bytes) if self.phase == Phase::Open => {
+                    match WebSocketMessage::text_from_bytes(bytes) {
+                        Ok(m) => return Poll::Ready(Some(Ok(m.received_now()))),
+                        Err(_) => self.fail(Violation {
+                            code: 1007,
+                            reason: "invalid UTF-8 in a text message",
+                        }),
+                    }
+                }
+                Event::Binary(bytes) if self.phase == Phase::Open => {
+                    return Poll::Ready(Some(Ok(WebSocketMessage::binary(bytes).received_now())));
+                }
+                Event::Text(_) | Event::Binary(_) => {} // closing: discard
+                Event::Ping(payload) => {
+                    if self.phase == Phase::Open {
+                        self.out
+                            .push_control(protocol::encode_frame(OP_PONG, &payload));
+                    }
+                }
+                Event::Pong(_) => self.out.pong_received(),
+                Event::Close(frame) => {
+                    if self.phase == Phase::Open {
+                        // Echo the peer's code (RFC 6455 §5.5.1).
+                        match &frame {
+                            Some((code, _)) => {
+                                self.out.queue_close(*code, "");
+                            }
+                            None => self.out.queue_close_empty(),
+                        }
+                        self.closed_with = Some(frame.unwrap_or((1005, String::new())));
+                        self.phase = Phase::Closing;
+                        self.close_deadline =
+                            Some(Box::pin(tokio::time::sleep(self.close_timeout)));
+                    }
+                    self.peer_closed = true;
+                }
+            }
+        }
+    }
+
+    fn poll_read_event(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Event>, ReadError>> {
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        loop {
+            let mut buf = ReadBuf::uninit(&mut chunk);
+            match Pin::new(&mut self.reader).poll_read(cx, &mut buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(ReadError::Io)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let data = buf.filled();
+            if data.is_empty() {
+                return Poll::Ready(Ok(None));
+            }
+            let mut pos = 0;
+            while pos < data.len() {
+                let (n, event) = self
+                    .parser
+                    .feed(&data[pos..])
+                    .map_err(ReadError::Violation)?;
+                pos += n;
+                if let Some(event) = event {
+                    if pos < data.len() {
+                        self.leftover = Bytes::copy_from_slice(&data[pos..]);
+                    }
+                    return Poll::Ready(Ok(Some(event)));
+                }
+            }
+            // The whole chunk went into a partial frame: read on.
+        }
+    }
+}
+
+enum ReadError {
+    Io,
+    Violation(Violation),
+}
+
+impl Outbound {
+    /// Sends a keepalive ping (a shared, pre-built frame) unless one is outstanding.
+    pub(crate) fn send_ping(&self, frame: &Bytes) -> bool {
+        let now = now_us();
+        if self
+            .ping_sent
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return true; // still waiting for the last one
+        }
+        self.push_control(frame.clone())
+    }
+
+    /// A pong arrived: the round trip of the outstanding ping, if any, is the latency.
+    fn pong_received(&self) {
+        let sent = self.ping_sent.swap(0, Ordering::Relaxed);
+        if sent != 0 {
+            let rtt = now_us().saturating_sub(sent).max(1);
+            self.latency_us.store(rtt, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The keepalive ping frame every connection gets (empty payload), built once.
+pub(crate) fn ping_frame() -> Bytes {
+    protocol::encode_frame(OP_PING, &[])
+}
+
+impl Drop for WebSocket {
+    fn drop(&mut self) {
+        if self.phase != Phase::Closed {
+            // Best effort: tell the peer, then let the socket go.
+            self.out.queue_close(1000, "");
+            self.out.release();
+        }
+    }
+}

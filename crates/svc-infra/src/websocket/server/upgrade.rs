@@ -1,0 +1,281 @@
+//! [`WsUpgrade`]: the axum extractor that turns an HTTP/1.1 upgrade request into a
+//! [`WebSocket`] running on our own framing.
+
+use axum::{
+    body::Body,
+    extract::FromRequestParts,
+    http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header, request::Parts},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::{
+    manager::ConnectionManager,
+    socket::{BoxRead, BoxWrite, SlowConsumerPolicy, WebSocket},
+};
+use crate::websocket::WebSocketConfig;
+
+/// Extractor for a WebSocket upgrade request, answered with [`WsUpgrade::on_upgrade`].
+///
+/// Limits (`max_message_size`, `max_queue_size`, `close_timeout`) come from the
+/// [`ConnectionManager`] installed with
+/// [`add_websocket_manager`](crate::websocket::add_websocket_manager) if there is one,
+/// otherwise from [`WebSocketConfig::default`]; [`config`](Self::config) overrides them.
+///
+/// ```no_run
+/// use axum::{Router, routing::get, response::Response};
+/// use svc_infra::websocket::WsUpgrade;
+///
+/// async fn echo(ws: WsUpgrade) -> Response {
+///     ws.on_upgrade(|mut socket| async move {
+///         while let Some(Ok(msg)) = socket.recv().await {
+///             if socket.send(msg).is_err() {
+///                 break;
+///             }
+///         }
+///     })
+/// }
+/// let app: Router = Router::new().route("/echo", get(echo));
+/// ```
+pub struct WsUpgrade {
+    key: HeaderValue,
+    offered: Vec<String>,
+    selected: Option<String>,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    config: WebSocketConfig,
+    policy: SlowConsumerPolicy,
+}
+
+impl std::fmt::Debug for WsUpgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsUpgrade")
+            .field("offered", &self.offered)
+            .field("selected", &self.selected)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WsUpgrade {
+    /// The subprotocols the client offered, in its order.
+    pub fn offered_protocols(&self) -> &[String] {
+        &self.offered
+    }
+
+    /// Selects the first of `supported` that the client offered (its name goes in the
+    /// `Sec-WebSocket-Protocol` response header). Browsers fail the handshake when they
+    /// offered protocols and none is selected.
+    pub fn protocols<I, P>(mut self, supported: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<str>,
+    {
+        self.selected = supported.into_iter().find_map(|p| {
+            let p = p.as_ref();
+            self.offered
+                .iter()
+                .find(|o| o.eq_ignore_ascii_case(p))
+                .cloned()
+        });
+        self
+    }
+
+    /// Replaces the limits for this connection.
+    pub fn config(mut self, config: WebSocketConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the largest message accepted from or sent to this client.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.config.max_message_size = bytes;
+        self
+    }
+
+    /// Answers the request with `101 Switching Protocols` and runs `callback` with the
+    /// socket once the client has it.
+    #[must_use = "the returned response completes the handshake"]
+    pub fn on_upgrade<C, Fut>(self, callback: C) -> Response
+    where
+        C: FnOnce(WebSocket) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let Self {
+            key,
+            selected,
+            on_upgrade,
+            config,
+            policy,
+            ..
+        } = self;
+        let protocol = selected.clone();
+        tokio::spawn(async move {
+            let upgraded = match tokio::time::timeout(config.open_timeout, on_upgrade).await {
+                Ok(Ok(upgraded)) => upgraded,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "websocket upgrade failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("websocket upgrade timed out");
+                    return;
+                }
+            };
+            let (reader, writer, already_read) = split_upgraded(upgraded);
+            let socket = WebSocket::new(reader, writer, already_read, &config, policy, protocol);
+            callback(socket).await;
+        });
+
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        if let Ok(v) = HeaderValue::from_str(&accept) {
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+        }
+        if let Some(p) = selected.and_then(|p| HeaderValue::from_str(&p).ok()) {
+            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+        }
+        response
+    }
+}
+
+/// Splits the upgraded connection. A plain TCP stream (what `axum::serve` gives) splits
+/// without a lock; anything else (TLS, tests) goes through `tokio::io::split`.
+fn split_upgraded(upgraded: hyper::upgrade::Upgraded) -> (BoxRead, BoxWrite, Bytes) {
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let tcp = parts.io.into_inner();
+            let _ = tcp.set_nodelay(true);
+            let (r, w) = tcp.into_split();
+            (Box::new(r), Box::new(w), parts.read_buf)
+        }
+        Err(upgraded) => {
+            let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+            (Box::new(r), Box::new(w), Bytes::new())
+        }
+    }
+}
+
+/// Why a request could not be upgraded (HTTP 400 or 426, with a short text body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WsUpgradeRejection {
+    /// Not a `GET` request.
+    MethodNotGet,
+    /// Not HTTP/1.1.
+    InvalidHttpVersion,
+    /// `Connection` does not contain `upgrade`.
+    InvalidConnectionHeader,
+    /// `Upgrade` is not `websocket`.
+    InvalidUpgradeHeader,
+    /// `Sec-WebSocket-Version` is not `13`.
+    InvalidWebSocketVersion,
+    /// `Sec-WebSocket-Key` is missing.
+    MissingWebSocketKey,
+    /// The connection cannot be upgraded (not served by hyper, or already taken).
+    ConnectionNotUpgradable,
+}
+
+impl std::fmt::Display for WsUpgradeRejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::MethodNotGet => "Request method must be `GET`",
+            Self::InvalidHttpVersion => "HTTP version not supported",
+            Self::InvalidConnectionHeader => "Connection header did not include 'upgrade'",
+            Self::InvalidUpgradeHeader => "`Upgrade` header did not include 'websocket'",
+            Self::InvalidWebSocketVersion => "`Sec-WebSocket-Version` header did not include '13'",
+            Self::MissingWebSocketKey => "`Sec-WebSocket-Key` header missing",
+            Self::ConnectionNotUpgradable => "WebSocket request couldn't be upgraded",
+        })
+    }
+}
+
+impl std::error::Error for WsUpgradeRejection {}
+
+impl IntoResponse for WsUpgradeRejection {
+    fn into_response(self) -> Response {
+        let status = match self {
+            Self::MethodNotGet => StatusCode::METHOD_NOT_ALLOWED,
+            Self::ConnectionNotUpgradable => StatusCode::UPGRADE_REQUIRED,
+            Self::InvalidWebSocketVersion => {
+                let mut r = (StatusCode::UPGRADE_REQUIRED, self.to_string()).into_response();
+                r.headers_mut().insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
+                return r;
+            }
+            _ => StatusCode::BAD_REQUEST,
+        };
+        (status, self.to_string()).into_response()
+    }
+}
+
+fn header_contains(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|part| part.trim().eq_ignore_ascii_case(token))
+        })
+    })
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
+    type Rejection = WsUpgradeRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        if parts.method != Method::GET {
+            return Err(WsUpgradeRejection::MethodNotGet);
+        }
+        if parts.version != Version::HTTP_11 {
+            return Err(WsUpgradeRejection::InvalidHttpVersion);
+        }
+        if !header_contains(&parts.headers, header::CONNECTION, "upgrade") {
+            return Err(WsUpgradeRejection::InvalidConnectionHeader);
+        }
+        if !header_contains(&parts.headers, header::UPGRADE, "websocket") {
+            return Err(WsUpgradeRejection::InvalidUpgradeHeader);
+        }
+        if parts
+            .headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_none_or(|v| v.as_bytes() != b"13")
+        {
+            return Err(WsUpgradeRejection::InvalidWebSocketVersion);
+        }
+        let key = parts
+            .headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .cloned()
+            .ok_or(WsUpgradeRejection::MissingWebSocketKey)?;
+        let on_upgrade = parts
+            .extensions
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .ok_or(WsUpgradeRejection::ConnectionNotUpgradable)?;
+        let offered = parts
+            .headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect();
+        let (config, policy) = match parts.extensions.get::<ConnectionManager>() {
+            Some(m) => (m.config().clone(), m.slow_consumer_policy()),
+            None => (WebSocketConfig::default(), SlowConsumerPolicy::default()),
+        };
+        Ok(Self {
+            key,
+            offered,
+            selected: None,
+            on_upgrade,
+            config,
+            policy,
+        })
+    }
+}
