@@ -448,7 +448,7 @@ mod tests {
             vec![Event::Close(None)]
         );
         for bad in [
-            &[3u8, 0xe8][..],
+            &[3u8, 0xec][..], // 1004 is reserved
             &[0x03],
             &[0x03, 0xed],
             &[0x03, 0xe8, 0xff],
