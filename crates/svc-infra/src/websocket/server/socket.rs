@@ -171,8 +171,9 @@ impl Outbound {
         Push::Accepted
     }
 
-    /// Queues a control frame (pong, ping) past the bound: control frames are tiny and the
-    /// peer is owed them. Returns false if the connection is closing.
+    /// Queues a control frame (pong, ping). When the queue is already full the frame is
+    /// skipped: RFC 6455 §5.5.3 lets us answer only the latest ping, and a peer that floods
+    /// pings without reading must not grow our memory. Returns false if closing.
     pub(crate) fn push_control(&self, frame: Bytes) -> bool {
         let mut st = self.lock();
         if st.close_queued || st.broken {
@@ -181,7 +182,9 @@ impl Outbound {
         if st.queue.is_empty() {
             return st.write_now(frame).is_ok();
         }
-        st.queue.push_back(frame);
+        if st.queue.len() < self.max_queue {
+            st.queue.push_back(frame);
+        }
         true
     }
 
@@ -375,6 +378,8 @@ pub struct WebSocket {
     pending_error: Option<WebSocketError>,
     max_message_size: usize,
     protocol: Option<String>,
+    /// This is the background close of a dropped socket.
+    lingering: bool,
 }
 
 impl std::fmt::Debug for WebSocket {
@@ -411,6 +416,7 @@ impl WebSocket {
             pending_error: None,
             max_message_size: config.max_message_size,
             protocol,
+            lingering: false,
         }
     }
 
@@ -527,6 +533,7 @@ impl WebSocket {
         self.phase = Phase::Closed;
         self.close_deadline = None;
         self.leftover = Bytes::new();
+        self.reader = Box::new(tokio::io::empty());
         self.out.release();
         if self.closed_with.is_none() {
             self.closed_with = Some((1006, String::new()));
@@ -539,8 +546,13 @@ impl WebSocket {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<WebSocketMessage, WebSocketError>>> {
         loop {
+            // An error that started a close is reported at once; later calls finish the
+            // close (or `Drop` does, in the background).
+            if let Some(e) = self.pending_error.take() {
+                return Poll::Ready(Some(Err(e)));
+            }
             match self.phase {
-                Phase::Closed => return Poll::Ready(self.pending_error.take().map(Err)),
+                Phase::Closed => return Poll::Ready(None),
                 Phase::Open => {
                     if let Some((code, reason)) = self.out.take_kill() {
                         if code == 1013 {
@@ -722,11 +734,43 @@ pub(crate) fn ping_frame() -> Bytes {
 }
 
 impl Drop for WebSocket {
+    /// A socket dropped before it closed still closes properly: the close frame (1000 if
+    /// none was sent) goes out and the closing handshake finishes in the background,
+    /// bounded by `close_timeout`. Without a runtime the socket is just released.
     fn drop(&mut self) {
-        if self.phase != Phase::Closed {
-            // Best effort: tell the peer, then let the socket go.
-            self.out.queue_close(1000, "");
-            self.out.release();
+        if self.phase == Phase::Closed {
+            return;
         }
+        if self.lingering {
+            // Already the background close, being dropped (runtime shutting down).
+            self.out.release();
+            return;
+        }
+        if self.phase == Phase::Open {
+            self.start_close(1000, "");
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.out.release();
+            return;
+        };
+        let mut rest = WebSocket {
+            reader: std::mem::replace(&mut self.reader, Box::new(tokio::io::empty())),
+            leftover: std::mem::take(&mut self.leftover),
+            parser: std::mem::replace(&mut self.parser, FrameParser::new(0)),
+            out: self.out.clone(),
+            phase: self.phase,
+            peer_closed: self.peer_closed,
+            draining: self.draining,
+            fin_sent: self.fin_sent,
+            close_deadline: self.close_deadline.take(),
+            close_timeout: self.close_timeout,
+            closed_with: self.closed_with.take(),
+            pending_error: None,
+            max_message_size: self.max_message_size,
+            protocol: None,
+            lingering: true,
+        };
+        self.phase = Phase::Closed;
+        runtime.spawn(async move { while rest.recv().await.is_some() {} });
     }
 }
