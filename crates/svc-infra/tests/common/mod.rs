@@ -51,7 +51,7 @@ pub async fn next_text(ws: &mut Client) -> String {
     loop {
         match within("next message", ws.next()).await {
             Some(Ok(Message::Text(t))) => return t.to_string(),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
             other => panic!("expected a text message, got {other:?}"),
         }
     }
@@ -64,7 +64,7 @@ pub async fn next_close(ws: &mut Client) -> Option<(u16, String)> {
             Some(Ok(Message::Close(frame))) => {
                 return frame.map(|CloseFrame { code, reason }| (code.into(), reason.to_string()));
             }
-            Some(Ok(_)) => continue,
+            Some(Ok(_)) => {}
             Some(Err(e)) => panic!("error before the close frame: {e}"),
             None => panic!("stream ended without a close frame"),
         }
