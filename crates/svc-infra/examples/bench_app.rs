@@ -97,7 +97,7 @@ async fn main() -> std::io::Result<()> {
     let app = add_websocket_manager_with(app, manager.clone());
     let addr = SocketAddr::from(([127, 0, 0, 1], port()));
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    eprintln!("bench_app listening on ws://{addr}");
+    eprintln!("bench_app listening on ws://{}", listener.local_addr()?);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = tokio::signal::ctrl_c().await;

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, every unit and integration test
+# (real sockets, real servers), and the Autobahn conformance suite against our server and
+# our client. Installs nothing but what cargo fetches; see .ci/run for machine set-up.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+step "cargo test"
+cargo test --workspace --all-features
+step "Autobahn: server"
+scripts/autobahn.sh server
+if [ -f crates/svc-infra/examples/autobahn_client.rs ]; then
+  step "Autobahn: client"
+  scripts/autobahn.sh client
+fi
+step "all green"
