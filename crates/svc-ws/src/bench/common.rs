@@ -2,7 +2,7 @@
 //! server's RSS, the open-file limit, latency summaries and connection pacing.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, anyhow, bail};
 use hdrhistogram::Histogram;
@@ -277,6 +277,59 @@ pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
         .ok_or_else(|| anyhow!("no VmRSS line in {path}"))
+}
+
+/// CPU time a process used over a window, from `/proc/PID/stat` (utime + stime).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CpuMeter {
+    pid: Option<u32>,
+    ticks: Option<u64>,
+    started: Instant,
+}
+
+/// Clock ticks per second of `/proc/*/stat` (`CLK_TCK`, 100 on Linux x86-64 and arm64).
+const CLK_TCK: f64 = 100.0;
+
+impl CpuMeter {
+    /// Starts measuring `pid` (this process when `None`).
+    pub(crate) fn start(pid: Option<u32>) -> Self {
+        Self {
+            pid,
+            ticks: cpu_ticks(pid),
+            started: Instant::now(),
+        }
+    }
+
+    /// Busy share of one core since `start`, in percent (None if unreadable).
+    pub(crate) fn busy_percent(&self) -> Option<f64> {
+        let used = cpu_ticks(self.pid)?.checked_sub(self.ticks?)?;
+        let wall = self.started.elapsed().as_secs_f64();
+        (wall > 0.0).then(|| (used as f64 / CLK_TCK / wall * 1000.0).round() / 10.0)
+    }
+}
+
+/// "client 93.0% server 100.0%" (of one core each).
+pub(crate) fn cpu_line(client: Option<f64>, server: Option<f64>) -> String {
+    let show = |x: Option<f64>| x.map_or_else(|| "n/a".to_owned(), |x| format!("{x:.1}%"));
+    format!(
+        "client {} server {} (of one core)",
+        show(client),
+        show(server)
+    )
+}
+
+fn cpu_ticks(pid: Option<u32>) -> Option<u64> {
+    let path = pid.map_or_else(
+        || "/proc/self/stat".to_owned(),
+        |pid| format!("/proc/{pid}/stat"),
+    );
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the parenthesised command name start at field 3 (state).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// Raises RLIMIT_NOFILE so that `want` sockets fit; returns the soft limit now in force.

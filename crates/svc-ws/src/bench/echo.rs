@@ -9,7 +9,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use super::common::{CommonArgs, ConnectGate, Latency, Target, Ws, latency_histogram, pad, round3};
+use super::common::{
+    CommonArgs, ConnectGate, CpuMeter, Latency, Target, Ws, cpu_line, latency_histogram, pad,
+    round3,
+};
 
 /// Arguments of `svc-ws bench echo`.
 #[derive(Debug, clap::Args)]
@@ -31,6 +34,9 @@ pub(crate) struct Args {
     /// Use the raw `/echo` endpoint instead of `/ws/{id}` with `"type":"echo"`.
     #[arg(long)]
     raw: bool,
+    /// PID of the server, to report its CPU use during the run.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 /// What one connection measured.
@@ -107,6 +113,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             connect_errors.join("; ")
         );
     }
+    let client_cpu = CpuMeter::start(None);
+    let server_cpu = CpuMeter::start(args.server_pid);
     let _ = go_tx.send(true);
 
     let mut hist = latency_histogram()?;
@@ -140,12 +148,14 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         round_trips as f64 / elapsed.as_secs_f64()
     };
     let rtt = Latency::of(&hist);
+    let (client_busy, server_busy) = (client_cpu.busy_percent(), server_cpu.busy_percent());
     println!(
         "  round trips: {round_trips} in {:.3} s = {:.0} msgs/s",
         elapsed.as_secs_f64(),
         rate
     );
     println!("  RTT: {}", rtt.line());
+    println!("  CPU busy: {}", cpu_line(client_busy, server_busy));
     println!("  failed connections: {failures}");
     for e in errors.iter().take(5) {
         println!("    error: {e}");
@@ -164,6 +174,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             "elapsed_s": round3(elapsed.as_secs_f64()),
             "msgs_per_s": rate.round(),
             "rtt": rtt,
+            "client_cpu_percent": client_busy,
+            "server_cpu_percent": server_busy,
             "failed_connections": failures,
             "errors": errors.iter().take(5).collect::<Vec<_>>(),
         }),

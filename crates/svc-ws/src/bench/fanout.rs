@@ -17,7 +17,8 @@ use tokio::time::{MissedTickBehavior, timeout};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::common::{
-    CommonArgs, ConnectGate, Latency, Target, Ws, latency_histogram, now_ns, pad, round3,
+    CommonArgs, ConnectGate, CpuMeter, Latency, Target, Ws, cpu_line, latency_histogram, now_ns,
+    pad, round3,
 };
 
 /// Arguments of `svc-ws bench fanout`.
@@ -43,6 +44,9 @@ pub(crate) struct Args {
     /// How long `/stats` may take to show every subscriber, in seconds.
     #[arg(long, default_value_t = 120)]
     ready_timeout_secs: u64,
+    /// PID of the server, to report its CPU use while broadcasts are delivered.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 /// The part of a broadcast a subscriber reads.
@@ -202,6 +206,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     // 3. Publish at a fixed pace.
     let mut pace = tokio::time::interval(Duration::from_millis(args.interval_ms.max(1)));
     pace.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    let client_cpu = CpuMeter::start(None);
+    let server_cpu = CpuMeter::start(args.server_pid);
     let first_send_ns = now_ns();
     let publish_started = Instant::now();
     let mut publish_error = None;
@@ -234,6 +240,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     while progress.unique.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let (client_busy, server_busy) = (client_cpu.busy_percent(), server_cpu.busy_percent());
     let _ = stop_tx.send(true);
     let _ = timeout(Duration::from_secs(1), sink.close()).await;
     let _ = timeout(Duration::from_secs(5), publisher_reader).await;
@@ -285,6 +292,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("  latency: {}", latency.line());
     println!(
+        "  CPU busy while publishing and draining: {}",
+        cpu_line(client_busy, server_busy)
+    );
+    println!(
         "  missing: {missing}  duplicates: {duplicates}  unexpected: {unexpected}  failed subscribers: {}  connect failures: {}",
         sub_errors.len(),
         connect_errors.len()
@@ -314,6 +325,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             "delivery_s": round3(delivery_secs),
             "deliveries_per_s": rate.round(),
             "latency": latency,
+            "client_cpu_percent": client_busy,
+            "server_cpu_percent": server_busy,
             "missing": missing,
             "duplicates": duplicates,
             "unexpected": unexpected,
