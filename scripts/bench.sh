@@ -19,8 +19,9 @@
 #   FANOUT_N=10000  FANOUT_M=50  FANOUT_SIZE=128  FANOUT_INTERVAL_MS=20
 #   ECHO_C=50  ECHO_M=2000  ECHO_SIZE=128
 #   LABEL=<server name plus args>   OUT=target/bench
-#   NICE=-10   (niceness of server and load generator: on a shared machine this keeps other
-#               work from skewing the figures; ignored where it is not permitted)
+#   NICE=-10   (niceness of server and load generator, each in its own session and so its own
+#               scheduler autogroup whose nice value is set too: on a shared machine this keeps
+#               other work from skewing the figures; ignored where it is not permitted)
 set -euo pipefail
 
 usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
@@ -62,10 +63,20 @@ if ! (ulimit -n "$NOFILE") 2>/dev/null; then
     echo "bench.sh: note: hard open-file limit is $hard; using it instead of $NOFILE"
     NOFILE=$hard
 fi
+# LAUNCH NOFILE NICE CMD...: raises the open-file limit, sets the niceness of the process's
+# scheduler autogroup (it runs under setsid, so the group is its own), then execs CMD: one PID
+# throughout, so $! is the server's PID.
+LAUNCH='ulimit -n "$1" || exit 1
+if [ -n "$2" ] && [ -w /proc/self/autogroup ]; then echo "$2" >/proc/self/autogroup 2>/dev/null || true; fi
+shift 2
+exec "$@"'
 PRIO=(nice -n "$NICE")
 if ! nice -n "$NICE" true 2>/dev/null; then
     PRIO=()
+    NICE=
 fi
+SETSID=(setsid)
+command -v setsid >/dev/null || SETSID=()
 for tool in taskset curl; do
     command -v "$tool" >/dev/null || { echo "bench.sh: $tool is required" >&2; exit 1; }
 done
@@ -114,8 +125,7 @@ stop_server() {
 trap stop_server EXIT INT TERM
 
 start_server() {
-    # exec keeps one PID through ulimit, taskset and env, so $! is the server's PID.
-    bash -c 'ulimit -n '"$NOFILE"' && exec "$@"' _ \
+    ${SETSID[@]+"${SETSID[@]}"} bash -c "$LAUNCH" _ "$NOFILE" "$NICE" \
         ${PRIO[@]+"${PRIO[@]}"} taskset -c "$SERVER_CPU" ${SERVER_ENV[@]+"${SERVER_ENV[@]}"} "${SERVER_CMD[@]}" \
         >"$OUT/$LABEL-server.log" 2>&1 &
     SERVER_PID=$!
@@ -137,8 +147,9 @@ loadgen() {
     shift
     local log="$OUT/$LABEL-$workload.log"
     local status=0
-    (ulimit -n "$NOFILE" && exec ${PRIO[@]+"${PRIO[@]}"} taskset -c "$CLIENT_CPU" "$LOADGEN" bench "$workload" \
-        --url "ws://127.0.0.1:$PORT" --json "$@") | tee "$log" || status=$?
+    ${SETSID[@]+"${SETSID[@]}"} bash -c "$LAUNCH" _ "$NOFILE" "$NICE" \
+        ${PRIO[@]+"${PRIO[@]}"} taskset -c "$CLIENT_CPU" "$LOADGEN" bench "$workload" \
+        --url "ws://127.0.0.1:$PORT" --json "$@" | tee "$log" || status=$?
     tail -n 1 "$log" >"$OUT/$LABEL-$workload.json"
     return "$status"
 }
