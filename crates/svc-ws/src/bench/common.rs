@@ -1,0 +1,392 @@
+//! Pieces shared by the three workloads: connecting with timeouts, the `/stats` probe, the
+//! server's RSS, the open-file limit, latency summaries and connection pacing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, anyhow, bail};
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Interval, MissedTickBehavior, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// A client WebSocket over plain TCP.
+pub(crate) type Ws = WebSocketStream<TcpStream>;
+
+/// Options every workload takes.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct CommonArgs {
+    /// Server base URL (ws://HOST:PORT); the workloads add `/ws/{id}`, `/echo` and `/stats`.
+    #[arg(long, default_value = "ws://127.0.0.1:3000")]
+    pub(crate) url: String,
+    /// Timeout of one connection attempt (TCP connect + WebSocket handshake), in ms.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) connect_timeout_ms: u64,
+    /// Timeout of one awaited read or write on an established connection, in ms.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) io_timeout_ms: u64,
+    /// Handshakes in flight at once (keeps the server's accept backlog from overflowing).
+    #[arg(long, default_value_t = 128)]
+    pub(crate) connect_concurrency: usize,
+    /// Cap on new connections per second (0 = no cap).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) connect_rate: u64,
+    /// Client read buffer per connection, in bytes (tungstenite's default is 128 KiB).
+    #[arg(long, default_value_t = 4096)]
+    pub(crate) client_read_buffer: usize,
+    /// Print one final JSON line with every figure (for scripts).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Where the server is.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    host: String,
+    port: u16,
+    connect_timeout: Duration,
+    /// Timeout of one read or write.
+    pub(crate) io_timeout: Duration,
+    read_buffer: usize,
+}
+
+impl Target {
+    pub(crate) fn from_args(args: &CommonArgs) -> anyhow::Result<Self> {
+        let rest = args
+            .url
+            .strip_prefix("ws://")
+            .ok_or_else(|| anyhow!("--url must start with ws:// (got {})", args.url))?;
+        let authority = rest.split('/').next().unwrap_or_default();
+        let (host, port) = authority
+            .rsplit_once(':')
+            .ok_or_else(|| anyhow!("--url needs an explicit port (got {})", args.url))?;
+        let port = port
+            .parse()
+            .with_context(|| format!("bad port in --url {}", args.url))?;
+        if host.is_empty() {
+            bail!("--url has no host: {}", args.url);
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+            connect_timeout: Duration::from_millis(args.connect_timeout_ms.max(1)),
+            io_timeout: Duration::from_millis(args.io_timeout_ms.max(1)),
+            read_buffer: args.client_read_buffer.max(256),
+        })
+    }
+
+    /// Opens a WebSocket to `path`, bounded by the connect timeout.
+    pub(crate) async fn connect(&self, path: &str) -> anyhow::Result<Ws> {
+        let url = format!("ws://{}:{}{path}", self.host, self.port);
+        let config = WebSocketConfig::default()
+            .read_buffer_size(self.read_buffer)
+            .write_buffer_size(0);
+        let attempt = async {
+            let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
+            tcp.set_nodelay(true)?;
+            let (ws, _response) =
+                tokio_tungstenite::client_async_with_config(url.as_str(), tcp, Some(config))
+                    .await?;
+            anyhow::Ok(ws)
+        };
+        timeout(self.connect_timeout, attempt)
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "connect to {url} timed out after {:?}",
+                    self.connect_timeout
+                )
+            })?
+            .with_context(|| format!("connect to {url}"))
+    }
+
+    /// `GET /stats` → the `connections` figure.
+    pub(crate) async fn stats(&self) -> anyhow::Result<u64> {
+        let request = format!(
+            "GET /stats HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\n\r\n",
+            self.host, self.port
+        );
+        let exchange = async {
+            let mut tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
+            tcp.write_all(request.as_bytes()).await?;
+            let mut response = Vec::with_capacity(512);
+            // Read until the JSON object is complete or the server closes.
+            let mut chunk = [0_u8; 1024];
+            loop {
+                let n = tcp.read(&mut chunk).await?;
+                if n == 0 {
+                    break;
+                }
+                response.extend_from_slice(&chunk[..n]);
+                if body_object(&response).is_some() || response.len() > 64 * 1024 {
+                    break;
+                }
+            }
+            anyhow::Ok(response)
+        };
+        let response = timeout(self.io_timeout, exchange)
+            .await
+            .map_err(|_| anyhow!("GET /stats timed out"))?
+            .with_context(|| format!("GET http://{}:{}/stats", self.host, self.port))?;
+        let status_ok =
+            response.starts_with(b"HTTP/1.1 200") || response.starts_with(b"HTTP/1.0 200");
+        let body = body_object(&response).ok_or_else(|| {
+            anyhow!(
+                "GET /stats: no JSON body in {:?}",
+                String::from_utf8_lossy(&response)
+            )
+        })?;
+        if !status_ok {
+            bail!("GET /stats: {}", String::from_utf8_lossy(&response));
+        }
+        let value: serde_json::Value = serde_json::from_slice(body).context("GET /stats body")?;
+        value
+            .get("connections")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| anyhow!("GET /stats: no numeric \"connections\" in {value}"))
+    }
+
+    /// Polls `/stats` until it reports at least `want` connections, or `within` passes.
+    pub(crate) async fn wait_for_connections(
+        &self,
+        want: u64,
+        within: Duration,
+    ) -> anyhow::Result<u64> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let seen = self.stats().await?;
+            if seen >= want {
+                return Ok(seen);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("/stats shows {seen} connections, expected {want}, after {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The `{...}` after the HTTP header block, once it is complete.
+fn body_object(response: &[u8]) -> Option<&[u8]> {
+    let header_end = response.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let body = &response[header_end..];
+    let start = body.iter().position(|&b| b == b'{')?;
+    let end = body.iter().rposition(|&b| b == b'}')?;
+    (end >= start).then(|| &body[start..=end])
+}
+
+/// Gate for opening many connections: at most `concurrency` handshakes in flight and, if set,
+/// at most `rate` starts per second.
+#[derive(Debug)]
+pub(crate) struct ConnectGate {
+    permits: Arc<Semaphore>,
+    pace: Option<Interval>,
+}
+
+impl ConnectGate {
+    pub(crate) fn new(args: &CommonArgs) -> Self {
+        let pace = (args.connect_rate > 0).then(|| {
+            let mut every =
+                tokio::time::interval(Duration::from_nanos(1_000_000_000 / args.connect_rate));
+            every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            every
+        });
+        Self {
+            permits: Arc::new(Semaphore::new(args.connect_concurrency.max(1))),
+            pace,
+        }
+    }
+
+    /// Waits for the next start slot; drop the permit once the handshake is done.
+    pub(crate) async fn admit(&mut self) -> anyhow::Result<OwnedSemaphorePermit> {
+        if let Some(pace) = &mut self.pace {
+            pace.tick().await;
+        }
+        Ok(Arc::clone(&self.permits).acquire_owned().await?)
+    }
+}
+
+/// Nanoseconds since the Unix epoch (the shared clock of publisher and subscribers).
+pub(crate) fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A latency histogram in nanoseconds (1 ns ..= 1 h, 3 significant figures).
+pub(crate) fn latency_histogram() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 3_600_000_000_000, 3)?)
+}
+
+/// Percentiles of a latency histogram, in milliseconds.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub(crate) struct Latency {
+    pub(crate) count: u64,
+    pub(crate) mean_ms: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p90_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) p999_ms: f64,
+    pub(crate) max_ms: f64,
+}
+
+impl Latency {
+    pub(crate) fn of(h: &Histogram<u64>) -> Self {
+        let ms = |ns: u64| round3(ns as f64 / 1e6);
+        Self {
+            count: h.len(),
+            mean_ms: round3(h.mean() / 1e6),
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p90_ms: ms(h.value_at_quantile(0.90)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+        }
+    }
+
+    pub(crate) fn line(&self) -> String {
+        format!(
+            "p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  (mean {:.3} ms, n={})",
+            self.p50_ms,
+            self.p90_ms,
+            self.p99_ms,
+            self.p999_ms,
+            self.max_ms,
+            self.mean_ms,
+            self.count
+        )
+    }
+}
+
+/// Rounds to 3 decimals (keeps the JSON line readable).
+pub(crate) fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// VmRSS of a process, in KiB, from `/proc/PID/status`.
+pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS line in {path}"))
+}
+
+/// CPU time a process used over a window, from `/proc/PID/stat` (utime + stime).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CpuMeter {
+    pid: Option<u32>,
+    ticks: Option<u64>,
+    started: Instant,
+}
+
+/// Clock ticks per second of `/proc/*/stat` (`CLK_TCK`, 100 on Linux x86-64 and arm64).
+const CLK_TCK: f64 = 100.0;
+
+impl CpuMeter {
+    /// Starts measuring `pid` (this process when `None`).
+    pub(crate) fn start(pid: Option<u32>) -> Self {
+        Self {
+            pid,
+            ticks: cpu_ticks(pid),
+            started: Instant::now(),
+        }
+    }
+
+    /// Busy share of one core since `start`, in percent (None if unreadable).
+    pub(crate) fn busy_percent(&self) -> Option<f64> {
+        let used = cpu_ticks(self.pid)?.checked_sub(self.ticks?)?;
+        let wall = self.started.elapsed().as_secs_f64();
+        (wall > 0.0).then(|| (used as f64 / CLK_TCK / wall * 1000.0).round() / 10.0)
+    }
+}
+
+/// "client 93.0% server 100.0%" (of one core each).
+pub(crate) fn cpu_line(client: Option<f64>, server: Option<f64>) -> String {
+    let show = |x: Option<f64>| x.map_or_else(|| "n/a".to_owned(), |x| format!("{x:.1}%"));
+    format!(
+        "client {} server {} (of one core)",
+        show(client),
+        show(server)
+    )
+}
+
+fn cpu_ticks(pid: Option<u32>) -> Option<u64> {
+    let path = pid.map_or_else(
+        || "/proc/self/stat".to_owned(),
+        |pid| format!("/proc/{pid}/stat"),
+    );
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the parenthesised command name start at field 3 (state).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Raises RLIMIT_NOFILE so that `want` sockets fit; returns the soft limit now in force.
+pub(crate) fn raise_nofile(want: u64) -> u64 {
+    use rlimit::Resource;
+    if let Ok((soft, hard)) = Resource::NOFILE.get() {
+        if hard < want {
+            // Only root may raise the hard limit; ignore the refusal and use what we have.
+            let _ = Resource::NOFILE.set(want, want);
+        } else if soft < want {
+            let _ = Resource::NOFILE.set(want, hard);
+        }
+    }
+    match Resource::NOFILE.get() {
+        Ok((soft, _)) => soft,
+        Err(_) => 0,
+    }
+}
+
+/// `n` bytes of padding.
+pub(crate) fn pad(n: usize) -> String {
+    "x".repeat(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_object_waits_for_complete_json() {
+        assert_eq!(
+            body_object(b"HTTP/1.1 200 OK\r\n\r\n{\"connections\""),
+            None
+        );
+        assert_eq!(
+            body_object(b"HTTP/1.1 200 OK\r\ncontent-length: 17\r\n\r\n{\"connections\":3}"),
+            Some(&b"{\"connections\":3}"[..])
+        );
+    }
+
+    #[test]
+    fn target_parses_ws_urls() {
+        let args = CommonArgs {
+            url: "ws://127.0.0.1:4567/".to_owned(),
+            connect_timeout_ms: 1,
+            io_timeout_ms: 1,
+            connect_concurrency: 1,
+            connect_rate: 0,
+            client_read_buffer: 4096,
+            json: false,
+        };
+        let target = Target::from_args(&args).expect("valid url");
+        assert_eq!((target.host.as_str(), target.port), ("127.0.0.1", 4567));
+        let bad = CommonArgs {
+            url: "http://127.0.0.1:1".to_owned(),
+            ..args
+        };
+        assert!(Target::from_args(&bad).is_err());
+    }
+}
