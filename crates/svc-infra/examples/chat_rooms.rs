@@ -68,6 +68,9 @@ async fn main() -> std::io::Result<()> {
     let app = Router::new().route("/chat/{room}", get(chat_room));
     let (app, _manager) = add_websocket_manager(app);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-    println!("chat on ws://{}/chat/{{room}}?user=NAME", listener.local_addr()?);
+    println!(
+        "chat on ws://{}/chat/{{room}}?user=NAME",
+        listener.local_addr()?
+    );
     axum::serve(listener, app).await
 }

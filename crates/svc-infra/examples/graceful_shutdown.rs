@@ -25,7 +25,10 @@ async fn ws(ws: WsUpgrade, Path(user_id): Path<String>, WsManager(manager): WsMa
 async fn main() -> std::io::Result<()> {
     let (app, manager) = add_websocket_manager(Router::new().route("/ws/{user_id}", get(ws)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-    println!("listening on ws://{}/ws/{{user_id}}; Ctrl-C to stop", listener.local_addr()?);
+    println!(
+        "listening on ws://{}/ws/{{user_id}}; Ctrl-C to stop",
+        listener.local_addr()?
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = tokio::signal::ctrl_c().await;

@@ -10,12 +10,7 @@
 
 use std::time::Duration;
 
-use axum::{
-    Json, Router,
-    extract::Query,
-    response::Response,
-    routing::get,
-};
+use axum::{Json, Router, extract::Query, response::Response, routing::get};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use svc_infra::websocket::{ConnectionManager, WsManager, WsUpgrade, add_websocket_manager};

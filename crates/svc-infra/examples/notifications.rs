@@ -16,7 +16,9 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
-use svc_infra::websocket::{ConnectionManager, WebSocketError, WsManager, WsUpgrade, add_websocket_manager};
+use svc_infra::websocket::{
+    ConnectionManager, WebSocketError, WsManager, WsUpgrade, add_websocket_manager,
+};
 
 #[derive(Deserialize)]
 struct Who {
@@ -44,7 +46,10 @@ async fn notify_user(
     notification: Value,
 ) -> Result<usize, WebSocketError> {
     manager
-        .send_to_user(user_id, json!({"type": "notification", "data": notification}))
+        .send_to_user(
+            user_id,
+            json!({"type": "notification", "data": notification}),
+        )
         .await
 }
 

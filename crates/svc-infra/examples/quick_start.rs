@@ -38,6 +38,9 @@ async fn main() -> std::io::Result<()> {
     let app = Router::new().route("/ws/{user_id}", get(websocket_endpoint));
     let (app, _manager) = add_websocket_manager(app);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-    println!("listening on ws://{}/ws/{{user_id}}", listener.local_addr()?);
+    println!(
+        "listening on ws://{}/ws/{{user_id}}",
+        listener.local_addr()?
+    );
     axum::serve(listener, app).await
 }

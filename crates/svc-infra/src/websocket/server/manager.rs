@@ -445,34 +445,53 @@ impl ConnectionManager {
     ///
     /// Fails (and closes the socket) when the manager is shutting down (1001) or the
     /// `on_connect` hook fails (1011, registration rolled back).
-    pub async fn connect(
+    pub fn connect(
         &self,
         user_id: &str,
         socket: WebSocket,
-    ) -> Result<Connection, WebSocketError> {
+    ) -> impl Future<Output = Result<Connection, WebSocketError>> + Send + 'static {
         self.connect_with_metadata(user_id, socket, Metadata::new())
-            .await
     }
 
     /// [`connect`](Self::connect) with application metadata, reported in
     /// [`ConnectionInfo::metadata`].
-    pub async fn connect_with_metadata(
+    pub fn connect_with_metadata(
         &self,
         user_id: &str,
-        mut socket: WebSocket,
+        socket: WebSocket,
         metadata: Metadata,
-    ) -> Result<Connection, WebSocketError> {
+    ) -> impl Future<Output = Result<Connection, WebSocketError>> + Send + 'static {
+        // Registration is synchronous; the rare slow paths (closing a refused socket,
+        // running a hook) are boxed. The future lives inside every connection's task for
+        // its whole life, so it is kept to a few words.
+        let registered = self.register(user_id, socket, metadata);
+        let hook = self.hooks().on_connect;
+        async move {
+            match registered {
+                Err(socket) => Box::pin(refuse(socket)).await,
+                Ok(connection) => match hook {
+                    None => Ok(connection),
+                    Some(hook) => Box::pin(run_connect_hook(connection, hook)).await,
+                },
+            }
+        }
+    }
+
+    fn register(
+        &self,
+        user_id: &str,
+        socket: WebSocket,
+        metadata: Metadata,
+    ) -> Result<Connection, WebSocket> {
         if self.inner.shutting_down.load(Ordering::Acquire) {
-            socket.close(1001, "server shutting down").await;
-            return Err(WebSocketError::closed(1001, "server shutting down"));
+            return Err(socket);
         }
         self.start_keepalive();
-        let now = SystemTime::now();
         let conn = Arc::new(Conn {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             user_id: Arc::from(user_id),
             out: socket.outbound().clone(),
-            connected_at: now,
+            connected_at: SystemTime::now(),
             last_activity: AtomicU64::new(unix_ms()),
             metadata,
             registered: AtomicBool::new(true),
@@ -490,22 +509,11 @@ impl ConnectionManager {
         }
         self.inner.counters.connects.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("svc_ws_connects_total").increment(1);
-        let connection = Connection {
+        Ok(Connection {
             socket,
             conn,
             manager: self.clone(),
-        };
-        if let Some(hook) = self.hooks().on_connect
-            && let Err(e) = hook(self.clone(), connection.conn.info()).await
-        {
-            tracing::warn!(user_id, error = %e, "on_connect hook failed; closing with 1011");
-            // Roll back without on_disconnect: the connection never completed.
-            self.remove(&connection.conn, false);
-            let mut connection = connection;
-            connection.socket.close(1011, "connect hook failed").await;
-            return Err(WebSocketError::closed(1011, "connect hook failed"));
-        }
-        Ok(connection)
+        })
     }
 
     /// Removes `conn` from the registry if it is still there (exactly once), and runs
@@ -829,6 +837,28 @@ impl ConnectionManager {
         let timeout = self.inner.config.ping_timeout;
         tokio::spawn(keepalive(weak, interval, timeout));
     }
+}
+
+/// A connect during shutdown: close the socket with 1001.
+async fn refuse(mut socket: WebSocket) -> Result<Connection, WebSocketError> {
+    socket.close(1001, "server shutting down").await;
+    Err(WebSocketError::closed(1001, "server shutting down"))
+}
+
+/// Runs `on_connect`; if it fails, rolls the registration back (without `on_disconnect`:
+/// the connection never completed) and closes with 1011.
+async fn run_connect_hook(
+    mut connection: Connection,
+    hook: ConnectHook,
+) -> Result<Connection, WebSocketError> {
+    let manager = connection.manager.clone();
+    if let Err(e) = hook(manager.clone(), connection.conn.info()).await {
+        tracing::warn!(user_id = %connection.conn.user_id, error = %e, "on_connect hook failed; closing with 1011");
+        manager.remove(&connection.conn, false);
+        connection.socket.close(1011, "connect hook failed").await;
+        return Err(WebSocketError::closed(1011, "connect hook failed"));
+    }
+    Ok(connection)
 }
 
 /// Pings connections that have been quiet for `interval`, and closes with 1011 those that

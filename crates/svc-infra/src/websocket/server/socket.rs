@@ -63,6 +63,10 @@ pub(crate) struct Outbound {
     state: Mutex<OutState>,
     max_queue: usize,
     policy: SlowConsumerPolicy,
+    pub(crate) max_message_size: usize,
+    close_timeout: Duration,
+    /// The subprotocol selected in the handshake.
+    protocol: Option<Box<str>>,
     /// Milliseconds since [`clock_origin`] of the last frame received from the peer.
     pub(crate) last_seen: AtomicU64,
     /// When our outstanding keepalive ping went out (µs since origin), 0 if none is.
@@ -112,7 +116,12 @@ pub(crate) fn now_us() -> u64 {
 }
 
 impl Outbound {
-    pub(crate) fn new(writer: BoxWrite, max_queue: usize, policy: SlowConsumerPolicy) -> Self {
+    pub(crate) fn new(
+        writer: BoxWrite,
+        config: &WebSocketConfig,
+        policy: SlowConsumerPolicy,
+        protocol: Option<String>,
+    ) -> Self {
         Self {
             state: Mutex::new(OutState {
                 writer: Some(writer),
@@ -122,8 +131,11 @@ impl Outbound {
                 kill: None,
                 broken: false,
             }),
-            max_queue,
+            max_queue: config.max_queue_size,
             policy,
+            max_message_size: config.max_message_size,
+            close_timeout: config.close_timeout,
+            protocol: protocol.map(String::into_boxed_str),
             last_seen: AtomicU64::new(now_ms()),
             ping_sent: AtomicU64::new(0),
             latency_us: AtomicU64::new(0),
@@ -342,6 +354,16 @@ impl OutState {
     }
 }
 
+/// The parts of a socket an open, healthy connection does not need.
+#[derive(Debug, Default)]
+struct Cold {
+    close_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The close code and reason, once known (received, sent, or 1006 for a drop).
+    closed_with: Option<(u16, String)>,
+    /// An error to hand out on the next `recv`.
+    pending_error: Option<WebSocketError>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Open,
@@ -370,14 +392,8 @@ pub struct WebSocket {
     /// We failed the connection: send close, FIN, then discard input until EOF.
     draining: bool,
     fin_sent: bool,
-    close_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    close_timeout: Duration,
-    /// The close code and reason, once known (received, sent, or 1006 for a drop).
-    closed_with: Option<(u16, String)>,
-    /// An error to hand out once the close after it is done.
-    pending_error: Option<WebSocketError>,
-    max_message_size: usize,
-    protocol: Option<String>,
+    /// State needed only once closing starts or after an error, allocated then.
+    cold: Option<Box<Cold>>,
     /// This is the background close of a dropped socket.
     lingering: bool,
 }
@@ -386,8 +402,8 @@ impl std::fmt::Debug for WebSocket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebSocket")
             .field("phase", &self.phase)
-            .field("protocol", &self.protocol)
-            .field("closed_with", &self.closed_with)
+            .field("protocol", &self.out.protocol)
+            .field("cold", &self.cold)
             .finish_non_exhaustive()
     }
 }
@@ -405,19 +421,18 @@ impl WebSocket {
             reader,
             leftover: already_read,
             parser: FrameParser::new(config.max_message_size),
-            out: Arc::new(Outbound::new(writer, config.max_queue_size, policy)),
+            out: Arc::new(Outbound::new(writer, config, policy, protocol)),
             phase: Phase::Open,
             peer_closed: false,
             draining: false,
             fin_sent: false,
-            close_deadline: None,
-            close_timeout: config.close_timeout,
-            closed_with: None,
-            pending_error: None,
-            max_message_size: config.max_message_size,
-            protocol,
+            cold: None,
             lingering: false,
         }
+    }
+
+    fn cold(&mut self) -> &mut Cold {
+        self.cold.get_or_insert_with(Box::default)
     }
 
     pub(crate) fn outbound(&self) -> &Arc<Outbound> {
@@ -426,13 +441,14 @@ impl WebSocket {
 
     /// The subprotocol selected in the handshake, if any.
     pub fn protocol(&self) -> Option<&str> {
-        self.protocol.as_deref()
+        self.out.protocol.as_deref()
     }
 
     /// The close code and reason once the connection is closed: as received from the peer,
     /// as we sent it, or `(1006, "")` when the peer vanished without a close frame.
     pub fn close_code(&self) -> Option<(u16, &str)> {
-        self.closed_with.as_ref().map(|(c, r)| (*c, r.as_str()))
+        let closed_with = self.cold.as_ref()?.closed_with.as_ref()?;
+        Some((closed_with.0, closed_with.1.as_str()))
     }
 
     /// Whether the connection is open (no close started on either side).
@@ -459,10 +475,10 @@ impl WebSocket {
     /// full queue applies the slow-consumer policy.
     pub fn send(&self, message: impl Into<WebSocketMessage>) -> Result<(), WebSocketError> {
         let message = message.into();
-        if message.len() > self.max_message_size {
+        if message.len() > self.out.max_message_size {
             return Err(WebSocketError::MessageTooLarge {
                 size: message.len(),
-                limit: self.max_message_size,
+                limit: self.out.max_message_size,
             });
         }
         let opcode = if message.is_text() {
@@ -480,7 +496,7 @@ impl WebSocket {
             Push::Dropped => Ok(()),
             Push::Overflow => Err(WebSocketError::closed(1013, "slow consumer")),
             Push::Closed => Err(WebSocketError::closed(
-                self.closed_with.as_ref().map_or(1006, |c| c.0),
+                self.close_code().map_or(1006, |c| c.0),
                 "connection is closing",
             )),
         }
@@ -497,11 +513,13 @@ impl WebSocket {
 
     fn start_close(&mut self, code: u16, reason: &str) {
         self.out.queue_close(code, reason);
-        if self.closed_with.is_none() {
-            self.closed_with = Some((code, reason.to_owned()));
+        let timeout = self.out.close_timeout;
+        let cold = self.cold();
+        if cold.closed_with.is_none() {
+            cold.closed_with = Some((code, reason.to_owned()));
         }
+        cold.close_deadline = Some(Box::pin(tokio::time::sleep(timeout)));
         self.phase = Phase::Closing;
-        self.close_deadline = Some(Box::pin(tokio::time::sleep(self.close_timeout)));
     }
 
     fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -517,10 +535,11 @@ impl WebSocket {
     }
 
     fn fail(&mut self, violation: Violation) {
-        self.pending_error = Some(match violation.code {
+        let limit = self.out.max_message_size;
+        self.cold().pending_error = Some(match violation.code {
             1009 => WebSocketError::MessageTooLarge {
-                size: self.max_message_size + 1,
-                limit: self.max_message_size,
+                size: limit + 1,
+                limit,
             },
             _ => WebSocketError::Protocol(violation.reason.to_owned()),
         });
@@ -531,14 +550,15 @@ impl WebSocket {
 
     fn finish(&mut self) -> Poll<Option<Result<WebSocketMessage, WebSocketError>>> {
         self.phase = Phase::Closed;
-        self.close_deadline = None;
         self.leftover = Bytes::new();
         self.reader = Box::new(tokio::io::empty());
         self.out.release();
-        if self.closed_with.is_none() {
-            self.closed_with = Some((1006, String::new()));
+        let cold = self.cold();
+        cold.close_deadline = None;
+        if cold.closed_with.is_none() {
+            cold.closed_with = Some((1006, String::new()));
         }
-        Poll::Ready(self.pending_error.take().map(Err))
+        Poll::Ready(cold.pending_error.take().map(Err))
     }
 
     fn poll_recv(
@@ -548,7 +568,7 @@ impl WebSocket {
         loop {
             // An error that started a close is reported at once; later calls finish the
             // close (or `Drop` does, in the background).
-            if let Some(e) = self.pending_error.take() {
+            if let Some(e) = self.cold.as_mut().and_then(|c| c.pending_error.take()) {
                 return Poll::Ready(Some(Err(e)));
             }
             match self.phase {
@@ -556,7 +576,8 @@ impl WebSocket {
                 Phase::Open => {
                     if let Some((code, reason)) = self.out.take_kill() {
                         if code == 1013 {
-                            self.pending_error = Some(WebSocketError::closed(1013, reason.clone()));
+                            self.cold().pending_error =
+                                Some(WebSocketError::closed(1013, reason.clone()));
                         }
                         self.start_close(code, &reason);
                         continue;
@@ -564,8 +585,9 @@ impl WebSocket {
                 }
                 Phase::Closing => {
                     let expired = self
-                        .close_deadline
+                        .cold
                         .as_mut()
+                        .and_then(|c| c.close_deadline.as_mut())
                         .is_some_and(|d| d.as_mut().poll(cx).is_ready());
                     if expired {
                         return self.finish();
@@ -656,10 +678,11 @@ impl WebSocket {
                             }
                             None => self.out.queue_close_empty(),
                         }
-                        self.closed_with = Some(frame.unwrap_or((1005, String::new())));
+                        let timeout = self.out.close_timeout;
+                        let cold = self.cold();
+                        cold.closed_with = Some(frame.unwrap_or((1005, String::new())));
+                        cold.close_deadline = Some(Box::pin(tokio::time::sleep(timeout)));
                         self.phase = Phase::Closing;
-                        self.close_deadline =
-                            Some(Box::pin(tokio::time::sleep(self.close_timeout)));
                     }
                     self.peer_closed = true;
                 }
@@ -762,12 +785,7 @@ impl Drop for WebSocket {
             peer_closed: self.peer_closed,
             draining: self.draining,
             fin_sent: self.fin_sent,
-            close_deadline: self.close_deadline.take(),
-            close_timeout: self.close_timeout,
-            closed_with: self.closed_with.take(),
-            pending_error: None,
-            max_message_size: self.max_message_size,
-            protocol: None,
+            cold: self.cold.take(),
             lingering: true,
         };
         self.phase = Phase::Closed;

@@ -124,7 +124,9 @@ impl WsUpgrade {
             };
             let (reader, writer, already_read) = split_upgraded(upgraded);
             let socket = WebSocket::new(reader, writer, already_read, &config, policy, protocol);
-            callback(socket).await;
+            // A task of its own, so that for the life of the connection the task holds only
+            // the handler's future, not this one's upgrade state.
+            tokio::spawn(callback(socket));
         });
 
         let mut response = Response::new(Body::empty());
