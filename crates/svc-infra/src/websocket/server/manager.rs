@@ -482,9 +482,9 @@ impl ConnectionManager {
         user_id: &str,
         socket: WebSocket,
         metadata: Metadata,
-    ) -> Result<Connection, WebSocket> {
+    ) -> Result<Connection, Box<WebSocket>> {
         if self.inner.shutting_down.load(Ordering::Acquire) {
-            return Err(socket);
+            return Err(Box::new(socket));
         }
         self.start_keepalive();
         let conn = Arc::new(Conn {
@@ -840,7 +840,7 @@ impl ConnectionManager {
 }
 
 /// A connect during shutdown: close the socket with 1001.
-async fn refuse(mut socket: WebSocket) -> Result<Connection, WebSocketError> {
+async fn refuse(mut socket: Box<WebSocket>) -> Result<Connection, WebSocketError> {
     socket.close(1001, "server shutting down").await;
     Err(WebSocketError::closed(1001, "server shutting down"))
 }
