@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use client_common::{
-    Seen, TestServer, closed_port, raw_handshake, raw_server, read_client_close, server_frame,
-    step,
+    Seen, TestServer, closed_port, raw_handshake, raw_server, read_client_close, server_frame, step,
 };
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -51,7 +50,9 @@ async fn round_trips_text_binary_and_json() {
     assert!(m.is_binary() && m.is_empty());
 
     // send_json is compact and keeps UTF-8 as is.
-    step(ws.send_json(&json!({"a": 1, "é": "ü"}))).await.unwrap();
+    step(ws.send_json(&json!({"a": 1, "é": "ü"})))
+        .await
+        .unwrap();
     let m = step(ws.recv()).await.unwrap();
     assert_eq!(m.as_text(), Some(r#"{"a":1,"é":"ü"}"#));
 
@@ -65,11 +66,10 @@ async fn round_trips_text_binary_and_json() {
     step(ws.send("not json")).await.unwrap();
     let err = step(ws.recv_json::<Value>()).await.unwrap_err();
     assert!(matches!(err, WebSocketError::Json(_)), "{err:?}");
-    step(ws.send(WebSocketMessage::text("still here"))).await.unwrap();
-    assert_eq!(
-        step(ws.recv()).await.unwrap().as_text(),
-        Some("still here")
-    );
+    step(ws.send(WebSocketMessage::text("still here")))
+        .await
+        .unwrap();
+    assert_eq!(step(ws.recv()).await.unwrap().as_text(), Some("still here"));
 }
 
 #[tokio::test]
@@ -138,7 +138,9 @@ async fn close_codes_and_reasons_are_reported_as_sent() {
     let mut ws = connect(&server.url("/close/4001/bye")).await;
     let err = step(ws.recv()).await.unwrap_err();
     assert_eq!(err.to_string(), "Connection closed: 4001 bye");
-    assert!(matches!(&err, WebSocketError::ConnectionClosed { code: 4001, reason } if reason == "bye"));
+    assert!(
+        matches!(&err, WebSocketError::ConnectionClosed { code: 4001, reason } if reason == "bye")
+    );
     assert!(!ws.is_connected());
     assert_eq!(ws.close_status(), Some((4001, "bye".to_owned())));
     // The close was answered with the same code.
@@ -233,7 +235,10 @@ async fn dropping_every_handle_closes_with_1000() {
     // A sender keeps the connection alive.
     step(sender.send("ping?")).await.unwrap();
     drop(sender);
-    assert_eq!(server.next_seen().await, Seen::Closed(Some((1000, String::new()))));
+    assert_eq!(
+        server.next_seen().await,
+        Seen::Closed(Some((1000, String::new())))
+    );
 }
 
 #[tokio::test]
@@ -283,11 +288,20 @@ async fn oversized_outgoing_message_is_refused_before_sending() {
     .unwrap();
     let err = step(ws.send(vec![1u8; 1025])).await.unwrap_err();
     assert!(
-        matches!(err, WebSocketError::MessageTooLarge { size: 1025, limit: 1024 }),
+        matches!(
+            err,
+            WebSocketError::MessageTooLarge {
+                size: 1025,
+                limit: 1024
+            }
+        ),
         "{err:?}"
     );
     let err = step(ws.send_json(&"x".repeat(2000))).await.unwrap_err();
-    assert!(matches!(err, WebSocketError::MessageTooLarge { .. }), "{err:?}");
+    assert!(
+        matches!(err, WebSocketError::MessageTooLarge { .. }),
+        "{err:?}"
+    );
     // Nothing went out, and the connection still works.
     assert!(ws.is_connected());
     step(ws.send("ok")).await.unwrap();
@@ -319,7 +333,10 @@ async fn latency_is_measured_by_keepalive() {
         }
     })
     .await;
-    assert!(latency > Duration::ZERO && latency < Duration::from_secs(1), "{latency:?}");
+    assert!(
+        latency > Duration::ZERO && latency < Duration::from_secs(1),
+        "{latency:?}"
+    );
     assert!(ws.is_connected());
 
     // Disabled keepalive measures nothing.
@@ -358,7 +375,10 @@ async fn a_peer_that_stops_answering_pings_is_detected() {
     );
     assert!(!ws.is_connected());
     assert!(took >= interval + timeout, "{took:?}");
-    assert!(took < interval + timeout + Duration::from_millis(400), "{took:?}");
+    assert!(
+        took < interval + timeout + Duration::from_millis(400),
+        "{took:?}"
+    );
     // It is a retryable end.
     assert!(err.is_retryable());
 }
@@ -424,7 +444,13 @@ async fn authentication_failures_carry_status_and_body() {
 #[tokio::test]
 async fn bad_input_gives_errors_not_panics() {
     // Malformed URLs.
-    for url in ["", "ws//nope", "http://127.0.0.1/", "ws://", "wss://exa mple.com/"] {
+    for url in [
+        "",
+        "ws//nope",
+        "http://127.0.0.1/",
+        "ws://",
+        "wss://exa mple.com/",
+    ] {
         let err = step(WebSocketClient::builder(url).connect())
             .await
             .unwrap_err();
@@ -441,7 +467,10 @@ async fn bad_input_gives_errors_not_panics() {
         WebSocketClient::builder("ws://127.0.0.1:1/").subprotocols(["two words"]),
     ] {
         let err = step(builder.connect()).await.unwrap_err();
-        assert!(matches!(err, WebSocketError::ConnectionFailed { .. }), "{err:?}");
+        assert!(
+            matches!(err, WebSocketError::ConnectionFailed { .. }),
+            "{err:?}"
+        );
     }
     // A bad config.
     let err = step(
@@ -458,7 +487,10 @@ async fn bad_input_gives_errors_not_panics() {
     let err = step(WebSocketClient::builder(format!("ws://{addr}/")).connect())
         .await
         .unwrap_err();
-    assert!(matches!(err, WebSocketError::ConnectionFailed { .. }), "{err:?}");
+    assert!(
+        matches!(err, WebSocketError::ConnectionFailed { .. }),
+        "{err:?}"
+    );
     assert!(err.is_retryable());
 
     // An unresolvable host name.
@@ -466,7 +498,10 @@ async fn bad_input_gives_errors_not_panics() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, WebSocketError::ConnectionFailed { .. } | WebSocketError::Timeout { .. }),
+        matches!(
+            err,
+            WebSocketError::ConnectionFailed { .. } | WebSocketError::Timeout { .. }
+        ),
         "{err:?}"
     );
 
@@ -504,7 +539,10 @@ async fn bad_input_gives_errors_not_panics() {
     let err = step(WebSocketClient::builder(format!("ws://{addr}/")).connect())
         .await
         .unwrap_err();
-    assert!(matches!(err, WebSocketError::ConnectionFailed { .. }), "{err:?}");
+    assert!(
+        matches!(err, WebSocketError::ConnectionFailed { .. }),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -528,7 +566,10 @@ async fn open_timeout_covers_a_silent_server() {
         "{err:?}"
     );
     let took = started.elapsed();
-    assert!(took >= limit && took < limit + Duration::from_millis(500), "{took:?}");
+    assert!(
+        took >= limit && took < limit + Duration::from_millis(500),
+        "{took:?}"
+    );
 }
 
 #[tokio::test]
@@ -540,7 +581,9 @@ async fn invalid_utf8_from_the_peer_is_a_protocol_error_and_closes_1007() {
         async move {
             raw_handshake(&mut s, "").await;
             s.write_all(&server_frame(0x1, b"ok")).await.unwrap();
-            s.write_all(&server_frame(0x1, &[0xff, 0xfe, 0x41])).await.unwrap();
+            s.write_all(&server_frame(0x1, &[0xff, 0xfe, 0x41]))
+                .await
+                .unwrap();
             let close = read_client_close(&mut s).await;
             if let Some(report) = report {
                 let _ = report.send(close);

@@ -17,14 +17,14 @@ mod models;
 #[cfg(feature = "client")]
 mod reconnect;
 
-pub use config::{ConfigError, WebSocketConfig, get_default_config};
-pub use error::{BoxError, Result, WebSocketError};
-pub use models::{ConnectionInfo, ConnectionState, WebSocketMessage};
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub use client::{
     ClientBuilder, RootCertificate, WebSocketClient, WebSocketSender, easy_websocket_client,
 };
+pub use config::{ConfigError, WebSocketConfig, get_default_config};
+pub use error::{BoxError, Result, WebSocketError};
+pub use models::{ConnectionInfo, ConnectionState, WebSocketMessage};
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub use reconnect::{Reconnect, websocket_connect};

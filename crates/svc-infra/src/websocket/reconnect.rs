@@ -80,14 +80,17 @@ pub fn websocket_connect(target: impl Into<ClientBuilder>) -> Reconnect {
     });
     Reconnect {
         inner: Box::pin(inner),
+        ended: false,
     }
 }
 
 /// The stream returned by [`websocket_connect`]: yields `Ok(client)` per connection and, when
-/// it gives up, one `Err` with the last error, then ends.
+/// it gives up, one `Err` with the last error, then ends (and keeps returning `None`).
 #[must_use = "streams do nothing unless polled"]
 pub struct Reconnect {
     inner: Pin<Box<dyn Stream<Item = Result<WebSocketClient>> + Send>>,
+    /// Keeps returning `None` once ended (the stream is fused).
+    ended: bool,
 }
 
 impl fmt::Debug for Reconnect {
@@ -100,7 +103,14 @@ impl Stream for Reconnect {
     type Item = Result<WebSocketClient>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.as_mut().poll_next(cx)
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let item = self.inner.as_mut().poll_next(cx);
+        if let Poll::Ready(None) = item {
+            self.ended = true;
+        }
+        item
     }
 }
 

@@ -18,7 +18,7 @@ use axum::{
     Json, Router,
     extract::{
         Path, State,
-        ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade},
+        ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
     },
     http::{HeaderMap, StatusCode},
     response::Response,
@@ -130,6 +130,7 @@ fn router() -> Router<AppState> {
     Router::new()
         .route("/echo", get(echo))
         .route("/close/{code}/{reason}", get(close_with))
+        .route("/close-once/{code}/{reason}", get(close_once))
         .route("/big/{size}", get(big))
         .route("/duplex/{count}", get(duplex))
         .route(
@@ -190,31 +191,47 @@ async fn echo(State(s): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrad
             protocol,
         })
         .await;
-    ws.on_upgrade(move |mut socket| async move {
-        let mut kill = s.kill.clone();
-        loop {
-            tokio::select! {
-                _ = kill.changed() => return, // crash: drop without a close frame
-                message = socket.recv() => match message {
-                    Some(Ok(Message::Text(t))) => {
-                        if socket.send(Message::Text(t)).await.is_err() { return; }
-                    }
-                    Some(Ok(Message::Binary(b))) => {
-                        if socket.send(Message::Binary(b)).await.is_err() { return; }
-                    }
-                    Some(Ok(Message::Close(frame))) => {
-                        let _ = s.seen.send(close_of(frame)).await;
-                        return;
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => {
-                        let _ = s.seen.send(Seen::Closed(None)).await;
-                        return;
-                    }
-                },
-            }
+    ws.on_upgrade(move |socket| echo_loop(socket, s))
+}
+
+async fn echo_loop(mut socket: WebSocket, s: AppState) {
+    let mut kill = s.kill.clone();
+    loop {
+        tokio::select! {
+            _ = kill.changed() => return, // crash: drop without a close frame
+            message = socket.recv() => match message {
+                Some(Ok(Message::Text(t))) => {
+                    if socket.send(Message::Text(t)).await.is_err() { return; }
+                }
+                Some(Ok(Message::Binary(b))) => {
+                    if socket.send(Message::Binary(b)).await.is_err() { return; }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let _ = s.seen.send(close_of(frame)).await;
+                    return;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => {
+                    let _ = s.seen.send(Seen::Closed(None)).await;
+                    return;
+                }
+            },
         }
-    })
+    }
+}
+
+/// The first connection is closed like `/close/..`; later ones are echoed.
+async fn close_once(
+    State(s): State<AppState>,
+    Path((code, reason)): Path<(u16, String)>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let n = s.hits.fetch_add(1, Ordering::SeqCst) + 1;
+    if n == 1 {
+        ws.on_upgrade(move |socket| close_socket(socket, s, code, reason))
+    } else {
+        ws.on_upgrade(move |socket| echo_loop(socket, s))
+    }
 }
 
 /// Closes at once with the given code and reason.
@@ -224,31 +241,29 @@ async fn close_with(
     ws: WebSocketUpgrade,
 ) -> Response {
     s.hits.fetch_add(1, Ordering::SeqCst);
-    ws.on_upgrade(move |mut socket| async move {
-        let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from(reason),
-        };
-        let _ = socket.send(Message::Close(Some(frame))).await;
-        // Wait for the client's answer, then drop.
-        let _ = tokio::time::timeout(STEP, async {
-            while let Some(Ok(m)) = socket.recv().await {
-                if let Message::Close(f) = m {
-                    let _ = s.seen.send(close_of(f)).await;
-                    break;
-                }
+    ws.on_upgrade(move |socket| close_socket(socket, s, code, reason))
+}
+
+async fn close_socket(mut socket: WebSocket, s: AppState, code: u16, reason: String) {
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason),
+    };
+    let _ = socket.send(Message::Close(Some(frame))).await;
+    // Wait for the client's answer, then drop.
+    let _ = tokio::time::timeout(STEP, async {
+        while let Some(Ok(m)) = socket.recv().await {
+            if let Message::Close(f) = m {
+                let _ = s.seen.send(close_of(f)).await;
+                break;
             }
-        })
-        .await;
+        }
     })
+    .await;
 }
 
 /// Sends one binary message of `size` bytes, then reports the client's close.
-async fn big(
-    State(s): State<AppState>,
-    Path(size): Path<usize>,
-    ws: WebSocketUpgrade,
-) -> Response {
+async fn big(State(s): State<AppState>, Path(size): Path<usize>, ws: WebSocketUpgrade) -> Response {
     s.hits.fetch_add(1, Ordering::SeqCst);
     ws.max_message_size(64 << 20)
         .on_upgrade(move |mut socket| async move {
@@ -279,7 +294,11 @@ async fn duplex(
         let (mut sink, mut stream) = socket.split();
         let down = async move {
             for i in 0..count {
-                if sink.send(Message::Text(format!("down-{i}").into())).await.is_err() {
+                if sink
+                    .send(Message::Text(format!("down-{i}").into()))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 if i % 16 == 0 {
@@ -288,7 +307,7 @@ async fn duplex(
             }
             sink
         };
-        let up = async move {
+        let up = async {
             let mut n = 0;
             while n < count {
                 match stream.next().await {
@@ -302,8 +321,11 @@ async fn duplex(
         let (mut sink, n) = tokio::join!(down, up);
         let _ = sink.send(Message::Text(format!("got {n}").into())).await;
         let _ = s.seen.send(Seen::Received(n)).await;
-        // Keep the connection until the client closes.
-        let _ = tokio::time::timeout(STEP, futures_util::future::pending::<()>()).await;
+        // Read until the client closes (which also answers its close frame).
+        let _ = tokio::time::timeout(STEP, async {
+            while let Some(Ok(_)) = stream.next().await {}
+        })
+        .await;
     })
 }
 

@@ -35,7 +35,9 @@ use tokio_tungstenite::tungstenite::{
 };
 
 use super::handshake::{Socket, WRITE_BUFFER};
-use crate::websocket::{ConnectionState, Result, WebSocketConfig, WebSocketError, WebSocketMessage};
+use crate::websocket::{
+    ConnectionState, Result, WebSocketConfig, WebSocketError, WebSocketMessage,
+};
 
 /// Who ended a connection, which decides whether `websocket_connect` reconnects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,7 +224,9 @@ enum Event {
     Flushed(std::result::Result<(), tungstenite::Error>),
     Read(Option<std::result::Result<Message, tungstenite::Error>>),
     /// The pending inbound message was handed over (or its receiver is gone).
-    Delivered { receiver_gone: bool },
+    Delivered {
+        receiver_gone: bool,
+    },
     Command(Option<Command>),
     PingDue,
     PongOverdue,
@@ -453,7 +457,11 @@ impl Actor {
                 self.abnormal();
             }
             tungstenite::Error::Protocol(e) => {
-                self.fail(1002, "protocol error", WebSocketError::Protocol(e.to_string()));
+                self.fail(
+                    1002,
+                    "protocol error",
+                    WebSocketError::Protocol(e.to_string()),
+                );
             }
             other => {
                 tracing::debug!(error = %other, "websocket read failed");

@@ -166,8 +166,7 @@ impl Target {
         roots: &TlsRoots,
     ) -> Result<Self> {
         config.validate()?;
-        let parsed =
-            url::Url::parse(url).map_err(|e| invalid(url, format!("invalid URL: {e}")))?;
+        let parsed = url::Url::parse(url).map_err(|e| invalid(url, format!("invalid URL: {e}")))?;
         let secure = match parsed.scheme() {
             "ws" => false,
             "wss" => true,
@@ -305,10 +304,7 @@ impl Target {
 
         let key = tungstenite::handshake::client::generate_key();
         let request = format!("{}Sec-WebSocket-Key: {key}\r\n\r\n", self.request_head);
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(io_err)?;
+        stream.write_all(request.as_bytes()).await.map_err(io_err)?;
         stream.flush().await.map_err(io_err)?;
 
         let (head, tail) = read_head(&mut stream).await.map_err(io_err)?;
@@ -524,7 +520,11 @@ fn parse_head(bytes: &[u8]) -> std::result::Result<Head, String> {
 
 /// Reads up to [`MAX_ERROR_BODY`] bytes of a refused handshake's body, within
 /// [`ERROR_BODY_TIMEOUT`]; whatever arrived by then is returned (lossy UTF-8).
-async fn read_error_body<S: AsyncRead + Unpin>(stream: &mut S, head: &Head, tail: Vec<u8>) -> String {
+async fn read_error_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    head: &Head,
+    tail: Vec<u8>,
+) -> String {
     let chunked = head
         .header("transfer-encoding")
         .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
@@ -609,7 +609,13 @@ mod tests {
 
     #[test]
     fn bad_urls_are_permanent_connection_failures() {
-        for url in ["", "not a url", "http://example.com/", "ws://", "ws://u:p@h/"] {
+        for url in [
+            "",
+            "not a url",
+            "http://example.com/",
+            "ws://",
+            "ws://u:p@h/",
+        ] {
             let err = target(url).unwrap_err();
             let WebSocketError::ConnectionFailed { source, .. } = &err else {
                 panic!("{url:?}: {err:?}");
@@ -623,7 +629,11 @@ mod tests {
     fn reserved_and_invalid_headers_are_refused() {
         let roots = TlsRoots::default();
         let cfg = WebSocketConfig::default();
-        for (k, v) in [("Sec-WebSocket-Key", "x"), ("Bad Name", "x"), ("X-Ok", "a\r\nb")] {
+        for (k, v) in [
+            ("Sec-WebSocket-Key", "x"),
+            ("Bad Name", "x"),
+            ("X-Ok", "a\r\nb"),
+        ] {
             let headers = [(k.to_owned(), v.to_owned())];
             assert!(Target::new("ws://h/", cfg.clone(), &headers, &[], &roots).is_err());
         }
@@ -633,7 +643,10 @@ mod tests {
 
     #[test]
     fn chunked_bodies_are_decoded() {
-        assert_eq!(dechunk(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"), b"hello world");
+        assert_eq!(
+            dechunk(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            b"hello world"
+        );
         assert_eq!(dechunk(b"5\r\nhel"), b"hel");
         assert_eq!(dechunk(b"zz\r\n"), b"");
     }
