@@ -25,7 +25,10 @@ fn config() -> WebSocketConfig {
 }
 
 async fn connect(url: &str) -> Result<WebSocketClient, WebSocketError> {
-    WebSocketClient::builder(url).config(config()).connect().await
+    WebSocketClient::builder(url)
+        .config(config())
+        .connect()
+        .await
 }
 
 /// Echoes until the connection ends; the end itself is the test's business.

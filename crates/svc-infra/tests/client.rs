@@ -226,6 +226,17 @@ async fn client_close_is_seen_by_the_server_and_idempotent() {
 }
 
 #[tokio::test]
+async fn messages_in_flight_when_we_close_are_still_received() {
+    let server = TestServer::start().await;
+    let mut ws = connect(&server.url("/echo")).await;
+    step(ws.send("in flight")).await.unwrap();
+    step(ws.close(1000, "")).await.unwrap();
+    assert_eq!(step(ws.recv()).await.unwrap().as_text(), Some("in flight"));
+    assert_eq!(step(ws.recv()).await.unwrap_err().close_code(), Some(1000));
+    assert!(step(ws.next()).await.is_none());
+}
+
+#[tokio::test]
 async fn dropping_every_handle_closes_with_1000() {
     let mut server = TestServer::start().await;
     let ws = connect(&server.url("/echo")).await;

@@ -136,6 +136,9 @@ mod tests {
     #[test]
     fn renders_text_and_hex() {
         assert_eq!(render(&WebSocketMessage::text("héllo")), "héllo\n");
-        assert_eq!(render(&WebSocketMessage::binary(vec![0u8, 15, 255])), "000fff\n");
+        assert_eq!(
+            render(&WebSocketMessage::binary(vec![0u8, 15, 255])),
+            "000fff\n"
+        );
     }
 }

@@ -556,7 +556,9 @@ impl WebSocketSender {
     /// Closes the connection with `code` and `reason` (use 1000 and `""` for a normal close)
     /// and waits for the closing handshake, at most `close_timeout`. Idempotent: once the
     /// connection is closing or closed (by either side) it only waits for the end and
-    /// returns `Ok`. Messages still queued by other senders are sent before the close frame.
+    /// returns `Ok`. Messages already queued by other senders are sent before the close
+    /// frame; messages the peer sent before it saw ours can still be received (as far as
+    /// the receive queue has room), then the stream ends.
     ///
     /// # Errors
     /// - [`Protocol`](WebSocketError::Protocol) if `code` may not be sent (only 1000–1003,

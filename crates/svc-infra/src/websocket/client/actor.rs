@@ -386,21 +386,21 @@ impl Actor {
     fn on_message(&mut self, message: Message) {
         match message {
             Message::Text(_) | Message::Binary(_) => {
-                if !self.open {
-                    return; // closing: data is no longer delivered
-                }
+                let Some(tx) = &self.inbound else {
+                    return; // nobody receives any more
+                };
                 let Some(message) = WebSocketMessage::from_tungstenite(message) else {
                     return;
                 };
-                let message = message.received_now();
-                if let Some(tx) = &self.inbound {
-                    match tx.try_send(message) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(message)) => {
-                            self.pending = Some(message);
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => self.inbound = None,
+                match tx.try_send(message.received_now()) {
+                    Ok(()) => {}
+                    // While we close, messages still in flight are delivered if there is
+                    // room, never waited for: the closing handshake must not stall.
+                    Err(mpsc::error::TrySendError::Full(message)) if self.open => {
+                        self.pending = Some(message);
                     }
+                    Err(mpsc::error::TrySendError::Full(_)) => {}
+                    Err(mpsc::error::TrySendError::Closed(_)) => self.inbound = None,
                 }
             }
             // tungstenite queued the pong; make sure it goes out even if reading pauses.
@@ -418,7 +418,9 @@ impl Actor {
             }
             Message::Close(frame) => {
                 if !self.open {
-                    return; // the answer to our close frame
+                    // The answer to our close frame: receivers see the end now.
+                    self.inbound = None;
+                    return;
                 }
                 let (code, reason) = match &frame {
                     Some(f) => (u16::from(f.code), f.reason.as_str().to_owned()),
@@ -494,13 +496,20 @@ impl Actor {
         self.send_close(code, reason);
     }
 
-    /// Starts the closing handshake on our side.
+    /// Starts the closing handshake on our side. Messages the peer sent before it saw our
+    /// close frame are still delivered, until its close frame arrives.
     fn begin_close(&mut self, code: u16, reason: &str, origin: CloseOrigin) {
         if !self.open {
             return;
         }
         self.shared.record(code, reason, origin, None);
-        self.stop_data();
+        self.open = false;
+        if let Some(message) = self.pending.take()
+            && let Some(tx) = &self.inbound
+        {
+            let _ = tx.try_send(message);
+        }
+        self.shared.set_state(ConnectionState::Closing);
         self.send_close(code, reason);
     }
 
