@@ -34,14 +34,9 @@ async fn connect(url: &str) -> Result<WebSocketClient, WebSocketError> {
 /// Echoes until the connection ends; the end itself is the test's business.
 async fn run_case(base: &str, case: u32, agent: &str) -> Result<(), WebSocketError> {
     let mut ws = connect(&format!("{base}/runCase?case={case}&agent={agent}")).await?;
-    loop {
-        match ws.recv().await {
-            Ok(message) => {
-                if ws.send(message).await.is_err() {
-                    break;
-                }
-            }
-            Err(_) => break,
+    while let Ok(message) = ws.recv().await {
+        if ws.send(message).await.is_err() {
+            break;
         }
     }
     Ok(())
