@@ -386,8 +386,9 @@ async fn a_peer_that_stops_answering_pings_is_detected() {
     );
     assert!(!ws.is_connected());
     assert!(took >= interval + timeout, "{took:?}");
+    // Detected within ping_interval + ping_timeout (plus scheduling slack on a busy box).
     assert!(
-        took < interval + timeout + Duration::from_millis(400),
+        took < interval + timeout + Duration::from_millis(500),
         "{took:?}"
     );
     // It is a retryable end.

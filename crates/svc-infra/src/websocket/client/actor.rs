@@ -39,6 +39,9 @@ use crate::websocket::{
     ConnectionState, Result, WebSocketConfig, WebSocketError, WebSocketMessage,
 };
 
+/// Most messages written in one batch before the socket is flushed.
+const MAX_BATCH: usize = 256;
+
 /// Who ended a connection, which decides whether `websocket_connect` reconnects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CloseOrigin {
@@ -535,8 +538,10 @@ impl Actor {
 
     fn on_commands(&mut self, first: Command) {
         let mut batched = 0usize;
+        let mut commands = 0usize;
         let mut next = Some(first);
         while let Some(command) = next.take() {
+            commands += 1;
             match command {
                 Command::Send { message, ack } => {
                     if !self.open {
@@ -561,7 +566,9 @@ impl Actor {
                     self.begin_close(code, &reason, CloseOrigin::User);
                 }
             }
-            if batched < WRITE_BUFFER {
+            // One batch is at most ~WRITE_BUFFER bytes or MAX_BATCH messages, so reads and
+            // timers get their turn and the ack list stays small.
+            if batched < WRITE_BUFFER && commands < MAX_BATCH {
                 next = self.commands.try_recv().ok();
             }
         }
