@@ -558,6 +558,31 @@ async fn bad_input_gives_errors_not_panics() {
 }
 
 #[tokio::test]
+async fn absurd_durations_do_not_panic() {
+    assert!(WebSocketConfig::from_vars([("WS_OPEN_TIMEOUT", "1e20")]).is_err());
+    assert!(WebSocketConfig::from_vars([("WS_PING_INTERVAL", "1e300")]).is_err());
+    let huge = Duration::MAX;
+    let config = WebSocketConfig::default()
+        .with_open_timeout(huge)
+        .with_close_timeout(huge)
+        .with_ping_interval(Some(huge))
+        .with_ping_timeout(Some(huge))
+        .with_reconnect_backoff_max(huge);
+    let _ = config.jittered_backoff_delay(80);
+    let server = TestServer::start().await;
+    let mut ws = step(
+        WebSocketClient::builder(server.url("/echo"))
+            .config(config)
+            .connect(),
+    )
+    .await
+    .unwrap();
+    step(ws.send("x")).await.unwrap();
+    assert_eq!(step(ws.recv()).await.unwrap().as_text(), Some("x"));
+    step(ws.close(1000, "")).await.unwrap();
+}
+
+#[tokio::test]
 async fn open_timeout_covers_a_silent_server() {
     let (addr, _) = raw_server(|s| async move {
         tokio::time::sleep(Duration::from_secs(5)).await;

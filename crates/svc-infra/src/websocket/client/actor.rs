@@ -187,7 +187,7 @@ pub(crate) fn spawn(
         acks: Vec::new(),
         close_waiters: Vec::new(),
         close_deadline: None,
-        next_ping: config.ping_interval.map(|i| now + i),
+        next_ping: config.ping_interval.map(|i| after(now, i)),
         outstanding: None,
         ping_seq: 0,
     };
@@ -238,7 +238,15 @@ enum Event {
 
 /// A deadline far enough away to stand for "never" in a disabled `select!` branch.
 fn never() -> Instant {
-    Instant::now() + Duration::from_secs(365 * 24 * 3600)
+    after(Instant::now(), Duration::from_secs(365 * 24 * 3600))
+}
+
+/// `start + d`, saturating instead of panicking for absurdly long configured durations.
+fn after(start: Instant, d: Duration) -> Instant {
+    start
+        .checked_add(d)
+        .or_else(|| start.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(start)
 }
 
 impl Actor {
@@ -261,7 +269,7 @@ impl Actor {
             .next_ping
             .filter(|_| keepalive_on && self.outstanding.is_none());
         let pong_deadline = match (self.outstanding, self.ping_timeout) {
-            (Some((_, sent)), Some(timeout)) if keepalive_on => Some(sent + timeout),
+            (Some((_, sent)), Some(timeout)) if keepalive_on => Some(after(sent, timeout)),
             _ => None,
         };
         let close_deadline = self.close_deadline;
@@ -307,6 +315,8 @@ impl Actor {
             () = sleep_until(close_deadline.unwrap_or_else(never)), if close_deadline.is_some() => {
                 Event::CloseExpired
             }
+            // Nothing left to wait for (cannot happen by construction; never panic on it).
+            else => Event::CloseExpired,
         }
     }
 
@@ -346,7 +356,7 @@ impl Actor {
                 }
                 // Reading resumes: restart keepalive, since pongs were not read while paused.
                 self.outstanding = None;
-                self.next_ping = self.ping_interval.map(|i| Instant::now() + i);
+                self.next_ping = self.ping_interval.map(|i| after(Instant::now(), i));
                 true
             }
             Event::Command(None) => {
@@ -381,7 +391,7 @@ impl Actor {
     /// After the read side ended: go on only to finish a write, bounded by a deadline.
     fn keep_flushing(&mut self) -> bool {
         if self.flushing && self.close_deadline.is_none() {
-            self.close_deadline = Some(Instant::now() + self.close_timeout);
+            self.close_deadline = Some(after(Instant::now(), self.close_timeout));
         }
         self.flushing
     }
@@ -416,7 +426,7 @@ impl Actor {
                     let nanos = u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX).max(1);
                     self.shared.latency_nanos.store(nanos, Ordering::Relaxed);
                     self.outstanding = None;
-                    self.next_ping = self.ping_interval.map(|i| sent + i);
+                    self.next_ping = self.ping_interval.map(|i| after(sent, i));
                 }
             }
             Message::Close(frame) => {
@@ -435,7 +445,7 @@ impl Actor {
                 self.stop_data();
                 // tungstenite queued the echo of the close frame.
                 self.flushing = true;
-                self.close_deadline = Some(Instant::now() + self.close_timeout);
+                self.close_deadline = Some(after(Instant::now(), self.close_timeout));
             }
             Message::Frame(_) => {}
         }
@@ -525,7 +535,7 @@ impl Actor {
             Ok(()) => self.flushing = true,
             Err(e) => tracing::debug!(error = %e, "could not queue the close frame"),
         }
-        self.close_deadline = Some(Instant::now() + self.close_timeout);
+        self.close_deadline = Some(after(Instant::now(), self.close_timeout));
     }
 
     /// No more data either way: the state becomes `Closing` and receivers see the end.
