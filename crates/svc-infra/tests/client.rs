@@ -396,6 +396,57 @@ async fn a_peer_that_stops_answering_pings_is_detected() {
 }
 
 #[tokio::test]
+async fn a_peer_that_stops_reading_fails_blocked_sends_too() {
+    // Completes the handshake, then never reads: our writes stall once TCP buffers fill.
+    let (addr, _) = raw_server(|mut s| async move {
+        raw_handshake(&mut s, "").await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        drop(s);
+    })
+    .await;
+    let interval = Duration::from_millis(200);
+    let timeout = Duration::from_millis(300);
+    let config = WebSocketConfig::default()
+        .with_ping_interval(Some(interval))
+        .with_ping_timeout(Some(timeout));
+    let mut ws = step(
+        WebSocketClient::builder(format!("ws://{addr}/"))
+            .config(config)
+            .connect(),
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let sender = ws.sender();
+    let writer = tokio::spawn(async move {
+        let chunk = Bytes::from(vec![0u8; 512 * 1024]);
+        let mut sent = 0usize;
+        loop {
+            match sender.send(chunk.clone()).await {
+                Ok(()) => sent += 1,
+                Err(e) => break (sent, e, Instant::now()),
+            }
+        }
+    });
+    let err = step(ws.recv()).await.unwrap_err();
+    assert_eq!(err.close_code(), Some(1011), "{err:?}");
+    let (sent, send_err, failed_at) = step(writer).await.unwrap();
+    assert!(sent > 0);
+    assert_eq!(send_err.close_code(), Some(1011), "{send_err:?}");
+    let limit = interval + timeout + Duration::from_millis(700);
+    assert!(failed_at - started < limit, "{:?}", failed_at - started);
+    // The connection is torn down without waiting for the close_timeout (10 s).
+    let sender = ws.sender();
+    step(async {
+        while sender.state() != ConnectionState::Closed {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(started.elapsed() < limit + Duration::from_secs(1));
+}
+
+#[tokio::test]
 async fn sends_from_one_task_while_another_receives() {
     let mut server = TestServer::start().await;
     const N: usize = 300;

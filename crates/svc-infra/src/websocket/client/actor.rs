@@ -39,6 +39,9 @@ use crate::websocket::{
     ConnectionState, Result, WebSocketConfig, WebSocketError, WebSocketMessage,
 };
 
+/// How long a failed connection may take to write its close frame before it is dropped.
+const FAIL_FLUSH_LIMIT: Duration = Duration::from_secs(1);
+
 /// Most messages written in one batch before the socket is flushed.
 const MAX_BATCH: usize = 256;
 
@@ -495,10 +498,13 @@ impl Actor {
                 Some(WebSocketError::closed(1006, "")),
             );
             self.stop_data();
+            self.fail_acks();
         }
     }
 
-    /// Fails the connection: records `error`, sends a close frame with `code`.
+    /// Fails the connection (RFC 6455 §7.1.7): records `error`, sends a close frame with
+    /// `code` and gives it at most [`FAIL_FLUSH_LIMIT`] to go out; the peer's answer is not
+    /// awaited.
     fn fail(&mut self, code: u16, reason: &str, error: WebSocketError) {
         if !self.open {
             return;
@@ -506,7 +512,19 @@ impl Actor {
         self.shared
             .record(code, reason, CloseOrigin::Failure, Some(error));
         self.stop_data();
+        self.fail_acks();
         self.send_close(code, reason);
+        self.close_deadline = Some(after(
+            Instant::now(),
+            self.close_timeout.min(FAIL_FLUSH_LIMIT),
+        ));
+    }
+
+    /// Senders waiting on the current write learn at once that the connection failed.
+    fn fail_acks(&mut self) {
+        for ack in self.acks.drain(..) {
+            let _ = ack.send(Err(self.shared.closed_error()));
+        }
     }
 
     /// Starts the closing handshake on our side. Messages the peer sent before it saw our
@@ -587,16 +605,13 @@ impl Actor {
     fn send_ping(&mut self) {
         self.ping_seq = self.ping_seq.wrapping_add(1);
         let payload = Bytes::copy_from_slice(&self.ping_seq.to_be_bytes());
-        match Pin::new(&mut self.ws).start_send(Message::Ping(payload)) {
-            Ok(()) => {
-                self.flushing = true;
-                self.outstanding = Some((self.ping_seq, Instant::now()));
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "could not send keepalive ping");
-                self.next_ping = None;
-            }
+        if let Err(e) = Pin::new(&mut self.ws).start_send(Message::Ping(payload)) {
+            // Typically a write buffer that a non-reading peer filled up. Count the ping as
+            // sent anyway: no pong will come and the deadline fails the connection.
+            tracing::debug!(error = %e, "could not send keepalive ping");
         }
+        self.flushing = true;
+        self.outstanding = Some((self.ping_seq, Instant::now()));
     }
 
     fn finish(mut self) {
