@@ -97,6 +97,15 @@ async fn headers_and_subprotocols_as_the_server_sees_them() {
     assert!(headers["user-agent"].starts_with("svc-infra/"));
     assert_eq!(protocol.as_deref(), Some("v2"));
 
+    // Debug output names headers but never shows their values (credentials).
+    let builder =
+        WebSocketClient::builder(server.url("/echo")).header("Authorization", "Bearer s3cret");
+    let shown = format!("{builder:?}");
+    assert!(
+        shown.contains("Authorization") && !shown.contains("s3cret"),
+        "{shown}"
+    );
+
     // A server that picks none of the offered subprotocols is accepted (RFC 6455).
     let ws = step(
         WebSocketClient::builder(server.url("/echo"))

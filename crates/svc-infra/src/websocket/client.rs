@@ -152,7 +152,7 @@ fn pem_error(why: String) -> WebSocketError {
 /// Defaults: [`WebSocketConfig::default`] (the environment is **not** read; pass
 /// `WebSocketConfig::from_env()?` for that), no extra headers, no subprotocols, the Mozilla
 /// (webpki) root certificates and not the system ones.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[must_use = "a builder does nothing until `connect()` is awaited"]
 pub struct ClientBuilder {
     url: String,
@@ -160,6 +160,22 @@ pub struct ClientBuilder {
     headers: Vec<(String, String)>,
     subprotocols: Vec<String>,
     roots: TlsRoots,
+}
+
+impl fmt::Debug for ClientBuilder {
+    /// Header values are not shown: they often carry credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let header_names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("ClientBuilder")
+            .field("url", &self.url)
+            .field("config", &self.config)
+            .field("headers", &header_names)
+            .field("subprotocols", &self.subprotocols)
+            .field("webpki_roots", &self.roots.webpki)
+            .field("native_roots", &self.roots.native)
+            .field("extra_roots", &self.roots.extra.len())
+            .finish()
+    }
 }
 
 impl ClientBuilder {
