@@ -114,6 +114,21 @@ async fn tls_refuses_an_untrusted_certificate() {
         "{source}"
     );
 
+    // websocket_connect does not retry an untrusted certificate.
+    let mut clients = svc_infra::websocket::websocket_connect(
+        WebSocketClient::builder(format!("wss://localhost:{port}/")).config(
+            quiet()
+                .with_reconnect_max_attempts(0)
+                .with_reconnect_backoff_base(std::time::Duration::from_millis(10)),
+        ),
+    );
+    let err = step(clients.next()).await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, WebSocketError::ConnectionFailed { .. }),
+        "{err:?}"
+    );
+    assert!(step(clients.next()).await.is_none());
+
     // No roots at all is a clear error too.
     let err = step(
         WebSocketClient::builder(format!("wss://localhost:{port}/"))

@@ -60,7 +60,8 @@ use super::{
 ///   cause.
 /// - **Connect errors** that are retried: network errors, timeouts, HTTP 5xx (and 408/429).
 ///   Never retried: 401/403 ([`Authentication`](WebSocketError::Authentication)), other 4xx,
-///   an invalid URL or header, a protocol violation, a bad config. Those are yielded as the
+///   an invalid URL or header, a TLS certificate or protocol failure, a WebSocket protocol
+///   violation, a bad config. Those are yielded as the
 ///   final `Err` item.
 /// - **Limits**: after `reconnect_max_attempts` consecutive failed attempts (0 = never give
 ///   up) the last error is yielded and the stream ends. With `reconnect_enabled = false` the

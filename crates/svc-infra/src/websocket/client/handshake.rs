@@ -50,9 +50,10 @@ pub(crate) enum ConnectFailure {
         reason: String,
         body: String,
     },
-    /// DNS, TCP or TLS failed, or the connection dropped during the handshake.
+    /// DNS or TCP failed, or the connection dropped during the (TLS or HTTP) handshake.
     Io(std::io::Error),
-    /// TLS could not be set up (no roots, bad server name, …).
+    /// TLS failed for a reason a retry cannot fix: no roots, a bad server name, an
+    /// untrusted or invalid certificate, a TLS protocol error.
     Tls(String),
 }
 
@@ -90,15 +91,16 @@ impl std::error::Error for ConnectFailure {
 }
 
 impl ConnectFailure {
-    /// Whether retrying the same request cannot succeed: a bad URL or header, or an HTTP
-    /// 4xx other than 408 (timeout) and 429 (too many requests).
+    /// Whether retrying the same request cannot succeed: a bad URL or header, a TLS
+    /// failure (untrusted certificate, no roots, …), or an HTTP 4xx other than 408
+    /// (timeout) and 429 (too many requests).
     pub(crate) fn is_permanent(&self) -> bool {
         match self {
-            Self::InvalidRequest(_) => true,
+            Self::InvalidRequest(_) | Self::Tls(_) => true,
             Self::HttpStatus { status, .. } => {
                 (400..500).contains(status) && *status != 408 && *status != 429
             }
-            Self::Io(_) | Self::Tls(_) => false,
+            Self::Io(_) => false,
         }
     }
 }
@@ -297,7 +299,15 @@ impl Target {
                     })?,
                 };
                 let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
-                let tls = connector.connect(name, tcp).await.map_err(io_err)?;
+                let tls = connector.connect(name, tcp).await.map_err(|e| {
+                    // A certificate or TLS protocol problem will not fix itself; a network
+                    // failure during the TLS handshake might.
+                    if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+                        WebSocketError::failed(&self.url, ConnectFailure::Tls(e.to_string()))
+                    } else {
+                        io_err(e)
+                    }
+                })?;
                 MaybeTlsStream::Rustls(tls)
             }
         };
