@@ -405,6 +405,37 @@ async fn a_peer_that_stops_answering_pings_is_detected() {
 }
 
 #[tokio::test]
+async fn a_slow_reader_is_not_mistaken_for_a_dead_peer() {
+    // The receive queue holds 2 messages; the server sends 200 while we do not read for
+    // several ping timeouts. Reading pauses (TCP pushes back), keepalive pauses with it,
+    // and nothing is lost or reordered.
+    let server = TestServer::start().await;
+    let config = WebSocketConfig::default()
+        .with_max_queue_size(2)
+        .with_ping_interval(Some(Duration::from_millis(50)))
+        .with_ping_timeout(Some(Duration::from_millis(100)));
+    let mut ws = step(
+        WebSocketClient::builder(server.url("/burst/200"))
+            .config(config)
+            .connect(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for i in 0..200 {
+        let m = step(ws.recv()).await.unwrap();
+        assert_eq!(m.as_text(), Some(format!("m-{i}").as_str()));
+    }
+    assert!(ws.is_connected());
+    // Keepalive resumes once we read again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(ws.is_connected());
+    assert!(ws.latency().is_some());
+    step(ws.send("still open")).await.unwrap();
+    assert_eq!(step(ws.recv()).await.unwrap().as_text(), Some("still open"));
+}
+
+#[tokio::test]
 async fn a_peer_that_stops_reading_fails_blocked_sends_too() {
     // Completes the handshake, then never reads: our writes stall once TCP buffers fill.
     let (addr, _) = raw_server(|mut s| async move {

@@ -133,6 +133,7 @@ fn router() -> Router<AppState> {
         .route("/close-once/{code}/{reason}", get(close_once))
         .route("/big/{size}", get(big))
         .route("/duplex/{count}", get(duplex))
+        .route("/burst/{count}", get(burst))
         .route(
             "/forbidden",
             get(|State(s): State<AppState>| async move {
@@ -281,6 +282,26 @@ async fn big(State(s): State<AppState>, Path(size): Path<usize>, ws: WebSocketUp
             .unwrap_or(Seen::Closed(None));
             let _ = s.seen.send(seen).await;
         })
+}
+
+/// Sends `count` text messages `m-0`, `m-1`, … at once, then echoes.
+async fn burst(
+    State(s): State<AppState>,
+    Path(count): Path<usize>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.on_upgrade(move |mut socket| async move {
+        for i in 0..count {
+            if socket
+                .send(Message::Text(format!("m-{i}").into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        echo_loop(socket, s).await;
+    })
 }
 
 /// Sends `count` messages `down-i` while counting what comes up; once both are done it
