@@ -15,6 +15,11 @@ use tokio::{io::AsyncWriteExt, sync::mpsc};
 
 /// Arguments of `svc-ws connect`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Each stdin line is sent as a text message. Each message received is printed on its own line: \
+text as is, binary as lowercase hex. End of stdin or Ctrl-C closes with 1000. \
+Exit status: 0 after a normal close (1000, 1001, 1005), 1 otherwise. \
+Timeouts, keepalive and size limits come from WS_* variables (see the svc-infra docs).")]
 pub(crate) struct Args {
     /// The ws:// or wss:// URL.
     url: String,

@@ -42,6 +42,16 @@ async fn server(close: Option<(u16, &'static str)>) -> String {
 }
 
 async fn run(url: &str, args: &[&str], stdin: &str) -> std::process::Output {
+    run_with(url, args, stdin, false).await
+}
+
+/// Runs `svc-ws connect`; with `keep_stdin_open` stdin stays open until the process exits.
+async fn run_with(
+    url: &str,
+    args: &[&str],
+    stdin: &str,
+    keep_stdin_open: bool,
+) -> std::process::Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_svc-ws"))
         .arg("connect")
         .arg(url)
@@ -57,6 +67,9 @@ async fn run(url: &str, args: &[&str], stdin: &str) -> std::process::Output {
     let stdin = stdin.to_owned();
     tokio::spawn(async move {
         let _ = input.write_all(stdin.as_bytes()).await;
+        if keep_stdin_open {
+            tokio::time::sleep(STEP).await;
+        }
         // Dropping `input` closes stdin.
     });
     tokio::time::timeout(STEP, child.wait_with_output())
@@ -86,6 +99,12 @@ async fn exit_status_follows_the_close() {
     let url = server(Some((1000, "done"))).await;
     let out = run(&url, &[], "").await;
     assert!(out.status.success());
+
+    // The server's close ends the program even while stdin is still open.
+    let started = std::time::Instant::now();
+    let out = run_with(&url, &[], "", true).await;
+    assert!(out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(5));
 
     let url = server(Some((4001, "bye"))).await;
     let out = run(&url, &[], "").await;
