@@ -314,7 +314,7 @@ impl WebSocketConfig {
     pub fn backoff_delay(&self, attempt: u32) -> Duration {
         let factor = 2f64.powi(attempt.min(64) as i32);
         let secs = self.reconnect_backoff_base.as_secs_f64() * factor;
-        Duration::from_secs_f64(secs.min(self.reconnect_backoff_max.as_secs_f64()))
+        secs_saturating(secs.min(self.reconnect_backoff_max.as_secs_f64()))
     }
 
     /// [`backoff_delay`](Self::backoff_delay) times a random factor in
@@ -327,8 +327,13 @@ impl WebSocketConfig {
         } else {
             1.0
         };
-        Duration::from_secs_f64(delay * factor)
+        secs_saturating(delay * factor)
     }
+}
+
+/// `secs` as a `Duration`, saturating at `Duration::MAX` instead of panicking.
+fn secs_saturating(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
 }
 
 fn parse_f64(raw: &str) -> Option<f64> {
@@ -338,14 +343,14 @@ fn parse_f64(raw: &str) -> Option<f64> {
 fn parse_secs(var: &str, raw: &str) -> Result<Duration, ConfigError> {
     parse_f64(raw)
         .filter(|v| *v > 0.0)
-        .map(Duration::from_secs_f64)
+        .and_then(|v| Duration::try_from_secs_f64(v).ok())
         .ok_or_else(|| ConfigError::new(var, raw, POSITIVE_SECS))
 }
 
 fn parse_non_negative_secs(var: &str, raw: &str, expected: &str) -> Result<Duration, ConfigError> {
     parse_f64(raw)
         .filter(|v| *v >= 0.0)
-        .map(Duration::from_secs_f64)
+        .and_then(|v| Duration::try_from_secs_f64(v).ok())
         .ok_or_else(|| ConfigError::new(var, raw, expected))
 }
 
@@ -359,7 +364,9 @@ fn parse_optional_secs(var: &str, raw: &str) -> Result<Option<Duration>, ConfigE
     }
     match parse_f64(trimmed) {
         Some(0.0) => Ok(None),
-        Some(v) if v > 0.0 => Ok(Some(Duration::from_secs_f64(v))),
+        Some(v) if v > 0.0 && Duration::try_from_secs_f64(v).is_ok() => {
+            Ok(Some(Duration::from_secs_f64(v)))
+        }
         _ => Err(ConfigError::new(var, raw, OPTIONAL_SECS)),
     }
 }

@@ -91,10 +91,30 @@ impl WebSocketMessage {
     }
 
     /// Stamps the message with the time it was received.
-    #[allow(dead_code)] // the client stamps received messages (being built)
+    #[cfg_attr(not(feature = "client"), allow(dead_code))] // only the client receives, so far
     pub(crate) fn received_now(mut self) -> Self {
         self.received_at = Some(SystemTime::now());
         self
+    }
+
+    /// A tungstenite text or binary message as ours, without copying; `None` for control
+    /// frames.
+    #[cfg(feature = "client")]
+    pub(crate) fn from_tungstenite(message: tungstenite::Message) -> Option<Self> {
+        match message {
+            tungstenite::Message::Text(t) => Some(Self::from_payload(Payload::Text(t))),
+            tungstenite::Message::Binary(b) => Some(Self::from_payload(Payload::Binary(b))),
+            _ => None,
+        }
+    }
+
+    /// This message as a tungstenite message, without copying.
+    #[cfg(feature = "client")]
+    pub(crate) fn into_tungstenite(self) -> tungstenite::Message {
+        match self.payload {
+            Payload::Text(t) => tungstenite::Message::Text(t),
+            Payload::Binary(b) => tungstenite::Message::Binary(b),
+        }
     }
 
     /// Whether this is a text message.

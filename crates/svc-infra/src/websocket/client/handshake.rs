@@ -1,0 +1,675 @@
+//! Opening a connection: URL checks, TCP, TLS (rustls) and the RFC 6455 opening handshake.
+//!
+//! The handshake is written here rather than taken from tungstenite because tungstenite's
+//! client handshake (a) rejects a server that picks no subprotocol when some were offered,
+//! which RFC 6455 allows and the Python client accepts, and (b) only keeps the bytes of the
+//! response body that happened to arrive with the headers, while an authentication failure
+//! should report what the server said. Framing after the handshake is tungstenite's.
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite};
+use tungstenite::protocol::{Role, WebSocketConfig as WireConfig};
+
+use crate::websocket::{Result, WebSocketConfig, WebSocketError};
+
+/// The stream a connected client talks over.
+pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Largest response head (status line and headers) we accept.
+const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+/// Most response-body bytes kept for an error report.
+const MAX_ERROR_BODY: usize = 1024;
+/// How long we wait for the body of a refused handshake (bounded by `open_timeout` too).
+const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Size of tungstenite's read buffer (allocated once per connection).
+const READ_BUFFER: usize = 32 * 1024;
+/// Frames are buffered up to this many bytes before they are written out.
+pub(crate) const WRITE_BUFFER: usize = 64 * 1024;
+
+/// Why a connection could not be opened, as the `source` of
+/// [`WebSocketError::ConnectionFailed`]. Private: callers see its message, and the reconnect
+/// loop looks at [`ConnectFailure::is_permanent`].
+#[derive(Debug)]
+pub(crate) enum ConnectFailure {
+    /// The URL, a header or a subprotocol cannot be used; retrying cannot help.
+    InvalidRequest(String),
+    /// The server answered the upgrade request with a status other than 101.
+    HttpStatus {
+        status: u16,
+        reason: String,
+        body: String,
+    },
+    /// DNS or TCP failed, or the connection dropped during the (TLS or HTTP) handshake.
+    Io(std::io::Error),
+    /// TLS failed for a reason a retry cannot fix: no roots, a bad server name, an
+    /// untrusted or invalid certificate, a TLS protocol error.
+    Tls(String),
+}
+
+impl fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidRequest(why) => f.write_str(why),
+            Self::HttpStatus {
+                status,
+                reason,
+                body,
+            } => {
+                write!(
+                    f,
+                    "server answered HTTP {status} {reason} instead of 101 Switching Protocols"
+                )?;
+                if !body.is_empty() {
+                    write!(f, ": {}", truncate(body, 200))?;
+                }
+                Ok(())
+            }
+            Self::Io(e) => write!(f, "{e}"),
+            Self::Tls(why) => write!(f, "TLS: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl ConnectFailure {
+    /// Whether retrying the same request cannot succeed: a bad URL or header, a TLS
+    /// failure (untrusted certificate, no roots, …), or an HTTP 4xx other than 408
+    /// (timeout) and 429 (too many requests).
+    pub(crate) fn is_permanent(&self) -> bool {
+        match self {
+            Self::InvalidRequest(_) | Self::Tls(_) => true,
+            Self::HttpStatus { status, .. } => {
+                (400..500).contains(status) && *status != 408 && *status != 429
+            }
+            Self::Io(_) => false,
+        }
+    }
+}
+
+/// Everything needed to open connections to one URL, checked once.
+#[derive(Clone)]
+pub(crate) struct Target {
+    pub(crate) url: String,
+    host: Host,
+    port: u16,
+    /// Request without the `Sec-WebSocket-Key` line and the final blank line.
+    request_head: String,
+    subprotocols: Vec<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    pub(crate) config: WebSocketConfig,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Target")
+            .field("url", &self.url)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Host {
+    Domain(String),
+    Ip(IpAddr),
+}
+
+/// TLS trust settings collected by the builder.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TlsRoots {
+    pub(crate) webpki: bool,
+    pub(crate) native: bool,
+    pub(crate) extra: Vec<CertificateDer<'static>>,
+}
+
+/// Handshake headers a caller may not set: they are ours to write.
+const RESERVED_HEADERS: &[&str] = &[
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-protocol",
+    "sec-websocket-accept",
+    "content-length",
+    "transfer-encoding",
+];
+
+fn invalid(url: &str, why: impl Into<String>) -> WebSocketError {
+    WebSocketError::failed(url, ConnectFailure::InvalidRequest(why.into()))
+}
+
+impl Target {
+    /// Checks the URL, headers and subprotocols and prepares TLS; no I/O.
+    pub(crate) fn new(
+        url: &str,
+        config: WebSocketConfig,
+        headers: &[(String, String)],
+        subprotocols: &[String],
+        roots: &TlsRoots,
+    ) -> Result<Self> {
+        config.validate()?;
+        let parsed = url::Url::parse(url).map_err(|e| invalid(url, format!("invalid URL: {e}")))?;
+        let secure = match parsed.scheme() {
+            "ws" => false,
+            "wss" => true,
+            other => {
+                return Err(invalid(
+                    url,
+                    format!("unsupported URL scheme {other:?}: expected ws or wss"),
+                ));
+            }
+        };
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(invalid(
+                url,
+                "credentials in the URL are not supported: send an Authorization header instead",
+            ));
+        }
+        let host = match parsed.host() {
+            Some(url::Host::Domain(d)) if !d.is_empty() => Host::Domain(d.to_owned()),
+            Some(url::Host::Ipv4(ip)) => Host::Ip(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Host::Ip(IpAddr::V6(ip)),
+            _ => return Err(invalid(url, "the URL has no host")),
+        };
+        let port = parsed
+            .port_or_known_default()
+            .unwrap_or(if secure { 443 } else { 80 });
+        let host_str = parsed.host_str().unwrap_or_default();
+        let authority = match parsed.port() {
+            Some(p) => format!("{host_str}:{p}"),
+            None => host_str.to_owned(),
+        };
+        let mut target = parsed.path().to_owned();
+        if let Some(q) = parsed.query() {
+            target.push('?');
+            target.push_str(q);
+        }
+
+        for p in subprotocols {
+            if p.is_empty() || !p.bytes().all(is_token_char) {
+                return Err(invalid(
+                    url,
+                    format!("invalid subprotocol {p:?}: expected an HTTP token"),
+                ));
+            }
+        }
+
+        let mut head = format!("GET {target} HTTP/1.1\r\n");
+        let user_sets = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+        if !user_sets("host") {
+            head.push_str(&format!("Host: {authority}\r\n"));
+        }
+        head.push_str("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n");
+        if !subprotocols.is_empty() {
+            head.push_str(&format!(
+                "Sec-WebSocket-Protocol: {}\r\n",
+                subprotocols.join(", ")
+            ));
+        }
+        if !user_sets("user-agent") {
+            head.push_str(concat!(
+                "User-Agent: svc-infra/",
+                env!("CARGO_PKG_VERSION"),
+                "\r\n"
+            ));
+        }
+        for (name, value) in headers {
+            let parsed_name = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(url, format!("invalid header name {name:?}")))?;
+            if RESERVED_HEADERS.contains(&parsed_name.as_str()) {
+                return Err(invalid(
+                    url,
+                    format!("header {name:?} is set by the handshake itself"),
+                ));
+            }
+            http::HeaderValue::from_str(value)
+                .map_err(|_| invalid(url, format!("invalid value for header {name:?}")))?;
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+
+        let tls = if secure {
+            Some(tls_config(url, roots)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            url: url.to_owned(),
+            host,
+            port,
+            request_head: head,
+            subprotocols: subprotocols.to_vec(),
+            tls,
+            config,
+        })
+    }
+
+    /// Opens one connection: TCP, TLS, handshake, all within `open_timeout`.
+    /// Returns the socket and the subprotocol the server chose.
+    pub(crate) async fn open(&self) -> Result<(Socket, Option<String>)> {
+        let limit = self.config.open_timeout;
+        match tokio::time::timeout(limit, self.open_inner()).await {
+            Ok(result) => result,
+            Err(_) => Err(WebSocketError::Timeout {
+                operation: "opening handshake",
+                after: limit,
+            }),
+        }
+    }
+
+    async fn open_inner(&self) -> Result<(Socket, Option<String>)> {
+        let io_err = |e: std::io::Error| WebSocketError::failed(&self.url, ConnectFailure::Io(e));
+        let tcp = match &self.host {
+            Host::Ip(ip) => TcpStream::connect(SocketAddr::new(*ip, self.port)).await,
+            Host::Domain(d) => TcpStream::connect((d.as_str(), self.port)).await,
+        }
+        .map_err(io_err)?;
+        // Small frames (pings, chat messages) should not wait for Nagle.
+        tcp.set_nodelay(true).map_err(io_err)?;
+
+        let mut stream = match &self.tls {
+            None => MaybeTlsStream::Plain(tcp),
+            Some(config) => {
+                let name = match &self.host {
+                    Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
+                    Host::Domain(d) => ServerName::try_from(d.clone()).map_err(|_| {
+                        WebSocketError::failed(
+                            &self.url,
+                            ConnectFailure::Tls(format!("invalid server name {d:?}")),
+                        )
+                    })?,
+                };
+                let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+                let tls = connector.connect(name, tcp).await.map_err(|e| {
+                    // A certificate or TLS protocol problem will not fix itself; a network
+                    // failure during the TLS handshake might.
+                    if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+                        WebSocketError::failed(&self.url, ConnectFailure::Tls(e.to_string()))
+                    } else {
+                        io_err(e)
+                    }
+                })?;
+                MaybeTlsStream::Rustls(tls)
+            }
+        };
+
+        let key = tungstenite::handshake::client::generate_key();
+        let request = format!("{}Sec-WebSocket-Key: {key}\r\n\r\n", self.request_head);
+        stream.write_all(request.as_bytes()).await.map_err(io_err)?;
+        stream.flush().await.map_err(io_err)?;
+
+        let (head, tail) = read_head(&mut stream).await.map_err(io_err)?;
+        let response = parse_head(&head).map_err(|why| self.protocol(why))?;
+
+        if response.status != 101 {
+            let body = read_error_body(&mut stream, &response, tail).await;
+            return Err(match response.status {
+                401 | 403 => WebSocketError::Authentication {
+                    status: response.status,
+                    body,
+                },
+                status => WebSocketError::failed(
+                    &self.url,
+                    ConnectFailure::HttpStatus {
+                        status,
+                        reason: response.reason,
+                        body,
+                    },
+                ),
+            });
+        }
+        let subprotocol = self.verify_upgrade(&response, &key)?;
+
+        let socket = WebSocketStream::from_partially_read(
+            stream,
+            tail,
+            Role::Client,
+            Some(self.wire_config()),
+        )
+        .await;
+        Ok((socket, subprotocol))
+    }
+
+    fn protocol(&self, why: impl fmt::Display) -> WebSocketError {
+        WebSocketError::Protocol(format!("handshake with {}: {why}", self.url))
+    }
+
+    /// The checks of RFC 6455 §4.1 on a 101 response; returns the chosen subprotocol.
+    fn verify_upgrade(&self, response: &Head, key: &str) -> Result<Option<String>> {
+        let upgrade_ok = response
+            .header("upgrade")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+        if !upgrade_ok {
+            return Err(self.protocol("the response lacks `Upgrade: websocket`"));
+        }
+        let connection_ok = response.header("connection").is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+        if !connection_ok {
+            return Err(self.protocol("the response lacks `Connection: Upgrade`"));
+        }
+        let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        if response.header("sec-websocket-accept").map(str::trim) != Some(expected.as_str()) {
+            return Err(self.protocol("wrong Sec-WebSocket-Accept"));
+        }
+        if let Some(ext) = response.header("sec-websocket-extensions")
+            && !ext.trim().is_empty()
+        {
+            return Err(self.protocol(format!(
+                "the server enabled extension {ext:?}, which was not offered"
+            )));
+        }
+        match response.header("sec-websocket-protocol").map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(chosen) if self.subprotocols.iter().any(|p| p == chosen) => {
+                Ok(Some(chosen.to_owned()))
+            }
+            Some(chosen) => Err(self.protocol(format!(
+                "the server chose subprotocol {chosen:?}, which was not offered (offered: {:?})",
+                self.subprotocols
+            ))),
+        }
+    }
+
+    /// tungstenite's limits from our config: bounded buffers both ways.
+    fn wire_config(&self) -> WireConfig {
+        let max = self.config.max_message_size;
+        WireConfig::default()
+            .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(WRITE_BUFFER)
+            // One batch of frames (≤ WRITE_BUFFER plus one message) plus control frames.
+            .max_write_buffer_size(WRITE_BUFFER.saturating_add(max).saturating_add(64 * 1024))
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max))
+    }
+}
+
+fn tls_config(url: &str, roots: &TlsRoots) -> Result<Arc<rustls::ClientConfig>> {
+    let tls_err = |why: String| WebSocketError::failed(url, ConnectFailure::Tls(why));
+    let mut store = rustls::RootCertStore::empty();
+    if roots.webpki {
+        store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    if roots.native {
+        let loaded = rustls_native_certs::load_native_certs();
+        for e in &loaded.errors {
+            tracing::warn!(error = %e, "could not load some native root certificates");
+        }
+        store.add_parsable_certificates(loaded.certs);
+    }
+    for cert in &roots.extra {
+        store
+            .add(cert.clone())
+            .map_err(|e| tls_err(format!("bad root certificate: {e}")))?;
+    }
+    if store.is_empty() {
+        return Err(tls_err(
+            "no root certificates: enable webpki or native roots, or add one".to_owned(),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err(e.to_string()))?
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// RFC 7230 `tchar`.
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Reads until the end of the response head; returns the head and any bytes after it.
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the server closed the connection during the handshake",
+            ));
+        }
+        let searched_from = buf.len().saturating_sub(3);
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(pos) = buf[searched_from..]
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+        {
+            let end = searched_from + pos + 4;
+            let tail = buf.split_off(end);
+            return Ok((buf, tail));
+        }
+        if buf.len() > MAX_RESPONSE_HEAD {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("handshake response head larger than {MAX_RESPONSE_HEAD} bytes"),
+            ));
+        }
+    }
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+struct Head {
+    status: u16,
+    reason: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn parse_head(bytes: &[u8]) -> std::result::Result<Head, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    match response.parse(bytes) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err("incomplete HTTP response".to_owned()),
+        Err(e) => return Err(format!("malformed HTTP response: {e}")),
+    }
+    if response.version != Some(1) {
+        return Err("the response is not HTTP/1.1".to_owned());
+    }
+    Ok(Head {
+        status: response.code.unwrap_or_default(),
+        reason: response.reason.unwrap_or_default().to_owned(),
+        headers: response
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_owned(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect(),
+    })
+}
+
+/// Reads up to [`MAX_ERROR_BODY`] bytes of a refused handshake's body, within
+/// [`ERROR_BODY_TIMEOUT`]; whatever arrived by then is returned (lossy UTF-8).
+async fn read_error_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    head: &Head,
+    tail: Vec<u8>,
+) -> String {
+    let chunked = head
+        .header("transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    let length = head
+        .header("content-length")
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    // How many raw bytes we want: the declared length, else whatever comes (chunked or
+    // close-delimited), in both cases at most a little over the 1 KiB we keep.
+    let want = match (chunked, length) {
+        (false, Some(n)) => n.min(MAX_ERROR_BODY),
+        _ => MAX_ERROR_BODY + 64,
+    };
+    let mut raw = tail;
+    let read_more = async {
+        let mut chunk = [0u8; 512];
+        while raw.len() < want {
+            if chunked && raw.windows(5).any(|w| w == b"0\r\n\r\n") {
+                break;
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(ERROR_BODY_TIMEOUT, read_more).await;
+    let body = if chunked { dechunk(&raw) } else { raw };
+    let text = String::from_utf8_lossy(&body[..body.len().min(want).min(MAX_ERROR_BODY)]);
+    text.into_owned()
+}
+
+/// Best-effort decoding of a chunked body (stops at the first malformed or missing chunk).
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(line_end) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size_field = String::from_utf8_lossy(&raw[..line_end]);
+        let size_hex = size_field.split(';').next().unwrap_or("").trim();
+        let Ok(size) = usize::from_str_radix(size_hex, 16) else {
+            break;
+        };
+        if size == 0 {
+            break;
+        }
+        let start = line_end + 2;
+        let end = start.saturating_add(size).min(raw.len());
+        out.extend_from_slice(&raw[start..end]);
+        if end < start + size || raw.len() < end + 2 {
+            break;
+        }
+        raw = &raw[end + 2..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(url: &str) -> Result<Target> {
+        Target::new(
+            url,
+            WebSocketConfig::default(),
+            &[],
+            &[],
+            &TlsRoots {
+                webpki: true,
+                ..TlsRoots::default()
+            },
+        )
+    }
+
+    #[test]
+    fn request_head_has_host_path_and_query() {
+        let t = target("ws://example.com:8080/a/b?x=1&y=2#frag").unwrap();
+        assert!(t.request_head.starts_with("GET /a/b?x=1&y=2 HTTP/1.1\r\n"));
+        assert!(t.request_head.contains("Host: example.com:8080\r\n"));
+        let t = target("ws://[::1]/").unwrap();
+        assert!(t.request_head.contains("Host: [::1]\r\n"));
+        assert_eq!(t.port, 80);
+        assert_eq!(target("wss://example.com").unwrap().port, 443);
+    }
+
+    #[test]
+    fn bad_urls_are_permanent_connection_failures() {
+        for url in [
+            "",
+            "not a url",
+            "http://example.com/",
+            "ws://",
+            "ws://u:p@h/",
+        ] {
+            let err = target(url).unwrap_err();
+            let WebSocketError::ConnectionFailed { source, .. } = &err else {
+                panic!("{url:?}: {err:?}");
+            };
+            let cause = source.downcast_ref::<ConnectFailure>().unwrap();
+            assert!(cause.is_permanent(), "{url:?}");
+        }
+    }
+
+    #[test]
+    fn reserved_and_invalid_headers_are_refused() {
+        let roots = TlsRoots::default();
+        let cfg = WebSocketConfig::default();
+        for (k, v) in [
+            ("Sec-WebSocket-Key", "x"),
+            ("Bad Name", "x"),
+            ("X-Ok", "a\r\nb"),
+        ] {
+            let headers = [(k.to_owned(), v.to_owned())];
+            assert!(Target::new("ws://h/", cfg.clone(), &headers, &[], &roots).is_err());
+        }
+        let protos = ["has space".to_owned()];
+        assert!(Target::new("ws://h/", cfg, &[], &protos, &roots).is_err());
+    }
+
+    #[test]
+    fn chunked_bodies_are_decoded() {
+        assert_eq!(
+            dechunk(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            b"hello world"
+        );
+        assert_eq!(dechunk(b"5\r\nhel"), b"hel");
+        assert_eq!(dechunk(b"zz\r\n"), b"");
+    }
+
+    #[test]
+    fn http_status_permanence() {
+        let status = |status| ConnectFailure::HttpStatus {
+            status,
+            reason: String::new(),
+            body: String::new(),
+        };
+        assert!(status(404).is_permanent());
+        assert!(!status(503).is_permanent());
+        assert!(!status(429).is_permanent());
+    }
+}

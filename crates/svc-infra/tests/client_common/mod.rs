@@ -1,0 +1,476 @@
+//! Fixtures for the client tests: a real axum server on 127.0.0.1:0 (axum's own
+//! `WebSocketUpgrade`, independent of our server side), raw TCP servers for misbehaving
+//! peers, and a timeout helper for every await.
+#![allow(dead_code, unreachable_pub)] // each test crate uses a different part
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json, Router,
+    extract::{
+        Path, State,
+        ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
+    },
+    http::{HeaderMap, StatusCode},
+    response::Response,
+    routing::get,
+};
+use futures_util::{SinkExt, StreamExt};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
+
+/// Upper bound for any single await in a test.
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// Awaits `fut`, failing the test if it takes longer than [`STEP`].
+pub async fn step<F: Future>(fut: F) -> F::Output {
+    tokio::time::timeout(STEP, fut)
+        .await
+        .expect("test step timed out")
+}
+
+/// What the axum server observed, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Seen {
+    /// Upgrade request headers (lowercase names) and the subprotocol the server picked.
+    Upgrade {
+        headers: BTreeMap<String, String>,
+        protocol: Option<String>,
+    },
+    /// A close frame from the client: code and reason (`None` = no close frame before EOF).
+    Closed(Option<(u16, String)>),
+    /// Number of messages received by `/duplex`.
+    Received(usize),
+}
+
+#[derive(Clone)]
+struct AppState {
+    hits: Arc<AtomicUsize>,
+    seen: mpsc::Sender<Seen>,
+    kill: watch::Receiver<bool>,
+}
+
+/// A running axum server.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    /// Requests that reached a handler (upgrades and refusals).
+    pub hits: Arc<AtomicUsize>,
+    pub seen: mpsc::Receiver<Seen>,
+    kill: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl TestServer {
+    /// Binds 127.0.0.1:0 and serves [`router`].
+    pub async fn start() -> Self {
+        let listener = step(TcpListener::bind("127.0.0.1:0")).await.unwrap();
+        Self::serve(listener)
+    }
+
+    /// Serves on an already bound listener (e.g. the same port again after [`stop`]).
+    pub fn serve(listener: TcpListener) -> Self {
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (seen_tx, seen) = mpsc::channel(64);
+        let (kill, kill_rx) = watch::channel(false);
+        let state = AppState {
+            hits: Arc::clone(&hits),
+            seen: seen_tx,
+            kill: kill_rx,
+        };
+        let app = router().with_state(state);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            addr,
+            hits,
+            seen,
+            kill,
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Next observation.
+    pub async fn next_seen(&mut self) -> Seen {
+        step(self.seen.recv()).await.expect("server gone")
+    }
+
+    /// Kills the server like a crash: the port closes and every WebSocket is dropped without
+    /// a close frame.
+    pub async fn stop(self) {
+        let _ = self.kill.send(true);
+        self.task.abort();
+        let _ = step(self.task).await;
+    }
+}
+
+fn router() -> Router<AppState> {
+    Router::new()
+        .route("/echo", get(echo))
+        .route("/close/{code}/{reason}", get(close_with))
+        .route("/close-once/{code}/{reason}", get(close_once))
+        .route("/big/{size}", get(big))
+        .route("/duplex/{count}", get(duplex))
+        .route("/burst/{count}", get(burst))
+        .route(
+            "/forbidden",
+            get(|State(s): State<AppState>| async move {
+                s.hits.fetch_add(1, Ordering::SeqCst);
+                (
+                    StatusCode::FORBIDDEN,
+                    Json(serde_json::json!({"error": "forbidden", "reason": "Insufficient scope"})),
+                )
+            }),
+        )
+        .route(
+            "/unauthorized",
+            get(|State(s): State<AppState>| async move {
+                s.hits.fetch_add(1, Ordering::SeqCst);
+                (StatusCode::UNAUTHORIZED, "Token expired")
+            }),
+        )
+        .route(
+            "/unavailable",
+            get(|State(s): State<AppState>| async move {
+                s.hits.fetch_add(1, Ordering::SeqCst);
+                (StatusCode::SERVICE_UNAVAILABLE, "try later")
+            }),
+        )
+        .route("/plain", get(|| async { "hello, not a websocket" }))
+}
+
+fn header_map(headers: &HeaderMap) -> BTreeMap<String, String> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn close_of(frame: Option<CloseFrame>) -> Seen {
+    Seen::Closed(frame.map(|f| (f.code, f.reason.as_str().to_owned())))
+}
+
+/// Echoes text and binary messages; reports the upgrade request and the client's close.
+/// Picks subprotocol `v2` or `chat` when offered.
+async fn echo(State(s): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    s.hits.fetch_add(1, Ordering::SeqCst);
+    let ws = ws.protocols(["v2", "chat"]);
+    let protocol = ws
+        .selected_protocol()
+        .map(|p| p.to_str().unwrap_or_default().to_owned());
+    let _ = s
+        .seen
+        .send(Seen::Upgrade {
+            headers: header_map(&headers),
+            protocol,
+        })
+        .await;
+    ws.on_upgrade(move |socket| echo_loop(socket, s))
+}
+
+async fn echo_loop(mut socket: WebSocket, s: AppState) {
+    let mut kill = s.kill.clone();
+    loop {
+        tokio::select! {
+            _ = kill.changed() => return, // crash: drop without a close frame
+            message = socket.recv() => match message {
+                Some(Ok(Message::Text(t))) => {
+                    if socket.send(Message::Text(t)).await.is_err() { return; }
+                }
+                Some(Ok(Message::Binary(b))) => {
+                    if socket.send(Message::Binary(b)).await.is_err() { return; }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let _ = s.seen.send(close_of(frame)).await;
+                    return;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => {
+                    let _ = s.seen.send(Seen::Closed(None)).await;
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// The first connection is closed like `/close/..`; later ones are echoed.
+async fn close_once(
+    State(s): State<AppState>,
+    Path((code, reason)): Path<(u16, String)>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let n = s.hits.fetch_add(1, Ordering::SeqCst) + 1;
+    if n == 1 {
+        ws.on_upgrade(move |socket| close_socket(socket, s, code, reason))
+    } else {
+        ws.on_upgrade(move |socket| echo_loop(socket, s))
+    }
+}
+
+/// Closes at once with the given code and reason.
+async fn close_with(
+    State(s): State<AppState>,
+    Path((code, reason)): Path<(u16, String)>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    s.hits.fetch_add(1, Ordering::SeqCst);
+    ws.on_upgrade(move |socket| close_socket(socket, s, code, reason))
+}
+
+async fn close_socket(mut socket: WebSocket, s: AppState, code: u16, reason: String) {
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason),
+    };
+    let _ = socket.send(Message::Close(Some(frame))).await;
+    // Wait for the client's answer, then drop.
+    let _ = tokio::time::timeout(STEP, async {
+        while let Some(Ok(m)) = socket.recv().await {
+            if let Message::Close(f) = m {
+                let _ = s.seen.send(close_of(f)).await;
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Sends one binary message of `size` bytes, then reports the client's close.
+async fn big(State(s): State<AppState>, Path(size): Path<usize>, ws: WebSocketUpgrade) -> Response {
+    s.hits.fetch_add(1, Ordering::SeqCst);
+    ws.max_message_size(64 << 20)
+        .on_upgrade(move |mut socket| async move {
+            let _ = socket.send(Message::Binary(vec![7u8; size].into())).await;
+            let seen = tokio::time::timeout(STEP, async {
+                loop {
+                    match socket.recv().await {
+                        Some(Ok(Message::Close(f))) => break close_of(f),
+                        Some(Ok(_)) => {}
+                        _ => break Seen::Closed(None),
+                    }
+                }
+            })
+            .await
+            .unwrap_or(Seen::Closed(None));
+            let _ = s.seen.send(seen).await;
+        })
+}
+
+/// Sends `count` text messages `m-0`, `m-1`, … at once, then echoes.
+async fn burst(
+    State(s): State<AppState>,
+    Path(count): Path<usize>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.on_upgrade(move |mut socket| async move {
+        for i in 0..count {
+            if socket
+                .send(Message::Text(format!("m-{i}").into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        echo_loop(socket, s).await;
+    })
+}
+
+/// Sends `count` messages `down-i` while counting what comes up; once both are done it
+/// sends `got N` and reports N.
+async fn duplex(
+    State(s): State<AppState>,
+    Path(count): Path<usize>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.on_upgrade(move |socket| async move {
+        let (mut sink, mut stream) = socket.split();
+        let down = async move {
+            for i in 0..count {
+                if sink
+                    .send(Message::Text(format!("down-{i}").into()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                if i % 16 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            sink
+        };
+        let up = async {
+            let mut n = 0;
+            while n < count {
+                match stream.next().await {
+                    Some(Ok(Message::Text(t))) if t.as_str().starts_with("up-") => n += 1,
+                    Some(Ok(_)) => {}
+                    _ => break,
+                }
+            }
+            n
+        };
+        let (mut sink, n) = tokio::join!(down, up);
+        let _ = sink.send(Message::Text(format!("got {n}").into())).await;
+        let _ = s.seen.send(Seen::Received(n)).await;
+        // Read until the client closes (which also answers its close frame).
+        let _ = tokio::time::timeout(STEP, async {
+            while let Some(Ok(_)) = stream.next().await {}
+        })
+        .await;
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw TCP servers, for peers that misbehave.
+
+/// Accept times of a raw server's connections.
+pub type Accepts = Arc<Mutex<Vec<Instant>>>;
+
+/// Binds 127.0.0.1:0 and runs `handler` for every connection; records accept times.
+pub async fn raw_server<F, Fut>(handler: F) -> (SocketAddr, Accepts)
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = step(TcpListener::bind("127.0.0.1:0")).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepts: Accepts = Arc::default();
+    let log = Arc::clone(&accepts);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            log.lock().unwrap().push(Instant::now());
+            tokio::spawn(handler(stream));
+        }
+    });
+    (addr, accepts)
+}
+
+/// Reads an HTTP request head; returns it as text.
+pub async fn read_request(stream: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match step(stream.read(&mut byte)).await {
+            Ok(1) => buf.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Completes the server side of the handshake by hand, adding `extra` header lines
+/// (each ending in `\r\n`).
+pub async fn raw_handshake(stream: &mut TcpStream, extra: &str) {
+    let request = read_request(stream).await;
+    let key = request
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("sec-websocket-key")
+                .then(|| v.trim().to_owned())
+        })
+        .expect("no Sec-WebSocket-Key");
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n{extra}\r\n"
+    );
+    step(stream.write_all(response.as_bytes())).await.unwrap();
+}
+
+/// An unmasked server frame.
+pub fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut frame = vec![0x80 | opcode, payload.len() as u8];
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Reads one (masked) client frame: opcode and unmasked payload.
+pub async fn read_client_frame(stream: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut head = [0u8; 2];
+    step(stream.read_exact(&mut head)).await?;
+    let opcode = head[0] & 0x0f;
+    let mut len = u64::from(head[1] & 0x7f);
+    if len == 126 {
+        let mut ext = [0u8; 2];
+        step(stream.read_exact(&mut ext)).await?;
+        len = u64::from(u16::from_be_bytes(ext));
+    } else if len == 127 {
+        let mut ext = [0u8; 8];
+        step(stream.read_exact(&mut ext)).await?;
+        len = u64::from_be_bytes(ext);
+    }
+    let mut mask = [0u8; 4];
+    if head[1] & 0x80 != 0 {
+        step(stream.read_exact(&mut mask)).await?;
+    }
+    let mut payload = vec![0u8; usize::try_from(len).unwrap()];
+    step(stream.read_exact(&mut payload)).await?;
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b ^= mask[i % 4];
+    }
+    Ok((opcode, payload))
+}
+
+/// Reads client frames until a close frame; returns its code and reason.
+pub async fn read_client_close(stream: &mut TcpStream) -> Option<(u16, String)> {
+    loop {
+        let (opcode, payload) = read_client_frame(stream).await.ok()?;
+        if opcode == 0x8 {
+            if payload.len() < 2 {
+                return Some((1005, String::new()));
+            }
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            return Some((code, String::from_utf8_lossy(&payload[2..]).into_owned()));
+        }
+    }
+}
+
+/// A port on 127.0.0.1 where nothing listens (bound, then released).
+pub async fn closed_port() -> SocketAddr {
+    let listener = step(TcpListener::bind("127.0.0.1:0")).await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Installs a test tracing subscriber once (shows the reconnect logs with `--nocapture`).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("svc_infra=info")),
+        )
+        .with_test_writer()
+        .try_init();
+}
