@@ -1,26 +1,4 @@
 //! [`WebSocketConfig`]: timeouts, keepalive, limits and the reconnect policy.
-//!
-//! # Environment variables
-//!
-//! [`WebSocketConfig::from_env`] reads these variables (names are matched
-//! case-insensitively, values are trimmed; unknown `WS_*` variables are ignored):
-//!
-//! | Variable | Default | Meaning | Accepted values |
-//! |---|---|---|---|
-//! | `WS_OPEN_TIMEOUT` | `10.0` | Connect + handshake timeout (seconds) | finite number > 0 |
-//! | `WS_CLOSE_TIMEOUT` | `10.0` | Close handshake timeout (seconds) | finite number > 0 |
-//! | `WS_PING_INTERVAL` | `20.0` | Keepalive ping interval (seconds) | finite number > 0; `none`, `null`, empty or `0` disable keepalive |
-//! | `WS_PING_TIMEOUT` | `20.0` | Pong deadline after a ping (seconds) | finite number > 0; `none`, `null`, empty or `0` disable the deadline |
-//! | `WS_MAX_MESSAGE_SIZE` | `1048576` | Largest message in either direction (bytes) | integer > 0 (`_` separators allowed) |
-//! | `WS_MAX_QUEUE_SIZE` | `16` | Messages buffered per connection | integer > 0 |
-//! | `WS_RECONNECT_ENABLED` | `true` | Reconnect after a drop ([`websocket_connect`](crate::websocket)) | `true/false/1/0/yes/no/on/off/t/f/y/n` |
-//! | `WS_RECONNECT_MAX_ATTEMPTS` | `5` | Failed attempts before giving up | integer ≥ 0; `0` = forever |
-//! | `WS_RECONNECT_BACKOFF_BASE` | `1.0` | First retry delay (seconds) | finite number ≥ 0 |
-//! | `WS_RECONNECT_BACKOFF_MAX` | `60.0` | Largest retry delay (seconds) | finite number ≥ base |
-//! | `WS_RECONNECT_JITTER` | `0.1` | Random factor applied to each delay | number in `0..=1` |
-//!
-//! A value outside what the table allows is a [`ConfigError`] that names the variable, the
-//! value and what is allowed; nothing is silently clamped.
 
 use std::{fmt, time::Duration};
 
@@ -41,6 +19,28 @@ use std::{fmt, time::Duration};
 ///     .with_reconnect_max_attempts(10);
 /// config.validate().unwrap();
 /// ```
+///
+/// # Environment variables
+///
+/// [`WebSocketConfig::from_env`] reads these variables (names are matched
+/// case-insensitively, values are trimmed; unknown `WS_*` variables are ignored):
+///
+/// | Variable | Default | Meaning | Accepted values |
+/// |---|---|---|---|
+/// | `WS_OPEN_TIMEOUT` | `10.0` | Connect + handshake timeout (seconds) | finite number > 0 |
+/// | `WS_CLOSE_TIMEOUT` | `10.0` | Close handshake timeout (seconds) | finite number > 0 |
+/// | `WS_PING_INTERVAL` | `20.0` | Keepalive ping interval (seconds) | finite number > 0; `none`, `null`, empty or `0` disable keepalive |
+/// | `WS_PING_TIMEOUT` | `20.0` | Pong deadline after a ping (seconds) | finite number > 0; `none`, `null`, empty or `0` disable the deadline |
+/// | `WS_MAX_MESSAGE_SIZE` | `1048576` | Largest message in either direction (bytes) | integer > 0 (`_` separators allowed) |
+/// | `WS_MAX_QUEUE_SIZE` | `16` | Messages buffered per connection | integer > 0 |
+/// | `WS_RECONNECT_ENABLED` | `true` | Reconnect after a drop ([`websocket_connect`](crate::websocket::websocket_connect)) | `true/false/1/0/yes/no/on/off/t/f/y/n` |
+/// | `WS_RECONNECT_MAX_ATTEMPTS` | `5` | Failed attempts before giving up | integer ≥ 0; `0` = forever |
+/// | `WS_RECONNECT_BACKOFF_BASE` | `1.0` | First retry delay (seconds) | finite number ≥ 0 |
+/// | `WS_RECONNECT_BACKOFF_MAX` | `60.0` | Largest retry delay (seconds) | finite number ≥ base |
+/// | `WS_RECONNECT_JITTER` | `0.1` | Random factor applied to each delay | number in `0..=1` |
+///
+/// A value outside what the table allows is a [`ConfigError`] that names the variable, the
+/// value and what is allowed; nothing is silently clamped.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct WebSocketConfig {
@@ -135,8 +135,8 @@ const POSITIVE_SECS: &str = "a finite number > 0 (seconds)";
 const OPTIONAL_SECS: &str = "a finite number > 0 (seconds), or none/null/empty/0 to disable";
 
 impl WebSocketConfig {
-    /// The defaults overridden by any `WS_*` environment variables (see the
-    /// [module docs](self) for the table), validated.
+    /// The defaults overridden by any `WS_*` environment variables (see the table on
+    /// [`WebSocketConfig`]), validated.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_vars(std::env::vars_os().filter_map(|(k, v)| {
             // Non-UTF-8 names cannot be ours; a non-UTF-8 value of ours is reported below.
