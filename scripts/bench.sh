@@ -47,7 +47,7 @@ ECHO_M=${ECHO_M:-2000}
 ECHO_SIZE=${ECHO_SIZE:-128}
 OUT=${OUT:-target/bench}
 NICE=${NICE:--10}
-LABEL=${LABEL:-$(printf '%s' "$SERVER${SERVER_ARGS[*]:+ ${SERVER_ARGS[*]}}" | tr -c 'A-Za-z0-9_.=-' '_')}
+LABEL=${LABEL:-$(printf '%s' "$SERVER${SERVER_ARGS[*]:+ ${SERVER_ARGS[*]}}" | sed 's/--//g' | tr -c 'A-Za-z0-9_.=-' '_')}
 export RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0
 
 # 65536 descriptors for the server and the load generator; where the hard limit is lower and
