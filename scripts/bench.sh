@@ -19,6 +19,7 @@
 #   FANOUT_N=10000  FANOUT_M=50  FANOUT_SIZE=128  FANOUT_INTERVAL_MS=20
 #   ECHO_C=50  ECHO_M=2000  ECHO_SIZE=128
 #   LABEL=<server name plus args>   OUT=target/bench
+#   SERVER_BIN=<path>  (plain_axum, bench_app: use this prebuilt binary instead of building)
 #   NICE=-10   (niceness of server and load generator, each in its own session and so its own
 #               scheduler autogroup whose nice value is set too: on a shared machine this keeps
 #               other work from skewing the figures; ignored where it is not permitted)
@@ -87,15 +88,17 @@ LOADGEN=$ROOT/target/release/svc-ws
 SERVER_ENV=()
 case "$SERVER" in
     plain_axum)
-        cargo build --release -p svc-ws --example plain_axum
-        SERVER_CMD=("$ROOT/target/release/examples/plain_axum" --port "$PORT")
+        if [ -z "${SERVER_BIN:-}" ]; then
+            cargo build --release -p svc-ws --example plain_axum
+        fi
+        SERVER_CMD=("${SERVER_BIN:-$ROOT/target/release/examples/plain_axum}" --port "$PORT")
         ;;
     bench_app)
-        if ! cargo build --release --example bench_app; then
+        if [ -z "${SERVER_BIN:-}" ] && ! cargo build --release --example bench_app; then
             echo "bench.sh: skipping bench_app: \`cargo build --release --example bench_app\` failed (not built yet?)"
             exit 0
         fi
-        SERVER_CMD=("$ROOT/target/release/examples/bench_app" --port "$PORT")
+        SERVER_CMD=("${SERVER_BIN:-$ROOT/target/release/examples/bench_app}" --port "$PORT")
         ;;
     uws)
         command -v node >/dev/null || { echo "bench.sh: skipping uws: node is not installed"; exit 0; }
