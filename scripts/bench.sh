@@ -67,6 +67,7 @@ fi
 # LAUNCH NOFILE NICE CMD...: raises the open-file limit, sets the niceness of the process's
 # scheduler autogroup (it runs under setsid, so the group is its own), then execs CMD: one PID
 # throughout, so $! is the server's PID.
+# shellcheck disable=SC2016 # expanded by the launched bash, not here
 LAUNCH='ulimit -n "$1" || exit 1
 if [ -n "$2" ] && [ -w /proc/self/autogroup ]; then echo "$2" >/proc/self/autogroup 2>/dev/null || true; fi
 shift 2
@@ -186,6 +187,7 @@ done
 echo
 echo "== summary ($LABEL)"
 if command -v python3 >/dev/null; then
+    # shellcheck disable=SC2086 # one argument per workload
     python3 - "$OUT" "$LABEL" $WORKLOADS <<'PY'
 import json, sys
 out, label, workloads = sys.argv[1], sys.argv[2], sys.argv[3:]

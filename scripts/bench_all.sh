@@ -9,7 +9,7 @@
 #              and every parameter of scripts/bench.sh (PORT, FANOUT_N, ...).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
+cd "$ROOT" || exit 1
 SERVERS=${SERVERS:-"plain_axum uws bench_app"}
 REPS=${REPS:-3}
 BASE=${OUT:-target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
