@@ -19,6 +19,7 @@
 #   FANOUT_N=10000  FANOUT_M=50  FANOUT_SIZE=128  FANOUT_INTERVAL_MS=20
 #   ECHO_C=50  ECHO_M=2000  ECHO_SIZE=128
 #   LABEL=<server name plus args>   OUT=target/bench
+#   SERVER_BIN=<path>  (plain_axum, bench_app: use this prebuilt binary instead of building)
 #   NICE=-10   (niceness of server and load generator, each in its own session and so its own
 #               scheduler autogroup whose nice value is set too: on a shared machine this keeps
 #               other work from skewing the figures; ignored where it is not permitted)
@@ -47,7 +48,7 @@ ECHO_M=${ECHO_M:-2000}
 ECHO_SIZE=${ECHO_SIZE:-128}
 OUT=${OUT:-target/bench}
 NICE=${NICE:--10}
-LABEL=${LABEL:-$(printf '%s' "$SERVER${SERVER_ARGS[*]:+ ${SERVER_ARGS[*]}}" | tr -c 'A-Za-z0-9_.=-' '_')}
+LABEL=${LABEL:-$(printf '%s' "$SERVER${SERVER_ARGS[*]:+ ${SERVER_ARGS[*]}}" | sed 's/--//g' | tr -c 'A-Za-z0-9_.=-' '_')}
 export RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0
 
 # 65536 descriptors for the server and the load generator; where the hard limit is lower and
@@ -66,6 +67,7 @@ fi
 # LAUNCH NOFILE NICE CMD...: raises the open-file limit, sets the niceness of the process's
 # scheduler autogroup (it runs under setsid, so the group is its own), then execs CMD: one PID
 # throughout, so $! is the server's PID.
+# shellcheck disable=SC2016 # expanded by the launched bash, not here
 LAUNCH='ulimit -n "$1" || exit 1
 if [ -n "$2" ] && [ -w /proc/self/autogroup ]; then echo "$2" >/proc/self/autogroup 2>/dev/null || true; fi
 shift 2
@@ -87,15 +89,17 @@ LOADGEN=$ROOT/target/release/svc-ws
 SERVER_ENV=()
 case "$SERVER" in
     plain_axum)
-        cargo build --release -p svc-ws --example plain_axum
-        SERVER_CMD=("$ROOT/target/release/examples/plain_axum" --port "$PORT")
+        if [ -z "${SERVER_BIN:-}" ]; then
+            cargo build --release -p svc-ws --example plain_axum
+        fi
+        SERVER_CMD=("${SERVER_BIN:-$ROOT/target/release/examples/plain_axum}" --port "$PORT")
         ;;
     bench_app)
-        if ! cargo build --release --example bench_app; then
+        if [ -z "${SERVER_BIN:-}" ] && ! cargo build --release --example bench_app; then
             echo "bench.sh: skipping bench_app: \`cargo build --release --example bench_app\` failed (not built yet?)"
             exit 0
         fi
-        SERVER_CMD=("$ROOT/target/release/examples/bench_app" --port "$PORT")
+        SERVER_CMD=("${SERVER_BIN:-$ROOT/target/release/examples/bench_app}" --port "$PORT")
         ;;
     uws)
         command -v node >/dev/null || { echo "bench.sh: skipping uws: node is not installed"; exit 0; }
@@ -183,6 +187,7 @@ done
 echo
 echo "== summary ($LABEL)"
 if command -v python3 >/dev/null; then
+    # shellcheck disable=SC2086 # one argument per workload
     python3 - "$OUT" "$LABEL" $WORKLOADS <<'PY'
 import json, sys
 out, label, workloads = sys.argv[1], sys.argv[2], sys.argv[3:]

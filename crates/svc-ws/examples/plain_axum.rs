@@ -48,8 +48,9 @@ struct Args {
     queue: usize,
 }
 
+/// Shared state: the registry and the counters.
 #[derive(Debug)]
-struct AppState {
+pub(crate) struct AppState {
     conns: RwLock<HashMap<u64, mpsc::Sender<Message>>>,
     next_id: AtomicU64,
     dropped: AtomicU64,
@@ -58,6 +59,17 @@ struct AppState {
 }
 
 impl AppState {
+    /// A server with no connections; `read_buffer_size` None keeps tungstenite's default.
+    pub(crate) fn new(read_buffer_size: Option<usize>, queue: usize) -> Arc<Self> {
+        Arc::new(Self {
+            conns: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            read_buffer_size,
+            queue: queue.max(1),
+        })
+    }
+
     fn broadcast(&self, text: &Utf8Bytes) {
         let conns = self.conns.read().unwrap_or_else(PoisonError::into_inner);
         for tx in conns.values() {
@@ -78,24 +90,23 @@ struct Envelope<'a> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let state = Arc::new(AppState {
-        conns: RwLock::new(HashMap::new()),
-        next_id: AtomicU64::new(0),
-        dropped: AtomicU64::new(0),
-        read_buffer_size: args.read_buffer_size,
-        queue: args.queue.max(1),
-    });
+    let state = AppState::new(args.read_buffer_size, args.queue);
     tokio::spawn(report_drops(Arc::clone(&state)));
-    let app = Router::new()
-        .route("/ws/{user_id}", get(ws_handler))
-        .route("/echo", get(echo_handler))
-        .route("/stats", get(stats))
-        .with_state(state);
+    let app = router(state);
     let listener =
         tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, args.port))).await?;
     eprintln!("plain_axum listening on {}", listener.local_addr()?);
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+/// The bench_app routes (`crates/svc-ws/tests/bench.rs` serves them in-process too).
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/ws/{user_id}", get(ws_handler))
+        .route("/echo", get(echo_handler))
+        .route("/stats", get(stats))
+        .with_state(state)
 }
 
 fn configure(ws: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {

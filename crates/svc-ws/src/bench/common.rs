@@ -11,6 +11,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Interval, MissedTickBehavior, timeout};
 use tokio_tungstenite::WebSocketStream;
+
+use super::raw::RawWs;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// A client WebSocket over plain TCP.
@@ -101,6 +103,18 @@ impl Target {
                 )
             })?
             .with_context(|| format!("connect to {url}"))
+    }
+
+    /// Opens a [`RawWs`] (a subscriber's lean reader) to `path`, bounded by the connect timeout.
+    pub(crate) async fn connect_raw(&self, path: &str) -> anyhow::Result<RawWs> {
+        RawWs::connect(
+            &self.host,
+            self.port,
+            path,
+            self.read_buffer,
+            self.connect_timeout,
+        )
+        .await
     }
 
     /// `GET /stats` → the `connections` figure.

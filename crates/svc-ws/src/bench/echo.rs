@@ -114,7 +114,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let client_cpu = CpuMeter::start(None);
-    let server_cpu = CpuMeter::start(args.server_pid);
+    let server_cpu = args.server_pid.map(|pid| CpuMeter::start(Some(pid)));
     let _ = go_tx.send(true);
 
     let mut hist = latency_histogram()?;
@@ -148,7 +148,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         round_trips as f64 / elapsed.as_secs_f64()
     };
     let rtt = Latency::of(&hist);
-    let (client_busy, server_busy) = (client_cpu.busy_percent(), server_cpu.busy_percent());
+    let (client_busy, server_busy) = (
+        client_cpu.busy_percent(),
+        server_cpu.and_then(|m| m.busy_percent()),
+    );
     println!(
         "  round trips: {round_trips} in {:.3} s = {:.0} msgs/s",
         elapsed.as_secs_f64(),

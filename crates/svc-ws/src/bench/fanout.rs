@@ -17,9 +17,10 @@ use tokio::time::{MissedTickBehavior, timeout};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::common::{
-    CommonArgs, ConnectGate, CpuMeter, Latency, Target, Ws, cpu_line, latency_histogram, now_ns,
-    pad, round3,
+    CommonArgs, ConnectGate, CpuMeter, Latency, Target, cpu_line, latency_histogram, now_ns, pad,
+    round3,
 };
+use super::raw::{Frame, RawWs, json_u64};
 
 /// Arguments of `svc-ws bench fanout`.
 #[derive(Debug, clap::Args)]
@@ -47,13 +48,6 @@ pub(crate) struct Args {
     /// PID of the server, to report its CPU use while broadcasts are delivered.
     #[arg(long)]
     server_pid: Option<u32>,
-}
-
-/// The part of a broadcast a subscriber reads.
-#[derive(serde::Deserialize)]
-struct Probe {
-    seq: u64,
-    ts: u64,
 }
 
 /// What one subscriber saw.
@@ -114,13 +108,14 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 let ready_tx = ready_tx.clone();
                 let stop_rx = stop_rx.clone();
                 tasks.push(tokio::spawn(async move {
-                    let connected = target.connect(&format!("/ws/bench-sub-{i}")).await;
+                    let connected = target.connect_raw(&format!("/ws/bench-sub-{i}")).await;
                     drop(permit);
                     match connected {
                         Ok(ws) => {
                             let _ = ready_tx.send(Ok(())).await;
                             drop(ready_tx);
-                            Some(subscribe(ws, messages, stop_rx, &progress).await)
+                            let write_timeout = target.io_timeout;
+                            Some(subscribe(ws, messages, stop_rx, &progress, write_timeout).await)
                         }
                         Err(e) => {
                             let _ = ready_tx.send(Err(format!("{e:#}"))).await;
@@ -207,7 +202,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let mut pace = tokio::time::interval(Duration::from_millis(args.interval_ms.max(1)));
     pace.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let client_cpu = CpuMeter::start(None);
-    let server_cpu = CpuMeter::start(args.server_pid);
+    let server_cpu = args.server_pid.map(|pid| CpuMeter::start(Some(pid)));
     let first_send_ns = now_ns();
     let publish_started = Instant::now();
     let mut publish_error = None;
@@ -240,7 +235,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     while progress.unique.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let (client_busy, server_busy) = (client_cpu.busy_percent(), server_cpu.busy_percent());
+    let (client_busy, server_busy) = (
+        client_cpu.busy_percent(),
+        server_cpu.and_then(|m| m.busy_percent()),
+    );
     let _ = stop_tx.send(true);
     let _ = timeout(Duration::from_secs(1), sink.close()).await;
     let _ = timeout(Duration::from_secs(5), publisher_reader).await;
@@ -350,12 +348,14 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One subscriber: reads until told to stop or the connection fails.
+/// One subscriber: reads until told to stop or the connection fails. Every frame of one read
+/// is stamped with the time that read returned.
 async fn subscribe(
-    mut ws: Ws,
+    mut ws: RawWs,
     messages: usize,
     mut stop: watch::Receiver<bool>,
     progress: &Progress,
+    write_timeout: Duration,
 ) -> SubResult {
     let mut result = SubResult {
         latencies_ns: Vec::with_capacity(messages),
@@ -363,46 +363,59 @@ async fn subscribe(
         ..SubResult::default()
     };
     loop {
-        tokio::select! {
+        let filled = tokio::select! {
             biased;
-            next = ws.next() => match next {
-                Some(Ok(Message::Text(text))) => {
-                    let rx_ns = now_ns();
-                    match serde_json::from_str::<Probe>(&text) {
-                        Ok(probe) if (probe.seq as usize) < messages => {
-                            let slot = &mut result.counts[probe.seq as usize];
+            filled = ws.fill() => filled,
+            _ = stop.changed() => break,
+        };
+        match filled {
+            Ok(true) => {}
+            Ok(false) => {
+                result.error = Some("server closed a subscriber".to_owned());
+                break;
+            }
+            Err(e) => {
+                result.error = Some(format!("subscriber: {e}"));
+                break;
+            }
+        }
+        let rx_ns = now_ns();
+        let mut closed = false;
+        let drained = ws
+            .drain(write_timeout, |frame| match frame {
+                Frame::Text(text) => {
+                    let probe = json_u64(text, b"seq").zip(json_u64(text, b"ts"));
+                    match probe {
+                        Some((seq, ts)) if (seq as usize) < messages => {
+                            let slot = &mut result.counts[seq as usize];
                             if *slot == 0 {
                                 progress.unique.fetch_add(1, Ordering::Relaxed);
                             }
                             *slot = slot.saturating_add(1);
-                            result.latencies_ns.push(rx_ns.saturating_sub(probe.ts));
+                            result.latencies_ns.push(rx_ns.saturating_sub(ts));
                             result.last_rx_ns = rx_ns;
                         }
                         _ => result.unexpected += 1,
                     }
                 }
-                Some(Ok(Message::Close(frame))) => {
-                    result.error = Some(format!("server closed a subscriber: {frame:?}"));
-                    break;
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    result.error = Some(format!("subscriber: {e}"));
-                    break;
-                }
-                None => {
-                    result.error = Some("server closed a subscriber".to_owned());
-                    break;
-                }
-            },
-            _ = stop.changed() => break,
+                Frame::Close => closed = true,
+                Frame::Ping | Frame::Other => {}
+            })
+            .await;
+        if let Err(e) = drained {
+            result.error = Some(format!("subscriber: {e:#}"));
+            break;
+        }
+        if closed {
+            result.error = Some("server closed a subscriber (close frame)".to_owned());
+            break;
         }
     }
     if result.error.is_some() {
         progress.failed.fetch_add(1, Ordering::Relaxed);
     } else {
         // Best effort; the run is over.
-        let _ = timeout(Duration::from_millis(200), ws.close(None)).await;
+        ws.close(Duration::from_millis(200)).await;
     }
     result
 }

@@ -19,6 +19,7 @@ mod common;
 mod echo;
 mod fanout;
 mod idle;
+mod raw;
 
 /// Arguments of `svc-ws bench`.
 #[derive(Debug, clap::Args)]

@@ -1,0 +1,257 @@
+//! A minimal read-mostly WebSocket client for fan-out subscribers.
+//!
+//! Ten thousand subscribers on one load-generator core must not be what limits a fan-out
+//! measurement, so subscribers skip tungstenite: they do the upgrade by hand, then read
+//! server frames (never masked) straight out of a small buffer, timestamp every frame of a
+//! read with the time that read returned, and answer pings and closes themselves (client
+//! frames are masked, as RFC 6455 requires).
+
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// An upgraded connection and its unread bytes.
+#[derive(Debug)]
+pub(crate) struct RawWs {
+    tcp: TcpStream,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+/// A frame the server sent.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Frame<'a> {
+    /// A complete (FIN) text frame.
+    Text(&'a [u8]),
+    /// A close frame.
+    Close,
+    /// A ping, already answered.
+    Ping,
+    /// Anything else: binary, pong, continuation or a fragment.
+    Other,
+}
+
+/// The fixed handshake key of RFC 6455 §1.3 (any 16-byte nonce will do for a benchmark).
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+/// A masking key for the few frames a subscriber sends.
+const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+impl RawWs {
+    /// Connects and upgrades `path`; the whole exchange is bounded by `within`.
+    pub(crate) async fn connect(
+        host: &str,
+        port: u16,
+        path: &str,
+        buffer: usize,
+        within: Duration,
+    ) -> anyhow::Result<Self> {
+        let attempt = async {
+            let mut tcp = TcpStream::connect((host, port)).await?;
+            tcp.set_nodelay(true)?;
+            let request = format!(
+                "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            );
+            tcp.write_all(request.as_bytes()).await?;
+            let mut buf = vec![0_u8; buffer.max(1024)];
+            let mut end = 0;
+            let header_end = loop {
+                if end == buf.len() {
+                    bail!("upgrade response header larger than {} bytes", buf.len());
+                }
+                let n = tcp.read(&mut buf[end..]).await?;
+                if n == 0 {
+                    bail!("server closed during the upgrade");
+                }
+                end += n;
+                if let Some(at) = buf[..end].windows(4).position(|w| w == b"\r\n\r\n") {
+                    break at + 4;
+                }
+            };
+            if !buf.starts_with(b"HTTP/1.1 101") {
+                let line = buf[..header_end]
+                    .split(|&b| b == b'\r')
+                    .next()
+                    .unwrap_or_default();
+                bail!("upgrade refused: {}", String::from_utf8_lossy(line));
+            }
+            anyhow::Ok(Self {
+                tcp,
+                buf,
+                start: header_end,
+                end,
+            })
+        };
+        timeout(within, attempt)
+            .await
+            .map_err(|_| anyhow!("connect to {path} timed out after {within:?}"))?
+            .with_context(|| format!("connect to ws://{host}:{port}{path}"))
+    }
+
+    /// Waits for bytes (unbounded: callers race it against their stop signal); returns false
+    /// when the server closed the TCP connection.
+    pub(crate) async fn fill(&mut self) -> std::io::Result<bool> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.end == self.buf.len() {
+                // One frame larger than the buffer.
+                self.buf.resize(self.buf.len() * 2, 0);
+            }
+        }
+        let n = self.tcp.read(&mut self.buf[self.end..]).await?;
+        self.end += n;
+        Ok(n > 0)
+    }
+
+    /// Takes every complete frame out of the buffer, answering pings (bounded by
+    /// `write_timeout`); `on_frame` sees each one.
+    pub(crate) async fn drain(
+        &mut self,
+        write_timeout: Duration,
+        mut on_frame: impl FnMut(Frame<'_>),
+    ) -> anyhow::Result<()> {
+        while let Some((header, len, first)) = parse_header(&self.buf[self.start..self.end])? {
+            let payload = self.start + header..self.start + header + len;
+            self.start = payload.end;
+            let opcode = first & 0x0f;
+            let fin = first & 0x80 != 0;
+            match opcode {
+                0x1 if fin => on_frame(Frame::Text(&self.buf[payload])),
+                0x8 => on_frame(Frame::Close),
+                0x9 => {
+                    let reply = masked_frame(0xA, &self.buf[payload]);
+                    timeout(write_timeout, self.tcp.write_all(&reply))
+                        .await
+                        .map_err(|_| anyhow!("pong write timed out"))??;
+                    on_frame(Frame::Ping);
+                }
+                _ => on_frame(Frame::Other),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a close frame (1000) and drops the connection.
+    pub(crate) async fn close(mut self, write_timeout: Duration) {
+        let frame = masked_frame(0x8, &1000_u16.to_be_bytes());
+        let _ = timeout(write_timeout, self.tcp.write_all(&frame)).await;
+    }
+}
+
+/// (header length, payload length, first byte) of the frame at the start of `bytes`, if it is
+/// complete.
+fn parse_header(bytes: &[u8]) -> anyhow::Result<Option<(usize, usize, u8)>> {
+    let [first, second, ..] = *bytes else {
+        return Ok(None);
+    };
+    if second & 0x80 != 0 {
+        bail!("the server sent a masked frame");
+    }
+    let (header, len) = match second & 0x7f {
+        126 => {
+            let Some(ext) = bytes.get(2..4) else {
+                return Ok(None);
+            };
+            (4, u64::from(u16::from_be_bytes([ext[0], ext[1]])))
+        }
+        127 => {
+            let Some(ext) = bytes.get(2..10) else {
+                return Ok(None);
+            };
+            let mut be = [0_u8; 8];
+            be.copy_from_slice(ext);
+            (10, u64::from_be_bytes(be))
+        }
+        n => (2, u64::from(n)),
+    };
+    let len = usize::try_from(len).map_err(|_| anyhow!("frame too large"))?;
+    if len > 64 * 1024 * 1024 {
+        bail!("frame of {len} bytes is larger than 64 MiB");
+    }
+    Ok((bytes.len() >= header + len).then_some((header, len, first)))
+}
+
+/// A masked client frame with a payload of at most 125 bytes.
+fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let payload = &payload[..payload.len().min(125)];
+    let mut frame = Vec::with_capacity(6 + payload.len());
+    frame.push(0x80 | opcode);
+    frame.push(0x80 | payload.len() as u8);
+    frame.extend_from_slice(&MASK);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    frame
+}
+
+/// The unsigned integer after `"key":` in a flat JSON object, without a JSON parser.
+pub(crate) fn json_u64(text: &[u8], key: &[u8]) -> Option<u64> {
+    let at = text
+        .windows(key.len() + 3)
+        .position(|w| w[0] == b'"' && &w[1..=key.len()] == key && &w[key.len() + 1..] == b"\":")?;
+    let digits = text[at + key.len() + 3..]
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace())
+        .take_while(|b| b.is_ascii_digit());
+    let mut value: u64 = 0;
+    let mut any = false;
+    for &d in digits {
+        value = value.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+        any = true;
+    }
+    any.then_some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_of_each_length_form() {
+        assert_eq!(parse_header(&[0x81]).ok(), Some(None));
+        assert_eq!(
+            parse_header(&[0x81, 3, b'a', b'b', b'c']).ok(),
+            Some(Some((2, 3, 0x81)))
+        );
+        assert_eq!(parse_header(&[0x81, 3, b'a']).ok(), Some(None));
+        let mut long = vec![0x82, 126, 0x01, 0x00];
+        long.resize(4 + 256, 0);
+        assert_eq!(parse_header(&long).ok(), Some(Some((4, 256, 0x82))));
+        assert!(parse_header(&[0x81, 0x83, 0, 0, 0, 0]).is_err());
+        let huge = [0x82, 127, 0xff, 0, 0, 0, 0, 0, 0, 0];
+        assert!(parse_header(&huge).is_err());
+    }
+
+    #[test]
+    fn masked_frames_unmask_to_the_payload() {
+        let frame = masked_frame(0xA, b"hello");
+        assert_eq!(frame[0], 0x8A);
+        assert_eq!(frame[1], 0x80 | 5);
+        let unmasked: Vec<u8> = frame[6..]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ frame[2 + i % 4])
+            .collect();
+        assert_eq!(unmasked, b"hello");
+    }
+
+    #[test]
+    fn json_u64_reads_flat_fields() {
+        let text = br#"{"type":"broadcast","seq":17,"ts": 1234567890123,"pad":"xx"}"#;
+        assert_eq!(json_u64(text, b"seq"), Some(17));
+        assert_eq!(json_u64(text, b"ts"), Some(1_234_567_890_123));
+        assert_eq!(json_u64(text, b"missing"), None);
+        assert_eq!(json_u64(br#"{"seq":"x"}"#, b"seq"), None);
+        assert_eq!(
+            json_u64(br#"{"seq":99999999999999999999999}"#, b"seq"),
+            None
+        );
+    }
+}
