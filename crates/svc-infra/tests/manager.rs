@@ -552,3 +552,61 @@ async fn raw_upgrade(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpS
     assert!(head.starts_with(b"HTTP/1.1 101"));
     tcp
 }
+
+/// A handler busy elsewhere (not in `recv`) must not make a healthy, reading client look
+/// slow: a send writes whatever the socket takes before the queue counts as full.
+#[tokio::test]
+async fn busy_handler_does_not_make_a_reading_client_a_slow_consumer() {
+    async fn busy(ws: WsUpgrade, WsManager(manager): WsManager) -> Response {
+        ws.on_upgrade(move |socket| async move {
+            let Ok(conn) = manager.connect("busy", socket).await else {
+                return;
+            };
+            // Never calls recv: the application is doing something else for a while.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(conn);
+        })
+    }
+    let config = WebSocketConfig::default()
+        .with_max_queue_size(2)
+        .with_max_message_size(64 << 20);
+    let manager = ConnectionManager::with_policy(config, SlowConsumerPolicy::Disconnect);
+    let app = add_websocket_manager_with(Router::new().route("/busy", get(busy)), manager.clone());
+    let addr = serve(app).await;
+    let (mut client, _) = within(
+        "connect",
+        tokio_tungstenite::connect_async_with_config(
+            format!("ws://{addr}/busy"),
+            Some(
+                tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                    .max_message_size(Some(64 << 20))
+                    .max_frame_size(Some(64 << 20)),
+            ),
+            false,
+        ),
+    )
+    .await
+    .unwrap();
+    connected(&manager, 1).await;
+    let reader = tokio::spawn(async move {
+        let mut messages = 0;
+        while messages < 101 {
+            match within("read", client.next()).await {
+                Some(Ok(Message::Binary(_))) => messages += 1,
+                other => panic!("reader: {other:?}"),
+            }
+        }
+        messages
+    });
+    // 8 MiB cannot fit in the socket buffers: the rest waits in the queue while the client
+    // reads it; the small messages after it must find the socket drained, not a full queue.
+    let big = vec![1u8; 8 << 20];
+    assert_eq!(manager.send_to_user("busy", big).await.unwrap(), 1);
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        manager.send_to_user("busy", &b"small"[..]).await.unwrap();
+    }
+    assert_eq!(within("reader", reader).await.unwrap(), 101);
+    assert_eq!(manager.stats().slow_consumer_disconnects, 0);
+    assert!(manager.is_user_connected("busy"));
+}

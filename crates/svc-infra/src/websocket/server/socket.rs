@@ -78,8 +78,12 @@ pub(crate) struct Outbound {
 struct OutState {
     writer: Option<BoxWrite>,
     queue: VecDeque<Bytes>,
-    /// The reading task, woken when there is something to flush or a close to perform.
+    /// The reading task, woken for a kill, or when the flusher is done (closing waits).
     waker: Option<Waker>,
+    /// A flusher task is writing the queue (the socket was full); others only append.
+    flushing: bool,
+    /// The flusher's waker, to end it when the connection is released.
+    flusher: Option<Waker>,
     /// A close frame went into the queue; nothing else may follow it.
     close_queued: bool,
     /// Set by others (manager disconnect, keepalive, overflow, shutdown): close with this.
@@ -127,6 +131,8 @@ impl Outbound {
                 writer: Some(writer),
                 queue: VecDeque::new(),
                 waker: None,
+                flushing: false,
+                flusher: None,
                 close_queued: false,
                 kill: None,
                 broken: false,
@@ -149,14 +155,16 @@ impl Outbound {
     }
 
     /// Hands a complete frame to the connection without ever waiting: written now if
-    /// nothing is queued and the socket takes it, else queued (bounded by the policy).
-    pub(crate) fn push(&self, frame: Bytes) -> Push {
+    /// nothing is queued and the socket takes it, else queued behind the frames the
+    /// flusher is writing. A full queue (the socket took nothing for `max_queue` frames)
+    /// applies the slow-consumer policy.
+    pub(crate) fn push(self: &Arc<Self>, frame: Bytes) -> Push {
         let mut st = self.lock();
         if st.close_queued || st.broken || st.kill.is_some() {
             return Push::Closed;
         }
-        if st.queue.is_empty() {
-            return match st.write_now(frame) {
+        if !st.flushing {
+            return match st.write_now(frame, self) {
                 Ok(()) => Push::Accepted,
                 Err(()) => Push::Closed,
             };
@@ -186,13 +194,13 @@ impl Outbound {
     /// Queues a control frame (pong, ping). When the queue is already full the frame is
     /// skipped: RFC 6455 §5.5.3 lets us answer only the latest ping, and a peer that floods
     /// pings without reading must not grow our memory. Returns false if closing.
-    pub(crate) fn push_control(&self, frame: Bytes) -> bool {
+    pub(crate) fn push_control(self: &Arc<Self>, frame: Bytes) -> bool {
         let mut st = self.lock();
         if st.close_queued || st.broken {
             return false;
         }
-        if st.queue.is_empty() {
-            return st.write_now(frame).is_ok();
+        if !st.flushing {
+            return st.write_now(frame, self).is_ok();
         }
         if st.queue.len() < self.max_queue {
             st.queue.push_back(frame);
@@ -210,25 +218,25 @@ impl Outbound {
     }
 
     /// Queues the close frame, once; later calls do nothing.
-    fn queue_close(&self, code: u16, reason: &str) {
+    fn queue_close(self: &Arc<Self>, code: u16, reason: &str) {
         self.queue_close_frame(protocol::encode_close(code, reason));
     }
 
     /// Queues a close frame without a status code (the reply to an empty close).
-    fn queue_close_empty(&self) {
+    fn queue_close_empty(self: &Arc<Self>) {
         self.queue_close_frame(protocol::encode_frame(protocol::OP_CLOSE, &[]));
     }
 
-    fn queue_close_frame(&self, frame: Bytes) {
+    fn queue_close_frame(self: &Arc<Self>, frame: Bytes) {
         let mut st = self.lock();
         if st.close_queued || st.broken {
             return;
         }
         st.close_queued = true;
-        if st.queue.is_empty() {
-            let _ = st.write_now(frame);
-        } else {
+        if st.flushing {
             st.queue.push_back(frame);
+        } else {
+            let _ = st.write_now(frame, self);
         }
     }
 
@@ -236,21 +244,34 @@ impl Outbound {
         self.lock().kill.take()
     }
 
-    /// Writes queued frames until the queue is empty (Ready) or the socket is full (Pending,
-    /// with the task's waker registered).
-    fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Registers the reading task, so kills and the flusher's completion wake it.
+    /// Returns whether the write side has failed.
+    fn register_reader(&self, waker: &Waker) -> bool {
         let mut st = self.lock();
         match &st.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => st.waker = Some(cx.waker().clone()),
+            Some(w) if w.will_wake(waker) => {}
+            _ => st.waker = Some(waker.clone()),
         }
-        st.poll_drain(cx)
+        st.broken
+    }
+
+    /// Ready once everything queued is written (or the write side failed: `Err`).
+    fn poll_drained(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut st = self.lock();
+        if st.broken {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if st.flushing {
+            st.waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// Sends FIN after everything queued was written.
     fn poll_shutdown(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drained(cx))?;
         let mut st = self.lock();
-        ready!(st.poll_drain(cx))?;
         match st.writer.as_mut() {
             Some(w) => Pin::new(w).poll_shutdown(cx),
             None => Poll::Ready(Ok(())),
@@ -263,6 +284,9 @@ impl Outbound {
         st.writer = None;
         st.queue = VecDeque::new();
         st.broken = true;
+        if let Some(w) = st.flusher.take() {
+            w.wake();
+        }
     }
 
     /// Whether the connection has started closing or failed.
@@ -272,6 +296,28 @@ impl Outbound {
     }
 }
 
+/// Waits for the socket to take what is queued, then ends. Exists only while a connection
+/// has more to send than its socket buffer holds, so neither the handler nor a task per
+/// connection has to watch for writability.
+async fn flush(out: Arc<Outbound>) {
+    std::future::poll_fn(|cx| {
+        let mut st = out.lock();
+        match st.poll_drain(cx) {
+            Poll::Pending => {
+                st.flusher = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            Poll::Ready(_) => {
+                st.flushing = false;
+                st.flusher = None;
+                st.wake(); // a closing reader may be waiting for the queue to drain
+                Poll::Ready(())
+            }
+        }
+    })
+    .await;
+}
+
 impl OutState {
     fn wake(&mut self) {
         if let Some(w) = &self.waker {
@@ -279,9 +325,9 @@ impl OutState {
         }
     }
 
-    /// Tries to write `frame` at once; whatever the socket does not take is queued and the
-    /// reading task is woken to finish the job.
-    fn write_now(&mut self, mut frame: Bytes) -> Result<(), ()> {
+    /// Writes `frame` now; whatever the socket does not take is queued and a flusher task
+    /// takes over until the queue is empty.
+    fn write_now(&mut self, mut frame: Bytes, out: &Arc<Outbound>) -> Result<(), ()> {
         let Some(writer) = self.writer.as_mut() else {
             self.broken = true;
             return Err(());
@@ -297,7 +343,16 @@ impl OutState {
                 Poll::Ready(Ok(n)) => frame.advance(n),
                 Poll::Pending => {
                     self.queue.push_back(frame);
-                    self.wake();
+                    self.flushing = true;
+                    match tokio::runtime::Handle::try_current() {
+                        Ok(runtime) => drop(runtime.spawn(flush(out.clone()))),
+                        Err(_) => {
+                            // No runtime to wait with: give up on this connection.
+                            self.broken = true;
+                            self.wake();
+                            return Err(());
+                        }
+                    }
                     return Ok(());
                 }
             }
@@ -595,9 +650,8 @@ impl WebSocket {
                 }
             }
 
-            // Flush what is queued; a write error means the peer is gone.
-            if let Poll::Ready(Err(_)) = self.out.poll_flush(cx) {
-                return self.finish();
+            if self.out.register_reader(cx.waker()) {
+                return self.finish(); // the write side failed: the peer is gone
             }
 
             if self.peer_closed || self.draining {
@@ -729,7 +783,7 @@ enum ReadError {
 
 impl Outbound {
     /// Sends a keepalive ping (a shared, pre-built frame) unless one is outstanding.
-    pub(crate) fn send_ping(&self, frame: &Bytes) -> bool {
+    pub(crate) fn send_ping(self: &Arc<Self>, frame: &Bytes) -> bool {
         let now = now_us();
         if self
             .ping_sent
