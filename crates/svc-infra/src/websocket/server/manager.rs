@@ -660,6 +660,14 @@ impl ConnectionManager {
     }
 
     /// Hands the frame to each connection; never waits on any of them.
+    ///
+    /// Runs inside tokio's cooperative budget on purpose: after 128 socket writes in one
+    /// task poll, further sockets report "not ready" and get their frame queued for a
+    /// short-lived flusher task. Measured on the fan-out benchmark (10,000 recipients,
+    /// docs/benchmarks.md), that is much faster than writing every socket from this loop
+    /// (p99 0.28–0.47 s against 3.3–4.2 s in alternating runs): the writes spread over many
+    /// polls, and a broadcast arriving before a connection's flusher ran rides along in the
+    /// same write.
     fn deliver<'a>(
         &self,
         conns: impl Iterator<Item = &'a Arc<Conn>>,
