@@ -23,13 +23,8 @@ pub(crate) enum JwtCandidate {
     /// `?token=` was given with only whitespace: it still wins (no fallback to the header)
     /// and is rejected.
     Blank,
-    /// A token, where it came from, and for [`TokenSource::Subprotocol`] the spelling of the
-    /// `bearer` item the client offered (to echo it back exactly).
-    Present {
-        token: String,
-        via: TokenSource,
-        bearer_protocol: Option<String>,
-    },
+    /// A token and where it came from.
+    Present { token: String, via: TokenSource },
 }
 
 /// Everything credential-like in a request.
@@ -37,6 +32,10 @@ pub(crate) enum JwtCandidate {
 pub(crate) struct Credentials {
     pub(crate) jwt: JwtCandidate,
     pub(crate) api_key: Option<String>,
+    /// The spelling of the `bearer` item of a `bearer, <jwt>` pair the client offered in
+    /// `Sec-WebSocket-Protocol`, to select it in the response exactly as offered (whichever
+    /// source the winning token came from: a browser that offered the pair needs it).
+    pub(crate) bearer_protocol: Option<String>,
 }
 
 /// Reads the credentials of a request from its query string and headers. Never fails: bad
@@ -55,7 +54,9 @@ pub(crate) fn extract(query: Option<&str>, headers: &HeaderMap) -> Credentials {
         }
     }
 
-    let jwt = jwt_candidate(query_token, headers);
+    let subprotocol = subprotocol_token(headers);
+    let bearer_protocol = subprotocol.as_ref().map(|(p, _)| p.to_owned());
+    let jwt = jwt_candidate(query_token, headers, subprotocol);
     let api_key = query_key
         .map(|k| k.trim().to_owned())
         .filter(|k| !k.is_empty())
@@ -67,10 +68,34 @@ pub(crate) fn extract(query: Option<&str>, headers: &HeaderMap) -> Credentials {
                 .filter(|k| !k.is_empty())
                 .map(str::to_owned)
         });
-    Credentials { jwt, api_key }
+    Credentials {
+        jwt,
+        api_key,
+        bearer_protocol,
+    }
 }
 
-fn jwt_candidate(query_token: Option<String>, headers: &HeaderMap) -> JwtCandidate {
+/// `(bearer item as spelled, token)` from the first `Sec-WebSocket-Protocol` header: the item
+/// after the first `bearer` (any case) that has a non-empty follower.
+fn subprotocol_token(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::SEC_WEBSOCKET_PROTOCOL)?.to_str().ok()?;
+    let mut items = value.split(',').map(str::trim);
+    while let Some(item) = items.next() {
+        if item.eq_ignore_ascii_case("bearer") {
+            return match items.next() {
+                Some(token) if !token.is_empty() => Some((item.to_owned(), token.to_owned())),
+                _ => None,
+            };
+        }
+    }
+    None
+}
+
+fn jwt_candidate(
+    query_token: Option<String>,
+    headers: &HeaderMap,
+    subprotocol: Option<(String, String)>,
+) -> JwtCandidate {
     // 1. `?token=`: a non-empty raw value wins, even when it is only whitespace.
     if let Some(raw) = query_token
         && !raw.is_empty()
@@ -82,7 +107,6 @@ fn jwt_candidate(query_token: Option<String>, headers: &HeaderMap) -> JwtCandida
             JwtCandidate::Present {
                 token: token.to_owned(),
                 via: TokenSource::Query,
-                bearer_protocol: None,
             }
         };
     }
@@ -99,31 +123,16 @@ fn jwt_candidate(query_token: Option<String>, headers: &HeaderMap) -> JwtCandida
             return JwtCandidate::Present {
                 token: token.to_owned(),
                 via: TokenSource::Header,
-                bearer_protocol: None,
             };
         }
     }
 
     // 3. The item after the first `bearer` (any case) in the first `Sec-WebSocket-Protocol`.
-    if let Some(value) = headers
-        .get(header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok())
-    {
-        let mut items = value.split(',').map(str::trim);
-        while let Some(item) = items.next() {
-            if item.eq_ignore_ascii_case("bearer") {
-                match items.next() {
-                    Some(token) if !token.is_empty() => {
-                        return JwtCandidate::Present {
-                            token: token.to_owned(),
-                            via: TokenSource::Subprotocol,
-                            bearer_protocol: Some(item.to_owned()),
-                        };
-                    }
-                    _ => break,
-                }
-            }
-        }
+    if let Some((_, token)) = subprotocol {
+        return JwtCandidate::Present {
+            token,
+            via: TokenSource::Subprotocol,
+        };
     }
 
     JwtCandidate::Absent
@@ -147,7 +156,6 @@ mod tests {
         JwtCandidate::Present {
             token: token.into(),
             via,
-            bearer_protocol: (via == TokenSource::Subprotocol).then(|| "bearer".into()),
         }
     }
 
@@ -226,18 +234,19 @@ mod tests {
     #[test]
     fn subprotocol_details() {
         let h = headers(&[("sec-websocket-protocol", "chat, Bearer, tok")]);
-        assert_eq!(
-            extract(None, &h).jwt,
-            JwtCandidate::Present {
-                token: "tok".into(),
-                via: TokenSource::Subprotocol,
-                bearer_protocol: Some("Bearer".into())
-            }
-        );
+        let c = extract(None, &h);
+        assert_eq!(c.jwt, present("tok", TokenSource::Subprotocol));
+        assert_eq!(c.bearer_protocol.as_deref(), Some("Bearer"));
+        // offered alongside a winning query token: still reported for the echo
+        let c = extract(Some("token=q"), &h);
+        assert_eq!(c.jwt, present("q", TokenSource::Query));
+        assert_eq!(c.bearer_protocol.as_deref(), Some("Bearer"));
         for v in ["bearer", "chat", "bearer, ", "tok, bearer"] {
             let mut h = HeaderMap::new();
             h.insert("sec-websocket-protocol", HeaderValue::from_str(v).unwrap());
-            assert_eq!(extract(None, &h).jwt, JwtCandidate::Absent, "{v}");
+            let c = extract(None, &h);
+            assert_eq!(c.jwt, JwtCandidate::Absent, "{v}");
+            assert_eq!(c.bearer_protocol, None, "{v}");
         }
     }
 

@@ -380,14 +380,19 @@ fn try_key(
             ErrorKind::ImmatureSignature => {
                 Some(Err(TokenError::Invalid("The token is not yet valid (nbf)")))
             }
-            ErrorKind::MissingRequiredClaim(c) => {
-                Some(Err(TokenError::Invalid(match c.as_str() {
-                    "exp" => "Token is missing the \"exp\" claim",
-                    "aud" => "Token is missing the \"aud\" claim",
-                    "iss" => "Token is missing the \"iss\" claim",
+            // jsonwebtoken reports a claim of the wrong type as missing; tell them apart (the
+            // signature has verified, so reading the payload is safe).
+            ErrorKind::MissingRequiredClaim(c) => Some(Err(TokenError::Invalid(
+                match (c.as_str(), claim_present(token, c)) {
+                    ("exp", false) => "Token is missing the \"exp\" claim",
+                    ("exp", true) => "Expiration Time claim (exp) must be a number",
+                    ("aud", false) => "Token is missing the \"aud\" claim",
+                    ("aud", true) => "Audience doesn't match",
+                    ("iss", false) => "Token is missing the \"iss\" claim",
+                    ("iss", true) => "Invalid issuer",
                     _ => "Token is missing a required claim",
-                })))
-            }
+                },
+            ))),
             ErrorKind::InvalidClaimFormat(c) => Some(Err(TokenError::Invalid(match c.as_str() {
                 "exp" => "Expiration Time claim (exp) must be a number",
                 "nbf" => "Not Before claim (nbf) must be a number",
@@ -398,10 +403,20 @@ fn try_key(
             ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
                 Some(Err(TokenError::Invalid("Invalid header or payload JSON")))
             }
-            ErrorKind::Base64(_) => Some(Err(TokenError::Invalid("Invalid base64 encoding"))),
+            ErrorKind::Base64(_) => Some(Err(TokenError::Invalid("Invalid crypto padding"))),
             _ => Some(Err(TokenError::Invalid("Malformed token"))),
         },
     }
+}
+
+/// Whether the (already verified) token's payload has a non-null `name` claim.
+fn claim_present(token: &str, name: &str) -> bool {
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|p| URL_SAFE_NO_PAD.decode(p).ok())
+        .and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok())
+        .is_some_and(|m| m.get(name).is_some_and(|v| !v.is_null()))
 }
 
 /// The claim checks `jsonwebtoken` does not do: `sub`, `iat`, `jti`.

@@ -33,9 +33,11 @@ pub(crate) struct Authenticated(pub(crate) Option<WsPrincipal>);
 ///   of [`WsAuthRejection`](super::WsAuthRejection), and the handler never runs;
 /// - on success it stores the principal (and the [`WsAuth`]) in the request extensions, where
 ///   [`WsIdentity`](super::WsIdentity) and the other extractors find it;
-/// - when the token came by subprotocol and the handler's response is `101 Switching
-///   Protocols` without a `Sec-WebSocket-Protocol` header, it adds one selecting the client's
-///   `bearer` item, so browsers accept the handshake. A handler that selects a protocol itself
+/// - when the client offered a `bearer, <jwt>` subprotocol pair and the handler's response is
+///   `101 Switching Protocols` without a `Sec-WebSocket-Protocol` header, it adds one
+///   selecting the client's `bearer` item (spelled as offered), so browsers accept the
+///   handshake. This holds even when a `?token=` or header token won the precedence: the
+///   browser offered the protocol and fails the handshake unless one is selected. A handler that selects a protocol itself
 ///   (e.g. with axum's `WebSocketUpgrade::protocols`) keeps its choice.
 ///
 /// The `ws_*_router` factories apply it for you; use it directly with

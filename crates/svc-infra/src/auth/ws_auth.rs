@@ -202,7 +202,8 @@ impl AuthPolicy {
 #[derive(Debug, Clone)]
 pub(crate) struct Outcome {
     pub(crate) principal: Option<WsPrincipal>,
-    /// The `bearer` item to select in the handshake response (token came by subprotocol).
+    /// The `bearer` item to select in the handshake response (the client offered a
+    /// `bearer, <jwt>` pair).
     pub(crate) bearer_protocol: Option<String>,
 }
 
@@ -234,24 +235,21 @@ impl WsAuth {
         policy: &AuthPolicy,
     ) -> Result<Outcome, WsAuthRejection> {
         let creds = extract(query, headers);
-        let (principal, bearer_protocol) = match creds.jwt {
+        let bearer_protocol = creds.bearer_protocol;
+        let principal = match creds.jwt {
             JwtCandidate::Blank => return Err(MissingCredentials.into()),
-            JwtCandidate::Present {
-                token,
-                via,
-                bearer_protocol,
-            } => (self.verify_token(&token, via).await?, bearer_protocol),
+            JwtCandidate::Present { token, via } => self.verify_token(&token, via).await?,
             JwtCandidate::Absent => match creds.api_key {
                 Some(_) if !policy.api_keys => return Err(MissingCredentials.into()),
                 Some(presented) => {
                     let key =
                         api_key::find(&self.inner.api_keys, &presented).ok_or(InvalidApiKey)?;
-                    (key.principal(), None)
+                    key.principal()
                 }
                 None if policy.optional => {
                     return Ok(Outcome {
                         principal: None,
-                        bearer_protocol: None,
+                        bearer_protocol,
                     });
                 }
                 None => return Err(MissingCredentials.into()),
