@@ -200,7 +200,15 @@ impl WsAuthConfig {
                 .push(PublicKey::from_pem("AUTH_JWT__PUBLIC_KEY", pem.as_bytes())?);
         }
         if let Some(url) = get("AUTH_JWT__JWKS_URL") {
-            config.jwks_url = Some(url.trim().to_owned());
+            let url = url.trim();
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(AuthConfigError::invalid(
+                    "AUTH_JWT__JWKS_URL",
+                    Some(url),
+                    "an http:// or https:// URL",
+                ));
+            }
+            config.jwks_url = Some(url.to_owned());
         }
         if let Some(raw) = get("AUTH_JWT__ALGORITHMS") {
             let algs = comma_list(raw)
