@@ -65,14 +65,13 @@ async fn greet_and_echo(mut socket: WebSocket, hello: Value) {
         return;
     }
     while let Some(Ok(msg)) = socket.recv().await {
-        match msg {
-            Message::Text(text) => {
-                if socket.send(Message::Text(text)).await.is_err() {
-                    return;
-                }
-            }
+        let reply = match msg {
+            Message::Text(text) => Message::Text(text),
             Message::Close(_) => return,
-            _ => {}
+            _ => continue,
+        };
+        if socket.send(reply).await.is_err() {
+            return;
         }
     }
 }
@@ -108,7 +107,7 @@ pub(crate) fn app(auth: WsAuth) -> Router {
 
 fn port() -> Result<u16, String> {
     let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
+    if let Some(arg) = args.next() {
         let value = match arg.strip_prefix("--port=") {
             Some(v) => v.to_owned(),
             None if arg == "--port" => args.next().ok_or("--port needs a value")?,

@@ -1,8 +1,8 @@
 //! Finding the credentials in a handshake request.
 //!
-//! JWT precedence is the Python code's (reference §10.2): `?token=` > `Authorization: Bearer`
-//! > `Sec-WebSocket-Protocol: bearer, <jwt>`; the first source found wins and there is no
-//! fallback to a later source when it turns out to be invalid.
+//! JWT precedence is the Python code's (reference §10.2): first `?token=`, then
+//! `Authorization: Bearer`, then `Sec-WebSocket-Protocol: bearer, <jwt>`; the first source
+//! found wins and there is no fallback to a later source when it turns out to be invalid.
 
 use http::{HeaderMap, header};
 

@@ -280,7 +280,7 @@ mod tests {
     fn parse_is_bounded() {
         let one =
             r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
-        let doc = format!("{{\"keys\":[{}]}}", vec![one; 10].join(","));
+        let doc = format!("{{\"keys\":[{}]}}", [one; 10].join(","));
         assert_eq!(parse(doc.as_bytes(), 3).unwrap().len(), 3);
     }
 }

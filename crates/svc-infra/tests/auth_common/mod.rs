@@ -113,14 +113,13 @@ async fn greet_and_echo(mut socket: WebSocket, principal: Value) {
         return;
     }
     while let Ok(Some(Ok(msg))) = tokio::time::timeout(T, socket.recv()).await {
-        match msg {
-            Message::Text(t) => {
-                if socket.send(Message::Text(t)).await.is_err() {
-                    return;
-                }
-            }
+        let reply = match msg {
+            Message::Text(t) => Message::Text(t),
             Message::Close(_) => return,
-            _ => {}
+            _ => continue,
+        };
+        if socket.send(reply).await.is_err() {
+            return;
         }
     }
 }
