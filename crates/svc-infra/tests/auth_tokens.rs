@@ -6,7 +6,7 @@ mod auth_common;
 use auth_common::*;
 use axum::{Extension, Router, extract::ws::WebSocketUpgrade, response::Response, routing::get};
 use serde_json::json;
-use svc_infra::auth::{WsAuthConfig, WsIdentity, ws_protected_router};
+use svc_infra::auth::{AuthPolicy, WsAuthConfig, WsIdentity, ws_protected_router};
 
 #[tokio::test]
 async fn each_token_source_is_accepted_and_reported() {
@@ -491,4 +491,37 @@ async fn extractors_without_any_auth_configured_answer_500_not_panic() {
     let addr = serve(app).await;
     let o = connect(addr, "/ws", &[]).await;
     assert!(matches!(o, Outcome::Refused { status: 500, .. }), "{o:?}");
+}
+
+#[tokio::test]
+async fn the_layer_works_on_any_router() {
+    let app = Router::new()
+        .route("/ops", get(identity_ws))
+        .route_layer(auth().layer(AuthPolicy::any_scope(["ops", "admin"])));
+    let addr = serve(app).await;
+    let ops = user_token("olga", &["ops"]);
+    let o = connect(
+        addr,
+        "/ops",
+        &[("sec-websocket-protocol", &format!("bearer, {ops}"))],
+    )
+    .await;
+    match o {
+        Outcome::Open { protocol, hello } => {
+            assert_eq!(protocol.as_deref(), Some("bearer"));
+            assert_eq!(hello["id"], "olga");
+        }
+        other => panic!("{other:?}"),
+    }
+    let read = user_token("rita", &["read"]);
+    assert_refused(
+        &connect(addr, &format!("/ops?token={read}"), &[]).await,
+        403,
+        "Insufficient scope",
+    );
+    assert_refused(
+        &connect(addr, "/ops", &[]).await,
+        401,
+        "Missing or invalid authentication",
+    );
 }

@@ -84,14 +84,27 @@ impl WsAuthConfig {
         }
         secrets.extend(self.old_secrets.iter().map(|s| s.0.clone()));
         let jwks = match &self.jwks_url {
-            Some(url) => Some(Jwks::new(JwksSettings {
-                url: url.clone(),
-                ttl: self.jwks_cache_ttl,
-                min_refresh: self.jwks_min_refresh_interval,
-                timeout: self.jwks_timeout,
-                max_bytes: self.jwks_max_bytes,
-                max_keys: self.jwks_max_keys,
-            })?),
+            Some(url) => Some({
+                let plain_remote = url.strip_prefix("http://").is_some_and(|rest| {
+                    !(rest.starts_with("127.")
+                        || rest.starts_with("localhost")
+                        || rest.starts_with("[::1]"))
+                });
+                if plain_remote {
+                    tracing::warn!(
+                        url,
+                        "the JWKS URL is plain http: keys can be tampered with in transit"
+                    );
+                }
+                Jwks::new(JwksSettings {
+                    url: url.clone(),
+                    ttl: self.jwks_cache_ttl,
+                    min_refresh: self.jwks_min_refresh_interval,
+                    timeout: self.jwks_timeout,
+                    max_bytes: self.jwks_max_bytes,
+                    max_keys: self.jwks_max_keys,
+                })?
+            }),
             None => None,
         };
         let verifier = JwtVerifier::new(VerifierParts {
