@@ -56,8 +56,8 @@ pub struct WsAuthConfig {
     /// Accepted `iss` values. Empty (the default): `iss` is not checked. Otherwise a token must
     /// carry one of them.
     pub issuer: Vec<String>,
-    /// Clock skew allowed on `exp`, `nbf` and `iat`. Default 0 (as the Python code), at most one
-    /// hour.
+    /// Clock skew allowed on `exp`, `nbf` and `iat`, in whole seconds (fractions are dropped).
+    /// Default 0 (as the Python code), at most one hour.
     pub leeway: Duration,
     pub(crate) api_keys: Vec<ApiKey>,
     /// Tokens longer than this are rejected (401) without being parsed. Default 8192 bytes.
@@ -268,6 +268,15 @@ impl WsAuthConfig {
     /// Checks every invariant; the error names the field that breaks one. Called by
     /// [`build`](Self::build).
     pub fn validate(&self) -> Result<(), AuthConfigError> {
+        if self.secret.as_ref().is_some_and(|s| s.0.is_empty())
+            || self.old_secrets.iter().any(|s| s.0.is_empty())
+        {
+            return Err(AuthConfigError::invalid(
+                "secret",
+                None,
+                "a non-empty secret (32 or more random bytes recommended)",
+            ));
+        }
         if self.leeway > MAX_LEEWAY {
             return Err(AuthConfigError::invalid(
                 "leeway",
@@ -518,6 +527,18 @@ mod tests {
             Some(vec![JwtAlgorithm::HS256, JwtAlgorithm::RS256])
         );
         assert_eq!(c.leeway, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn empty_secrets_are_refused() {
+        assert!(WsAuthConfig::default().with_secret("").validate().is_err());
+        assert!(
+            WsAuthConfig::default()
+                .with_secret("x")
+                .with_old_secret("")
+                .validate()
+                .is_err()
+        );
     }
 
     #[test]
