@@ -148,7 +148,7 @@ fn fuzz_harness_on_stable_with_a_seeded_generator() {
     let seed: u64 = std::env::var("AUTH_FUZZ_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0x5eed_a17);
+        .unwrap_or(0x05ee_da17);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
