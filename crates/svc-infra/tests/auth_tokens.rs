@@ -61,6 +61,11 @@ async fn precedence_is_query_then_header_then_subprotocol_without_fallback() {
     .await;
     assert_eq!(o.hello()["id"], "alice");
     assert_eq!(o.hello()["via"], "query");
+    // the offered `bearer` is still selected, or a browser would fail the handshake
+    assert!(
+        matches!(&o, Outcome::Open { protocol: Some(p), .. } if p == "bearer"),
+        "{o:?}"
+    );
 
     // header beats subprotocol
     let o = connect(
