@@ -36,16 +36,13 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use axum::{
-    Router,
-    extract::ws::{Message, WebSocket, WebSocketUpgrade},
-    response::Response,
-};
+use axum::{Router, response::Response};
 use serde_json::Value;
 use svc_infra::auth::{
     OptionalWsIdentity, RequireWsAnyScope, ScopeSet, WsAuth, WsIdentity, WsPrincipal,
     ws_optional_router, ws_protected_router, ws_public_router, ws_scopes_router, ws_user_router,
 };
+use svc_infra::websocket::{WebSocket, WsUpgrade as WebSocketUpgrade};
 use tracing_subscriber::EnvFilter;
 
 /// `admin` or `ops`, for `/any/ws`.
@@ -61,16 +58,11 @@ fn principal_json(p: Option<&WsPrincipal>) -> Value {
 
 /// Sends the principal, then echoes text until the client leaves.
 async fn greet_and_echo(mut socket: WebSocket, hello: Value) {
-    if socket.send(Message::text(hello.to_string())).await.is_err() {
+    if socket.send(hello.to_string()).is_err() {
         return;
     }
     while let Some(Ok(msg)) = socket.recv().await {
-        let reply = match msg {
-            Message::Text(text) => Message::Text(text),
-            Message::Close(_) => return,
-            _ => continue,
-        };
-        if socket.send(reply).await.is_err() {
+        if msg.is_text() && socket.send(msg).is_err() {
             return;
         }
     }
