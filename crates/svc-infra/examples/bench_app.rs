@@ -66,6 +66,15 @@ async fn stats(WsManager(manager): WsManager) -> Json<Value> {
     Json(json!({ "connections": manager.connection_count() }))
 }
 
+/// The benchmark app's routes, served by `manager`.
+pub(crate) fn app(manager: ConnectionManager) -> Router {
+    let app = Router::new()
+        .route("/ws/{user_id}", get(ws))
+        .route("/echo", get(echo))
+        .route("/stats", get(stats));
+    add_websocket_manager_with(app, manager)
+}
+
 fn port() -> u16 {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -90,11 +99,7 @@ async fn main() -> std::io::Result<()> {
         .map_err(std::io::Error::other)?
         .with_max_queue_size(64);
     let manager = ConnectionManager::new(config);
-    let app = Router::new()
-        .route("/ws/{user_id}", get(ws))
-        .route("/echo", get(echo))
-        .route("/stats", get(stats));
-    let app = add_websocket_manager_with(app, manager.clone());
+    let app = app(manager.clone());
     let addr = SocketAddr::from(([127, 0, 0, 1], port()));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     eprintln!("bench_app listening on ws://{}", listener.local_addr()?);

@@ -610,3 +610,16 @@ async fn busy_handler_does_not_make_a_reading_client_a_slow_consumer() {
     assert_eq!(manager.stats().slow_consumer_disconnects, 0);
     assert!(manager.is_user_connected("busy"));
 }
+
+#[tokio::test]
+async fn slow_consumer_drop_oldest_keeps_the_connection_and_counts_drops() {
+    let config = WebSocketConfig::default().with_max_queue_size(4);
+    let manager = ConnectionManager::with_policy(config, SlowConsumerPolicy::DropOldest);
+    let addr = start(manager.clone()).await;
+    let mut fast = connect(addr, "/ws/fast").await;
+    let _slow = connect(addr, "/ws/slow").await;
+    connected(&manager, 2).await;
+    flood_until(&manager, &mut fast, |m| m.stats().dropped >= 3).await;
+    assert!(manager.is_user_connected("slow"));
+    assert_eq!(manager.stats().slow_consumer_disconnects, 0);
+}
