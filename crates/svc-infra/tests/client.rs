@@ -487,6 +487,52 @@ async fn a_peer_that_stops_reading_fails_blocked_sends_too() {
 }
 
 #[tokio::test]
+async fn with_keepalive_off_a_stalled_write_still_ends_within_ping_timeout() {
+    // Completes the handshake, then never reads: nothing but the write guard can notice.
+    let (addr, _) = raw_server(|mut s| async move {
+        raw_handshake(&mut s, "").await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        drop(s);
+    })
+    .await;
+    let timeout = Duration::from_millis(400);
+    let config = WebSocketConfig::default()
+        .with_ping_interval(None)
+        .with_ping_timeout(Some(timeout));
+    let ws = step(
+        WebSocketClient::builder(format!("ws://{addr}/"))
+            .config(config)
+            .connect(),
+    )
+    .await
+    .unwrap();
+    let chunk = Bytes::from(vec![0u8; 512 * 1024]);
+    let (sent, err, stalled_for) = step(async {
+        let mut sent = 0usize;
+        loop {
+            let started = Instant::now();
+            match ws.send(chunk.clone()).await {
+                Ok(()) => sent += 1,
+                Err(e) => break (sent, e, started.elapsed()),
+            }
+        }
+    })
+    .await;
+    assert!(sent > 0, "some writes fit in the socket buffers");
+    assert!(
+        matches!(&err, WebSocketError::ConnectionClosed { code: 1011, reason } if reason == "write timed out"),
+        "{err:?}"
+    );
+    assert!(err.is_retryable());
+    assert!(stalled_for >= timeout, "{stalled_for:?}");
+    assert!(
+        stalled_for < timeout + Duration::from_secs(1),
+        "{stalled_for:?}"
+    );
+    assert!(!ws.is_connected());
+}
+
+#[tokio::test]
 async fn sends_from_one_task_while_another_receives() {
     let mut server = TestServer::start().await;
     const N: usize = 300;

@@ -528,7 +528,10 @@ impl WebSocketSender {
 
     /// Sends a text (`&str`, `String`) or binary (`Vec<u8>`, `Bytes`, `&[u8]`) message and
     /// waits until it has been written to the socket. Waits while the send queue
-    /// (`max_queue_size`) is full.
+    /// (`max_queue_size`) is full. The wait is bounded even if the peer stops reading:
+    /// keepalive fails the connection (1011) when no pong comes back, and with keepalive
+    /// off a write that makes no headway for `ping_timeout` (or `close_timeout` when that
+    /// is disabled too) fails it with 1011 "write timed out".
     ///
     /// # Errors
     /// - [`MessageTooLarge`](WebSocketError::MessageTooLarge): the payload is over

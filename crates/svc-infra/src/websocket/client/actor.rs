@@ -185,6 +185,8 @@ pub(crate) fn spawn(
         ping_interval: config.ping_interval,
         ping_timeout: config.ping_timeout,
         close_timeout: config.close_timeout,
+        write_timeout: config.ping_timeout.unwrap_or(config.close_timeout),
+        write_since: None,
         flushing: false,
         read_done: false,
         acks: Vec::new(),
@@ -211,6 +213,11 @@ struct Actor {
     ping_interval: Option<Duration>,
     ping_timeout: Option<Duration>,
     close_timeout: Duration,
+    /// With keepalive off nothing else notices a peer that stopped reading: a write still
+    /// not done after this long fails the connection (`ping_timeout`, else `close_timeout`).
+    write_timeout: Duration,
+    /// Since when the current write has been waiting for the socket.
+    write_since: Option<Instant>,
     /// Frames were handed to tungstenite and still have to reach the socket.
     flushing: bool,
     /// The read side is finished (end of stream or a read error).
@@ -236,6 +243,8 @@ enum Event {
     Command(Option<Command>),
     PingDue,
     PongOverdue,
+    /// A write made no headway for `write_timeout` while keepalive is off.
+    WriteStalled,
     CloseExpired,
 }
 
@@ -276,6 +285,17 @@ impl Actor {
             _ => None,
         };
         let close_deadline = self.close_deadline;
+        if flushing {
+            self.write_since.get_or_insert_with(Instant::now);
+        } else {
+            self.write_since = None;
+        }
+        let write_deadline = match self.write_since {
+            Some(since) if self.open && self.ping_interval.is_none() => {
+                Some(after(since, self.write_timeout))
+            }
+            _ => None,
+        };
         let accept_commands = self.commands_open && !flushing;
         let has_pending = self.pending.is_some();
 
@@ -314,6 +334,9 @@ impl Actor {
             () = sleep_until(ping_at.unwrap_or_else(never)), if ping_at.is_some() => Event::PingDue,
             () = sleep_until(pong_deadline.unwrap_or_else(never)), if pong_deadline.is_some() => {
                 Event::PongOverdue
+            }
+            () = sleep_until(write_deadline.unwrap_or_else(never)), if write_deadline.is_some() => {
+                Event::WriteStalled
             }
             () = sleep_until(close_deadline.unwrap_or_else(never)), if close_deadline.is_some() => {
                 Event::CloseExpired
@@ -381,6 +404,13 @@ impl Actor {
                 let reason = "keepalive ping timeout";
                 self.fail(1011, reason, WebSocketError::closed(1011, reason));
                 // The peer is unresponsive: do not wait for its close frame.
+                self.read_done = true;
+                self.keep_flushing()
+            }
+            Event::WriteStalled => {
+                tracing::debug!("write stalled with keepalive off; failing the connection");
+                let reason = "write timed out";
+                self.fail(1011, reason, WebSocketError::closed(1011, reason));
                 self.read_done = true;
                 self.keep_flushing()
             }
