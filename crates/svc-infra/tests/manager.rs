@@ -623,3 +623,44 @@ async fn slow_consumer_drop_oldest_keeps_the_connection_and_counts_drops() {
     assert!(manager.is_user_connected("slow"));
     assert_eq!(manager.stats().slow_consumer_disconnects, 0);
 }
+
+/// `Connection::send` to a client that never reads follows the policy and is counted like a
+/// broadcast: `DropNewest` keeps the connection and counts drops; `Disconnect` errors with
+/// 1013 and counts the disconnect.
+#[tokio::test]
+async fn connection_send_to_a_stuck_client_follows_the_policy_and_is_counted() {
+    async fn spam(ws: WsUpgrade, WsManager(manager): WsManager) -> Response {
+        ws.on_upgrade(move |socket| async move {
+            let Ok(conn) = manager.connect("stuck", socket).await else {
+                return;
+            };
+            let chunk = vec![0u8; 64 * 1024];
+            for _ in 0..2000 {
+                if conn.send(chunk.as_slice()).is_err() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        })
+    }
+    for (policy, check) in [
+        (
+            SlowConsumerPolicy::DropNewest,
+            (|s: svc_infra::websocket::ManagerStats| {
+                s.dropped > 0 && s.slow_consumer_disconnects == 0
+            }) as fn(svc_infra::websocket::ManagerStats) -> bool,
+        ),
+        (SlowConsumerPolicy::Disconnect, |s| {
+            s.slow_consumer_disconnects == 1
+        }),
+    ] {
+        let config = WebSocketConfig::default().with_max_queue_size(4);
+        let manager = ConnectionManager::with_policy(config, policy);
+        let app =
+            add_websocket_manager_with(Router::new().route("/spam", get(spam)), manager.clone());
+        let addr = serve(app).await;
+        let _client = connect(addr, "/spam").await; // never reads
+        eventually(&format!("{policy:?} counted"), || check(manager.stats())).await;
+    }
+}

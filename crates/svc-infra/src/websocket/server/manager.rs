@@ -968,11 +968,31 @@ impl Connection {
         item
     }
 
-    /// Sends a message to this connection only. Never waits: written now or queued.
+    /// Sends a message to this connection only. Never waits: written now or queued. A full
+    /// queue applies the manager's slow-consumer policy, counted in [`ManagerStats`] like a
+    /// broadcast's: `Disconnect` gives an error (the connection closes with 1013), the drop
+    /// policies give `Ok` and count the dropped message.
     pub fn send(&self, message: impl IntoMessage) -> Result<(), WebSocketError> {
         let message = message.prepare()?;
-        self.socket.send_frame(message.frame)?;
-        self.conn.touch(unix_ms());
+        match self.socket.send_frame(message.frame) {
+            Ok(true) => self.conn.touch(unix_ms()),
+            Ok(false) => {
+                self.manager
+                    .inner
+                    .counters
+                    .dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("svc_ws_messages_dropped_total").increment(1);
+            }
+            Err(e) => {
+                if e.close_code() == Some(1013) {
+                    let c = &self.manager.inner.counters;
+                    c.slow_consumer_disconnects.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("svc_ws_slow_consumer_disconnects_total").increment(1);
+                }
+                return Err(e);
+            }
+        }
         Ok(())
     }
 

@@ -1,6 +1,9 @@
 //! The server-side socket: one task reads (the handler calling [`WebSocket::recv`]), and
 //! anyone may send through the shared [`Outbound`], which writes straight to the socket
 //! when nothing is queued, so a broadcast needs no writer task and no wake-up per recipient.
+//! Only when a socket does not take a frame at once does a short-lived flusher task wait
+//! for it (see [`flush`]); frames sent meanwhile queue behind, bounded by the
+//! slow-consumer policy.
 
 use std::{
     borrow::Cow,
@@ -430,7 +433,7 @@ enum Phase {
 /// A server-side WebSocket connection after the upgrade.
 ///
 /// Call [`recv`](Self::recv) in a loop: it returns the next message and, while it waits,
-/// answers pings, flushes what others queued, and performs the closing handshake. It
+/// answers pings and performs the closing handshake (sending never depends on it). It
 /// returns `None` once the connection is closed; [`close_code`](Self::close_code) then says
 /// how. Most applications hand the socket to
 /// [`ConnectionManager::connect`](crate::websocket::ConnectionManager::connect) instead of
@@ -527,7 +530,9 @@ impl WebSocket {
     }
 
     /// Sends a message. Never waits for the socket: the frame is written now or queued; a
-    /// full queue applies the slow-consumer policy.
+    /// full queue applies the slow-consumer policy (`Disconnect`: an error, and the
+    /// connection closes with 1013; `DropNewest`/`DropOldest`: `Ok`, a message is dropped;
+    /// through a manager's [`Connection`](crate::websocket::Connection) drops are counted).
     pub fn send(&self, message: impl Into<WebSocketMessage>) -> Result<(), WebSocketError> {
         let message = message.into();
         if message.len() > self.out.max_message_size {
@@ -542,13 +547,15 @@ impl WebSocket {
             protocol::OP_BINARY
         };
         let frame = protocol::encode_frame(opcode, message.as_bytes());
-        self.send_frame(frame)
+        self.send_frame(frame).map(drop)
     }
 
-    pub(crate) fn send_frame(&self, frame: Bytes) -> Result<(), WebSocketError> {
+    /// Hands a frame to the connection; `Ok(false)` when the slow-consumer policy dropped
+    /// a message (this one, or an older one under `DropOldest`).
+    pub(crate) fn send_frame(&self, frame: Bytes) -> Result<bool, WebSocketError> {
         match self.out.push(frame) {
-            Push::Accepted => Ok(()),
-            Push::Dropped => Ok(()),
+            Push::Accepted => Ok(true),
+            Push::Dropped => Ok(false),
             Push::Overflow => Err(WebSocketError::closed(1013, "slow consumer")),
             Push::Closed => Err(WebSocketError::closed(
                 self.close_code().map_or(1006, |c| c.0),
