@@ -370,16 +370,21 @@ async fn slow_consumer_is_disconnected_with_1013_and_counted() {
 }
 
 #[tokio::test]
-async fn slow_consumer_drop_newest_keeps_the_connection_and_counts_drops() {
-    let config = WebSocketConfig::default().with_max_queue_size(4);
-    let manager = ConnectionManager::with_policy(config, SlowConsumerPolicy::DropNewest);
-    let addr = start(manager.clone()).await;
-    let mut fast = connect(addr, "/ws/fast").await;
-    let _slow = connect(addr, "/ws/slow").await;
-    connected(&manager, 2).await;
-    flood_until(&manager, &mut fast, |m| m.stats().dropped >= 3).await;
-    assert!(manager.is_user_connected("slow"));
-    assert_eq!(manager.stats().slow_consumer_disconnects, 0);
+async fn slow_consumer_drop_policies_keep_the_connection_and_count_drops() {
+    for policy in [
+        SlowConsumerPolicy::DropNewest,
+        SlowConsumerPolicy::DropOldest,
+    ] {
+        let config = WebSocketConfig::default().with_max_queue_size(4);
+        let manager = ConnectionManager::with_policy(config, policy);
+        let addr = start(manager.clone()).await;
+        let mut fast = connect(addr, "/ws/fast").await;
+        let _slow = connect(addr, "/ws/slow").await;
+        connected(&manager, 2).await;
+        flood_until(&manager, &mut fast, |m| m.stats().dropped >= 3).await;
+        assert!(manager.is_user_connected("slow"), "{policy:?}");
+        assert_eq!(manager.stats().slow_consumer_disconnects, 0, "{policy:?}");
+    }
 }
 
 #[tokio::test]
@@ -391,19 +396,7 @@ async fn dead_peer_reaped_by_keepalive() {
     let manager = ConnectionManager::new(config);
     let addr = start(manager.clone()).await;
     // A raw client that completes the handshake and then never answers anything.
-    let mut tcp = within("tcp", tokio::net::TcpStream::connect(addr))
-        .await
-        .unwrap();
-    let request = format!(
-        "GET /ws/mute HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    );
-    within("write", tcp.write_all(request.as_bytes()))
-        .await
-        .unwrap();
-    let mut buf = [0u8; 1024];
-    let n = within("101", tcp.read(&mut buf)).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+    let _mute = raw_upgrade(addr, "/ws/mute").await;
     // A well-behaved client alongside it answers pings (tungstenite does on read).
     let mut good = connect(addr, "/ws/good").await;
     connected(&manager, 2).await;
@@ -609,19 +602,6 @@ async fn busy_handler_does_not_make_a_reading_client_a_slow_consumer() {
     assert_eq!(within("reader", reader).await.unwrap(), 101);
     assert_eq!(manager.stats().slow_consumer_disconnects, 0);
     assert!(manager.is_user_connected("busy"));
-}
-
-#[tokio::test]
-async fn slow_consumer_drop_oldest_keeps_the_connection_and_counts_drops() {
-    let config = WebSocketConfig::default().with_max_queue_size(4);
-    let manager = ConnectionManager::with_policy(config, SlowConsumerPolicy::DropOldest);
-    let addr = start(manager.clone()).await;
-    let mut fast = connect(addr, "/ws/fast").await;
-    let _slow = connect(addr, "/ws/slow").await;
-    connected(&manager, 2).await;
-    flood_until(&manager, &mut fast, |m| m.stats().dropped >= 3).await;
-    assert!(manager.is_user_connected("slow"));
-    assert_eq!(manager.stats().slow_consumer_disconnects, 0);
 }
 
 /// `Connection::send` to a client that never reads follows the policy and is counted like a
