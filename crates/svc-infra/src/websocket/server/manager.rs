@@ -550,11 +550,14 @@ impl ConnectionManager {
     /// Closes one connection of `user_id` (code 1000) and removes it. Returns whether it
     /// was found.
     pub async fn disconnect(&self, user_id: &str, connection_id: &str) -> bool {
-        let found = self.read().users.get(user_id).and_then(|list| {
-            list.iter()
-                .find(|c| c.id.to_string() == connection_id)
-                .cloned()
-        });
+        let Ok(id) = connection_id.parse::<u64>() else {
+            return false;
+        };
+        let found = self
+            .read()
+            .users
+            .get(user_id)
+            .and_then(|list| list.iter().find(|c| c.id == id).cloned());
         match found {
             Some(conn) => {
                 conn.out.kill(1000, "disconnected");
@@ -691,8 +694,19 @@ impl ConnectionManager {
                 Push::Closed => dead.push(conn.clone()),
             }
         }
+        self.count_sends(reached as u64, dropped, overflowed);
+        for conn in dead {
+            // A failed send removes the dead connection.
+            self.remove(&conn, true);
+        }
+        reached
+    }
+
+    /// Records what sends did, in [`ManagerStats`] and the `metrics` counters: one place
+    /// for broadcasts and [`Connection::send`] alike.
+    fn count_sends(&self, sent: u64, dropped: u64, overflowed: u64) {
         let c = &self.inner.counters;
-        c.frames_sent.fetch_add(reached as u64, Ordering::Relaxed);
+        c.frames_sent.fetch_add(sent, Ordering::Relaxed);
         if dropped > 0 {
             c.dropped.fetch_add(dropped, Ordering::Relaxed);
             metrics::counter!("svc_ws_messages_dropped_total").increment(dropped);
@@ -702,11 +716,6 @@ impl ConnectionManager {
                 .fetch_add(overflowed, Ordering::Relaxed);
             metrics::counter!("svc_ws_slow_consumer_disconnects_total").increment(overflowed);
         }
-        for conn in dead {
-            // A failed send removes the dead connection.
-            self.remove(&conn, true);
-        }
-        reached
     }
 
     /// Adds `user_id` to `room` (idempotent). The user need not be connected yet; a user
@@ -975,20 +984,14 @@ impl Connection {
     pub fn send(&self, message: impl IntoMessage) -> Result<(), WebSocketError> {
         let message = message.prepare()?;
         match self.socket.send_frame(message.frame) {
-            Ok(true) => self.conn.touch(unix_ms()),
-            Ok(false) => {
-                self.manager
-                    .inner
-                    .counters
-                    .dropped
-                    .fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("svc_ws_messages_dropped_total").increment(1);
+            Ok(true) => {
+                self.conn.touch(unix_ms());
+                self.manager.count_sends(1, 0, 0);
             }
+            Ok(false) => self.manager.count_sends(0, 1, 0),
             Err(e) => {
                 if e.close_code() == Some(1013) {
-                    let c = &self.manager.inner.counters;
-                    c.slow_consumer_disconnects.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("svc_ws_slow_consumer_disconnects_total").increment(1);
+                    self.manager.count_sends(0, 0, 1);
                 }
                 return Err(e);
             }

@@ -60,7 +60,8 @@ pub(crate) enum Push {
     Closed,
 }
 
-/// Counters of the sending side, also used by keepalive.
+/// The sending side of a connection, shared by its reader, its flusher, the manager and
+/// anyone who sends to it; also where keepalive keeps its timestamps.
 #[derive(Debug)]
 pub(crate) struct Outbound {
     state: Mutex<OutState>,
