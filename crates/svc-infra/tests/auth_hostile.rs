@@ -107,7 +107,13 @@ fn battery() -> Vec<(&'static str, String, &'static str)> {
         ),
         (
             "truncated signature",
-            good[..good.len() - 5].to_owned(),
+            // Cut the signature to a length no base64 text can have (4n + 1 characters), so
+            // the outcome does not depend on the token's bytes: a cut to 4n + 2 or 4n + 3
+            // decodes whenever the last character's unused bits happen to be zero.
+            {
+                let keep = (parts[2].len() - 4) / 4 * 4 + 1;
+                format!("{}.{}.{}", parts[0], parts[1], &parts[2][..keep])
+            },
             "Invalid token: Invalid crypto padding",
         ),
         (
