@@ -525,9 +525,18 @@ async fn bad_input_gets_clean_close_codes() {
 }
 
 async fn raw_upgrade(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
-    let mut tcp = within("tcp", tokio::net::TcpStream::connect(addr))
+    let tcp = within("tcp", tokio::net::TcpStream::connect(addr))
         .await
         .unwrap();
+    upgrade_on(tcp, addr, path).await
+}
+
+/// Does the WebSocket handshake on `tcp` by hand.
+async fn upgrade_on(
+    mut tcp: tokio::net::TcpStream,
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> tokio::net::TcpStream {
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
@@ -643,4 +652,88 @@ async fn connection_send_to_a_stuck_client_follows_the_policy_and_is_counted() {
         let _client = connect(addr, "/spam").await; // never reads
         eventually(&format!("{policy:?} counted"), || check(manager.stats())).await;
     }
+}
+
+/// Reads one unmasked server frame's payload from a raw socket.
+async fn read_frame(tcp: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut head = [0u8; 2];
+    tcp.read_exact(&mut head).await.unwrap();
+    let len = match head[1] & 0x7f {
+        126 => {
+            let mut ext = [0u8; 2];
+            tcp.read_exact(&mut ext).await.unwrap();
+            u64::from(u16::from_be_bytes(ext))
+        }
+        127 => {
+            let mut ext = [0u8; 8];
+            tcp.read_exact(&mut ext).await.unwrap();
+            u64::from_be_bytes(ext)
+        }
+        n => u64::from(n),
+    };
+    let mut payload = vec![0u8; len as usize];
+    tcp.read_exact(&mut payload).await.unwrap();
+    payload
+}
+
+/// Broadcasts to more connections than one task writes per turn (tokio's budget is 128
+/// writes), many of them in flight at once, with one client that never reads and whose
+/// socket fills: every reading client gets every message, in order, and the stuck one is
+/// waited for on the side, holding up no one.
+#[tokio::test]
+async fn broadcasts_to_hundreds_arrive_in_order_while_one_socket_is_full() {
+    const CLIENTS: usize = 300;
+    const MESSAGES: u32 = 40;
+    const SIZE: usize = 16 * 1024;
+    let config = WebSocketConfig::default().with_max_queue_size(64);
+    let manager = ConnectionManager::with_policy(config, SlowConsumerPolicy::Disconnect);
+    // Small, fixed send buffers on the server's sockets (loopback ones otherwise grow to
+    // megabytes), so that sockets really fill: the stuck one for good, the others often.
+    let listener = within("bind", tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        socket2::SockRef::from(&*tcp)
+            .set_send_buffer_size(4096)
+            .unwrap();
+    });
+    let app =
+        add_websocket_manager_with(Router::new().route("/ws/{user}", get(ws)), manager.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    // A small receive buffer that never grows either: this client never reads.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = within("tcp", socket.connect(addr)).await.unwrap();
+    let stuck = upgrade_on(tcp, addr, "/ws/stuck").await;
+    connected(&manager, 1).await;
+    let mut readers = Vec::new();
+    for i in 0..CLIENTS {
+        let mut tcp = raw_upgrade(addr, &format!("/ws/u{i}")).await;
+        readers.push(tokio::spawn(async move {
+            for seq in 0..MESSAGES {
+                let payload = within("frame", read_frame(&mut tcp)).await;
+                assert_eq!(payload.len(), SIZE);
+                assert_eq!(payload[..4], seq.to_be_bytes(), "client {i}: out of order");
+            }
+        }));
+    }
+    connected(&manager, CLIENTS + 1).await;
+    for seq in 0..MESSAGES {
+        let mut message = vec![0u8; SIZE];
+        message[..4].copy_from_slice(&seq.to_be_bytes());
+        assert_eq!(manager.broadcast(message).await.unwrap(), CLIENTS + 1);
+        if seq % 8 == 7 {
+            tokio::task::yield_now().await; // let the flusher take a turn mid-stream
+        }
+    }
+    for reader in readers {
+        within("reader", reader).await.unwrap();
+    }
+    // 640 KiB did not fit the stuck client's socket, yet nothing was dropped or closed.
+    let stats = manager.stats();
+    assert_eq!(stats.slow_consumer_disconnects, 0);
+    assert_eq!(stats.dropped, 0);
+    assert!(manager.is_user_connected("stuck"));
+    drop(stuck);
 }

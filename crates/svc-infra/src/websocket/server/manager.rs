@@ -18,7 +18,10 @@ use tokio_util::task::TaskTracker;
 
 use super::{
     protocol::{self, OP_BINARY, OP_TEXT},
-    socket::{Outbound, Push, SlowConsumerPolicy, WebSocket, now_ms, now_us, ping_frame},
+    socket::{
+        Deferred, FlushQueue, Outbound, Push, SlowConsumerPolicy, WebSocket, now_ms, now_us,
+        ping_frame,
+    },
 };
 use crate::websocket::{
     BoxError, ConnectionInfo, WebSocketConfig, WebSocketError, WebSocketMessage,
@@ -297,6 +300,8 @@ struct Inner {
     removed: Notify,
     /// `on_disconnect` hooks in flight.
     hook_tasks: TaskTracker,
+    /// Connections whose share of a broadcast or keepalive pass waits to be written.
+    flush_queue: Arc<FlushQueue>,
 }
 
 /// Tracks server-side connections: many per user, rooms of users, broadcast, hooks.
@@ -365,6 +370,7 @@ impl ConnectionManager {
                 counters: Counters::default(),
                 removed: Notify::new(),
                 hook_tasks: TaskTracker::new(),
+                flush_queue: Arc::default(),
             }),
         }
     }
@@ -665,12 +671,14 @@ impl ConnectionManager {
     /// Hands the frame to each connection; never waits on any of them.
     ///
     /// Runs inside tokio's cooperative budget on purpose: after 128 socket writes in one
-    /// task poll, further sockets report "not ready" and get their frame queued for a
-    /// short-lived flusher task. Measured on the fan-out benchmark (10,000 recipients,
-    /// docs/benchmarks.md), that is much faster than writing every socket from this loop
-    /// (p99 0.28–0.47 s against 3.3–4.2 s in alternating runs): the writes spread over many
-    /// polls, and a broadcast arriving before a connection's flusher ran rides along in the
-    /// same write.
+    /// task poll, further sockets report "not ready", and their frames wait in the
+    /// manager's [`FlushQueue`], worked first in, first out by one task that yields
+    /// whenever its own budget is spent. When broadcasts come faster than the sockets can
+    /// be written, the oldest frames go out first and a connection still waiting when the
+    /// next broadcast arrives gets both in one write. Measured on the fan-out benchmark
+    /// (docs/benchmarks.md), writing every socket from this loop is several times slower
+    /// (p99 0.28–0.47 s against 3.3–4.2 s), and a flusher task per connection or per
+    /// broadcast costs more than this queue (see the table there).
     fn deliver<'a>(
         &self,
         conns: impl Iterator<Item = &'a Arc<Conn>>,
@@ -680,8 +688,9 @@ impl ConnectionManager {
         let mut reached = 0;
         let mut dead = Vec::new();
         let (mut dropped, mut overflowed) = (0, 0);
+        let mut deferred = Deferred::default();
         for conn in conns {
-            match conn.out.push(message.frame.clone()) {
+            match conn.out.push_deferred(message.frame.clone(), &mut deferred) {
                 Push::Accepted => {
                     conn.touch(now);
                     reached += 1;
@@ -694,6 +703,7 @@ impl ConnectionManager {
                 Push::Closed => dead.push(conn.clone()),
             }
         }
+        self.inner.flush_queue.extend(deferred);
         self.count_sends(reached as u64, dropped, overflowed);
         for conn in dead {
             // A failed send removes the dead connection.
@@ -894,6 +904,7 @@ async fn keepalive(inner: Weak<Inner>, interval: Duration, timeout: Option<Durat
         let manager = ConnectionManager { inner };
         let now = now_ms();
         let now_micros = now_us();
+        let mut deferred = Deferred::default();
         for conn in manager.snapshot().iter() {
             let sent = conn.out.ping_sent.load(Ordering::Relaxed);
             if let Some(t) = timeout
@@ -912,9 +923,10 @@ async fn keepalive(inner: Weak<Inner>, interval: Duration, timeout: Option<Durat
             }
             let quiet = now.saturating_sub(conn.out.last_seen.load(Ordering::Relaxed));
             if sent == 0 && quiet >= interval.as_millis() as u64 {
-                conn.out.send_ping(&ping);
+                conn.out.send_ping(&ping, &mut deferred);
             }
         }
+        manager.inner.flush_queue.extend(deferred);
     }
 }
 

@@ -86,6 +86,11 @@ struct OutState {
     waker: Option<Waker>,
     /// A flusher task is writing the queue (the socket was full); others only append.
     flushing: bool,
+    /// The reader waits for the queue to drain (closing): the flusher wakes it when done.
+    drain_waiter: bool,
+    /// The writer supports vectored writes (asked once: behind `tokio::io::split` asking
+    /// takes a lock).
+    vectored: bool,
     /// The flusher's waker, to end it when the connection is released.
     flusher: Option<Waker>,
     /// A close frame went into the queue; nothing else may follow it.
@@ -130,12 +135,15 @@ impl Outbound {
         policy: SlowConsumerPolicy,
         protocol: Option<String>,
     ) -> Self {
+        let vectored = writer.is_write_vectored();
         Self {
             state: Mutex::new(OutState {
                 writer: Some(writer),
                 queue: VecDeque::new(),
                 waker: None,
                 flushing: false,
+                drain_waiter: false,
+                vectored,
                 flusher: None,
                 close_queued: false,
                 kill: None,
@@ -163,12 +171,18 @@ impl Outbound {
     /// flusher is writing. A full queue (the socket took nothing for `max_queue` frames)
     /// applies the slow-consumer policy.
     pub(crate) fn push(self: &Arc<Self>, frame: Bytes) -> Push {
+        self.push_deferred(frame, &mut Deferred::default())
+    }
+
+    /// [`push`](Self::push) for one of many recipients: a frame the socket does not take
+    /// at once joins `deferred`, which the caller spawns once for all of them.
+    pub(crate) fn push_deferred(self: &Arc<Self>, frame: Bytes, deferred: &mut Deferred) -> Push {
         let mut st = self.lock();
         if st.close_queued || st.broken || st.kill.is_some() {
             return Push::Closed;
         }
         if !st.flushing {
-            return match st.write_now(frame, self) {
+            return match st.write_now(frame, self, deferred) {
                 Ok(()) => Push::Accepted,
                 Err(()) => Push::Closed,
             };
@@ -198,13 +212,13 @@ impl Outbound {
     /// Queues a control frame (pong, ping). When the queue is already full the frame is
     /// skipped: RFC 6455 §5.5.3 lets us answer only the latest ping, and a peer that floods
     /// pings without reading must not grow our memory. Returns false if closing.
-    pub(crate) fn push_control(self: &Arc<Self>, frame: Bytes) -> bool {
+    pub(crate) fn push_control(self: &Arc<Self>, frame: Bytes, deferred: &mut Deferred) -> bool {
         let mut st = self.lock();
         if st.close_queued || st.broken {
             return false;
         }
         if !st.flushing {
-            return st.write_now(frame, self).is_ok();
+            return st.write_now(frame, self, deferred).is_ok();
         }
         if st.queue.len() < self.max_queue {
             st.queue.push_back(frame);
@@ -232,6 +246,7 @@ impl Outbound {
     }
 
     fn queue_close_frame(self: &Arc<Self>, frame: Bytes) {
+        let mut deferred = Deferred::default();
         let mut st = self.lock();
         if st.close_queued || st.broken {
             return;
@@ -240,8 +255,9 @@ impl Outbound {
         if st.flushing {
             st.queue.push_back(frame);
         } else {
-            let _ = st.write_now(frame, self);
+            let _ = st.write_now(frame, self, &mut deferred);
         }
+        drop(st); // before `deferred` starts the flusher
     }
 
     fn take_kill(&self) -> Option<(u16, Cow<'static, str>)> {
@@ -267,6 +283,7 @@ impl Outbound {
         }
         if st.flushing {
             st.waker = Some(cx.waker().clone());
+            st.drain_waiter = true;
             return Poll::Pending;
         }
         Poll::Ready(Ok(()))
@@ -300,26 +317,135 @@ impl Outbound {
     }
 }
 
-/// Waits for the socket to take what is queued, then ends. Exists only while a connection
-/// has more to send than its socket buffer holds, so neither the handler nor a task per
-/// connection has to watch for writability.
-async fn flush(out: Arc<Outbound>) {
+/// Connections holding frames their socket did not take at once (most often because the
+/// sending task's cooperative budget ran out after 128 writes, not because the socket is
+/// full). Dropping it starts one task that writes them all, in order; a
+/// [`FlushQueue`] takes them instead when many senders should share one such task.
+#[derive(Debug, Default)]
+pub(crate) struct Deferred(Vec<Arc<Outbound>>);
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let outs = std::mem::take(&mut self.0);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(flush(outs))),
+            Err(_) => fail(&outs),
+        }
+    }
+}
+
+/// Without a runtime to wait for writability, connections with queued frames fail.
+fn fail(outs: &[Arc<Outbound>]) {
+    for out in outs {
+        let mut st = out.lock();
+        st.broken = true;
+        st.finish_flush(true);
+    }
+}
+
+/// One first-in, first-out line of connections waiting to be flushed, worked by at most
+/// one task at a time (started when the line fills, ended when it empties).
+///
+/// The manager's broadcasts share one, so that when broadcasts come faster than the
+/// sockets can be written, the oldest frames go out first (several tasks taking turns
+/// would delay every broadcast's last recipients behind the newer broadcasts), and a
+/// connection still waiting when the next broadcast arrives gets both in one write. The
+/// task yields whenever its budget is spent, so new broadcasts are read meanwhile.
+#[derive(Debug, Default)]
+pub(crate) struct FlushQueue {
+    line: Mutex<Line>,
+}
+
+#[derive(Debug, Default)]
+struct Line {
+    waiting: VecDeque<Arc<Outbound>>,
+    /// A task is working the line.
+    running: bool,
+}
+
+impl FlushQueue {
+    /// Puts `deferred`'s connections at the end of the line.
+    pub(crate) fn extend(self: &Arc<Self>, mut deferred: Deferred) {
+        if deferred.0.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return fail(&std::mem::take(&mut deferred.0));
+        };
+        let mut line = self.line.lock().unwrap_or_else(|p| p.into_inner());
+        line.waiting.extend(deferred.0.drain(..));
+        if !line.running {
+            line.running = true;
+            drop(runtime.spawn(self.clone().work()));
+        }
+    }
+
+    async fn work(self: Arc<Self>) {
+        /// Marks the line idle when the task ends, however it ends (a runtime shutting
+        /// down drops it mid-way), so the next `extend` starts a new one.
+        struct Idle<'a>(&'a FlushQueue);
+        impl Drop for Idle<'_> {
+            fn drop(&mut self) {
+                let mut line = self.0.line.lock().unwrap_or_else(|p| p.into_inner());
+                line.running = false;
+            }
+        }
+        let _idle = Idle(&self);
+        let mut batch = VecDeque::new();
+        loop {
+            if batch.is_empty() {
+                let mut line = self.line.lock().unwrap_or_else(|p| p.into_inner());
+                if line.waiting.is_empty() {
+                    return;
+                }
+                std::mem::swap(&mut batch, &mut line.waiting);
+            }
+            if let Some(out) = batch.pop_front() {
+                flush_one(out, true).await;
+            }
+        }
+    }
+}
+
+/// Writes what is queued on each connection, in order, then ends. The task lives only
+/// while some connection has more to send than its socket took at once, so neither the
+/// handler nor a task per connection has to watch for writability.
+async fn flush(outs: Vec<Arc<Outbound>>) {
+    let last = outs.len().saturating_sub(1);
+    for (i, out) in outs.into_iter().enumerate() {
+        flush_one(out, i < last).await;
+    }
+}
+
+/// Writes `out`'s queue. When this task's budget runs out it yields and carries on; a
+/// socket that is really full is waited for here, or, with `hand_over`, by a task of its
+/// own so that it holds up no one behind it.
+async fn flush_one(out: Arc<Outbound>, hand_over: bool) {
+    let mut handed_over = false;
     std::future::poll_fn(|cx| {
         let mut st = out.lock();
         match st.poll_drain(cx) {
+            Poll::Ready(result) => {
+                st.finish_flush(result.is_err());
+                Poll::Ready(())
+            }
+            Poll::Pending if hand_over && tokio::task::coop::has_budget_remaining() => {
+                handed_over = true;
+                Poll::Ready(())
+            }
             Poll::Pending => {
                 st.flusher = Some(cx.waker().clone());
                 Poll::Pending
             }
-            Poll::Ready(_) => {
-                st.flushing = false;
-                st.flusher = None;
-                st.wake(); // a closing reader may be waiting for the queue to drain
-                Poll::Ready(())
-            }
         }
     })
     .await;
+    if handed_over {
+        drop(Deferred(vec![out]));
+    }
 }
 
 impl OutState {
@@ -329,9 +455,25 @@ impl OutState {
         }
     }
 
-    /// Writes `frame` now; whatever the socket does not take is queued and a flusher task
-    /// takes over until the queue is empty.
-    fn write_now(&mut self, mut frame: Bytes, out: &Arc<Outbound>) -> Result<(), ()> {
+    /// The queue is written out (or the write side failed): senders write directly again.
+    /// Only a reader waiting for the drain (closing) or one that must learn of the failure
+    /// is woken; a wake-up per flush would cost a task poll per recipient of a broadcast.
+    fn finish_flush(&mut self, failed: bool) {
+        self.flushing = false;
+        self.flusher = None;
+        if std::mem::take(&mut self.drain_waiter) || failed {
+            self.wake();
+        }
+    }
+
+    /// Writes `frame` now; whatever the socket does not take is queued and the connection
+    /// joins `deferred`, whose flusher task takes over until the queue is empty.
+    fn write_now(
+        &mut self,
+        mut frame: Bytes,
+        out: &Arc<Outbound>,
+        deferred: &mut Deferred,
+    ) -> Result<(), ()> {
         let Some(writer) = self.writer.as_mut() else {
             self.broken = true;
             return Err(());
@@ -348,15 +490,7 @@ impl OutState {
                 Poll::Pending => {
                     self.queue.push_back(frame);
                     self.flushing = true;
-                    match tokio::runtime::Handle::try_current() {
-                        Ok(runtime) => drop(runtime.spawn(flush(out.clone()))),
-                        Err(_) => {
-                            // No runtime to wait with: give up on this connection.
-                            self.broken = true;
-                            self.wake();
-                            return Err(());
-                        }
-                    }
+                    deferred.0.push(out.clone());
                     return Ok(());
                 }
             }
@@ -372,7 +506,7 @@ impl OutState {
             return Poll::Ready(Ok(()));
         };
         while !self.queue.is_empty() {
-            let result = if self.queue.len() == 1 || !writer.is_write_vectored() {
+            let result = if self.queue.len() == 1 || !self.vectored {
                 Pin::new(&mut *writer).poll_write(cx, &self.queue[0])
             } else {
                 let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
@@ -726,8 +860,10 @@ impl WebSocket {
                 Event::Text(_) | Event::Binary(_) => {} // closing: discard
                 Event::Ping(payload) => {
                     if self.phase == Phase::Open {
-                        self.out
-                            .push_control(protocol::encode_frame(OP_PONG, &payload));
+                        self.out.push_control(
+                            protocol::encode_frame(OP_PONG, &payload),
+                            &mut Deferred::default(),
+                        );
                     }
                 }
                 Event::Pong(_) => self.out.pong_received(),
@@ -791,7 +927,7 @@ enum ReadError {
 
 impl Outbound {
     /// Sends a keepalive ping (a shared, pre-built frame) unless one is outstanding.
-    pub(crate) fn send_ping(self: &Arc<Self>, frame: &Bytes) -> bool {
+    pub(crate) fn send_ping(self: &Arc<Self>, frame: &Bytes, deferred: &mut Deferred) -> bool {
         let now = now_us();
         if self
             .ping_sent
@@ -800,7 +936,7 @@ impl Outbound {
         {
             return true; // still waiting for the last one
         }
-        self.push_control(frame.clone())
+        self.push_control(frame.clone(), deferred)
     }
 
     /// A pong arrived: the round trip of the outstanding ping, if any, is the latency.
