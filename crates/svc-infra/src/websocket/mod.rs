@@ -34,6 +34,9 @@ pub use models::{ConnectionInfo, ConnectionState, WebSocketMessage};
 pub use reconnect::{Reconnect, websocket_connect};
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
+pub use server::backplane;
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub use server::{
     Connection, ConnectionHooks, ConnectionManager, IntoMessage, Json, ManagerNotInstalled,
     ManagerStats, Metadata, PreparedMessage, SlowConsumerPolicy, WebSocket, WsManager, WsUpgrade,

@@ -5,7 +5,7 @@ use std::{
     fmt,
     pin::Pin,
     sync::{
-        Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
+        Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
 use super::{
+    backplane::{Backplane, BackplaneStatus, Envelope, Inbox, Topic},
     protocol::{self, OP_BINARY, OP_TEXT},
     socket::{
         Deferred, FlushQueue, Outbound, Push, SlowConsumerPolicy, WebSocket, now_ms, now_us,
@@ -273,21 +274,25 @@ struct Registry {
 }
 
 impl Registry {
-    fn leave_all_rooms(&mut self, user: &str) {
+    /// Takes `user` out of every room; returns the rooms that became empty (and are gone).
+    fn leave_all_rooms(&mut self, user: &str) -> Vec<Arc<str>> {
+        let mut emptied = Vec::new();
         if let Some(rooms) = self.memberships.remove(user) {
             for room in rooms {
                 if let Some(members) = self.rooms.get_mut(&room) {
                     members.remove(user);
                     if members.is_empty() {
                         self.rooms.remove(&room);
+                        emptied.push(room);
                     }
                 }
             }
         }
+        emptied
     }
 }
 
-struct Inner {
+pub(crate) struct Inner {
     config: WebSocketConfig,
     policy: SlowConsumerPolicy,
     registry: RwLock<Registry>,
@@ -302,6 +307,24 @@ struct Inner {
     hook_tasks: TaskTracker,
     /// Connections whose share of a broadcast or keepalive pass waits to be written.
     flush_queue: Arc<FlushQueue>,
+    /// This manager's id among the nodes of a cluster (random).
+    node: u64,
+    /// Carries sends to the other nodes, once set.
+    backplane: OnceLock<Arc<dyn Backplane>>,
+}
+
+impl Inner {
+    /// Tells the backplane (if any) about a change of local interest.
+    fn interest(&self, topic: impl FnOnce() -> Topic, subscribe: bool) {
+        if let Some(b) = self.backplane.get() {
+            let topic = topic();
+            if subscribe {
+                b.subscribe(&topic);
+            } else {
+                b.unsubscribe(&topic);
+            }
+        }
+    }
 }
 
 /// Tracks server-side connections: many per user, rooms of users, broadcast, hooks.
@@ -371,7 +394,65 @@ impl ConnectionManager {
                 removed: Notify::new(),
                 hook_tasks: TaskTracker::new(),
                 flush_queue: Arc::default(),
+                node: rand::random(),
+                backplane: OnceLock::new(),
             }),
+        }
+    }
+
+    /// Makes this manager a node of a cluster: every broadcast, room message and message to
+    /// a user also reaches the connections of the other managers on `backplane` (see
+    /// [`Backplane`]). Sends still return how many of *this* node's connections they
+    /// reached. Set it before serving; a manager keeps its first backplane (a second call
+    /// is ignored).
+    pub fn with_backplane(self, backplane: impl Backplane) -> Self {
+        let backplane: Arc<dyn Backplane> = Arc::new(backplane);
+        if self.inner.backplane.set(backplane.clone()).is_err() {
+            tracing::warn!("ConnectionManager::with_backplane: a backplane is already set");
+            return self;
+        }
+        backplane.attach(Inbox {
+            node: self.inner.node,
+            manager: Arc::downgrade(&self.inner),
+        });
+        // Under the lock, so that no change of interest slips between this and the first
+        // registration after it.
+        let reg = self.read();
+        backplane.subscribe(&Topic::All);
+        for user in reg.users.keys() {
+            backplane.subscribe(&Topic::User(user.to_string()));
+        }
+        for room in reg.rooms.keys() {
+            backplane.subscribe(&Topic::Room(room.to_string()));
+        }
+        drop(reg);
+        self
+    }
+
+    /// Whether this node reaches the others: `None` without a backplane (a single node).
+    pub fn backplane_status(&self) -> Option<BackplaneStatus> {
+        self.inner.backplane.get().map(|b| b.status())
+    }
+
+    /// This manager's id among the nodes of a cluster.
+    pub fn node_id(&self) -> u64 {
+        self.inner.node
+    }
+
+    /// Hands `message` to the other nodes (no-op without a backplane).
+    fn publish(
+        &self,
+        topic: impl FnOnce() -> Topic,
+        exclude_user: Option<&str>,
+        message: &PreparedMessage,
+    ) {
+        if let Some(b) = self.inner.backplane.get() {
+            b.publish(Envelope {
+                origin: self.inner.node,
+                topic: topic(),
+                exclude_user: exclude_user.map(str::to_owned),
+                frame: message.frame.clone(),
+            });
         }
     }
 
@@ -504,11 +585,14 @@ impl ConnectionManager {
         });
         {
             let mut reg = self.write();
-            let key = reg
-                .users
-                .get_key_value(user_id)
-                .map(|(k, _)| k.clone())
-                .unwrap_or_else(|| conn.user_id.clone());
+            let key = match reg.users.get_key_value(user_id) {
+                Some((k, _)) => k.clone(),
+                None => {
+                    self.inner
+                        .interest(|| Topic::User(user_id.to_owned()), true);
+                    conn.user_id.clone()
+                }
+            };
             reg.users.entry(key).or_default().push(conn.clone());
             reg.connections += 1;
             reg.snapshot = None;
@@ -534,7 +618,11 @@ impl ConnectionManager {
                 list.retain(|c| !Arc::ptr_eq(c, conn));
                 if list.is_empty() {
                     reg.users.remove(&*conn.user_id);
-                    reg.leave_all_rooms(&conn.user_id);
+                    self.inner
+                        .interest(|| Topic::User(conn.user_id.to_string()), false);
+                    for room in reg.leave_all_rooms(&conn.user_id) {
+                        self.inner.interest(|| Topic::Room(room.to_string()), false);
+                    }
                 }
             }
             reg.connections -= 1;
@@ -584,7 +672,10 @@ impl ConnectionManager {
         }
         if conns.is_empty() {
             // Parity with the Python manager: a user without connections leaves all rooms.
-            self.write().leave_all_rooms(user_id);
+            let mut reg = self.write();
+            for room in reg.leave_all_rooms(user_id) {
+                self.inner.interest(|| Topic::Room(room.to_string()), false);
+            }
         }
         n
     }
@@ -597,14 +688,18 @@ impl ConnectionManager {
     ) -> Result<usize, WebSocketError> {
         let message = message.prepare()?;
         let conns = self.read().users.get(user_id).cloned().unwrap_or_default();
-        Ok(self.deliver(conns.iter(), &message))
+        let reached = self.deliver(conns.iter(), &message);
+        self.publish(|| Topic::User(user_id.to_owned()), None, &message);
+        Ok(reached)
     }
 
     /// Sends `message` to every connection of every user. Returns how many were reached.
     pub async fn broadcast(&self, message: impl IntoMessage) -> Result<usize, WebSocketError> {
         let message = message.prepare()?;
         let all = self.snapshot();
-        Ok(self.deliver(all.iter(), &message))
+        let reached = self.deliver(all.iter(), &message);
+        self.publish(|| Topic::All, None, &message);
+        Ok(reached)
     }
 
     /// Like [`broadcast`](Self::broadcast), skipping every connection of `exclude_user`.
@@ -615,7 +710,9 @@ impl ConnectionManager {
     ) -> Result<usize, WebSocketError> {
         let message = message.prepare()?;
         let all = self.snapshot();
-        Ok(self.deliver(all.iter().filter(|c| &*c.user_id != exclude_user), &message))
+        let reached = self.deliver(all.iter().filter(|c| &*c.user_id != exclude_user), &message);
+        self.publish(|| Topic::All, Some(exclude_user), &message);
+        Ok(reached)
     }
 
     /// Sends `message` to every connection of every member of `room`.
@@ -626,7 +723,9 @@ impl ConnectionManager {
     ) -> Result<usize, WebSocketError> {
         let message = message.prepare()?;
         let conns = self.room_connections(room, None);
-        Ok(self.deliver(conns.iter(), &message))
+        let reached = self.deliver(conns.iter(), &message);
+        self.publish(|| Topic::Room(room.to_owned()), None, &message);
+        Ok(reached)
     }
 
     /// Like [`broadcast_to_room`](Self::broadcast_to_room), skipping `exclude_user`.
@@ -638,7 +737,13 @@ impl ConnectionManager {
     ) -> Result<usize, WebSocketError> {
         let message = message.prepare()?;
         let conns = self.room_connections(room, Some(exclude_user));
-        Ok(self.deliver(conns.iter(), &message))
+        let reached = self.deliver(conns.iter(), &message);
+        self.publish(
+            || Topic::Room(room.to_owned()),
+            Some(exclude_user),
+            &message,
+        );
+        Ok(reached)
     }
 
     fn room_connections(&self, room: &str, exclude: Option<&str>) -> Vec<Arc<Conn>> {
@@ -733,10 +838,13 @@ impl ConnectionManager {
     pub async fn join_room(&self, user_id: &str, room: &str) {
         let mut reg = self.write();
         let user: Arc<str> = Arc::from(user_id);
-        let room_key: Arc<str> = reg
-            .rooms
-            .get_key_value(room)
-            .map_or_else(|| Arc::from(room), |(k, _)| k.clone());
+        let room_key: Arc<str> = match reg.rooms.get_key_value(room) {
+            Some((k, _)) => k.clone(),
+            None => {
+                self.inner.interest(|| Topic::Room(room.to_owned()), true);
+                Arc::from(room)
+            }
+        };
         reg.rooms
             .entry(room_key.clone())
             .or_default()
@@ -751,6 +859,7 @@ impl ConnectionManager {
             members.remove(user_id);
             if members.is_empty() {
                 reg.rooms.remove(room);
+                self.inner.interest(|| Topic::Room(room.to_owned()), false);
             }
         }
         if let Some(rooms) = reg.memberships.get_mut(user_id) {
@@ -1022,4 +1131,38 @@ impl Drop for Connection {
     fn drop(&mut self) {
         self.manager.remove(&self.conn, true);
     }
+}
+
+/// Delivers an envelope from another node to this node's connections (see
+/// [`Inbox::deliver`]). Never waits. Returns how many connections were reached.
+pub(crate) fn deliver_remote(inner: &Arc<Inner>, envelope: &Envelope) -> usize {
+    let manager = ConnectionManager {
+        inner: inner.clone(),
+    };
+    let message = PreparedMessage {
+        frame: envelope.frame.clone(),
+    };
+    let exclude = envelope.exclude_user.as_deref();
+    let skip = |c: &&Arc<Conn>| exclude != Some(&*c.user_id);
+    let reached = match &envelope.topic {
+        Topic::All => {
+            let all = manager.snapshot();
+            manager.deliver(all.iter().filter(skip), &message)
+        }
+        Topic::Room(room) => {
+            let conns = manager.room_connections(room, exclude);
+            manager.deliver(conns.iter(), &message)
+        }
+        Topic::User(user) => {
+            let conns = manager
+                .read()
+                .users
+                .get(user.as_str())
+                .cloned()
+                .unwrap_or_default();
+            manager.deliver(conns.iter().filter(skip), &message)
+        }
+    };
+    metrics::counter!("svc_ws_backplane_received_total").increment(1);
+    reached
 }

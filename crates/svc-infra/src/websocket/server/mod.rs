@@ -1,6 +1,7 @@
 //! The server side: our own RFC 6455 framing on top of axum's HTTP upgrade, the
 //! [`ConnectionManager`], and the axum integration.
 
+pub mod backplane;
 mod integration;
 mod manager;
 mod protocol;

@@ -1,0 +1,397 @@
+//! Carrying sends between nodes, so that one [`ConnectionManager`] per process behaves like
+//! one manager for the whole cluster.
+//!
+//! A manager with a [`Backplane`] delivers every broadcast, room message and message to a
+//! user to its own connections as before, and also publishes it as an [`Envelope`]; the
+//! other nodes deliver it to theirs. Each node subscribes only to what its own connections
+//! need: everything ([`Topic::All`]), the rooms that have members here, and the users who
+//! have connections here. An envelope carries its origin node, so nothing is delivered
+//! twice, and the frame already encoded, so no node encodes it again.
+//!
+//! Two backplanes come with the crate: [`InMemoryBackplane`], which joins managers in one
+//! process (tests, or several managers in one binary), and, with the `redis` feature,
+//! `RedisBackplane`, over Redis pub/sub. Without a backplane a manager is a single node.
+//!
+//! ```no_run
+//! # #[cfg(feature = "redis")]
+//! # async fn demo() -> Result<(), svc_infra::websocket::WebSocketError> {
+//! use svc_infra::websocket::{ConnectionManager, WebSocketConfig, backplane::RedisBackplane};
+//!
+//! let manager = ConnectionManager::new(WebSocketConfig::from_env()?)
+//!     .with_backplane(RedisBackplane::new("redis://127.0.0.1:6379")?);
+//! // Reaches the connections of every node on this Redis, this one's included.
+//! manager.broadcast("hello, cluster").await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`ConnectionManager`]: super::ConnectionManager
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex, Weak},
+};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::manager::Inner;
+
+#[cfg(feature = "redis")]
+mod redis_pubsub;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis_pubsub::RedisBackplane;
+
+/// What an envelope is addressed to, and what a node subscribes to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Topic {
+    /// Every connection (a broadcast).
+    All,
+    /// Every connection of every member of a room.
+    Room(String),
+    /// Every connection of one user.
+    User(String),
+}
+
+/// A send crossing nodes: who it is for, whose connections to skip, and the frame.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Envelope {
+    /// The node that published it (it has delivered to its own connections already).
+    pub origin: u64,
+    /// Who it is for.
+    pub topic: Topic,
+    /// A user whose connections are skipped (`broadcast_excluding` and friends).
+    pub exclude_user: Option<String>,
+    /// The complete WebSocket frame, encoded once by the origin.
+    pub frame: Bytes,
+}
+
+impl fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Envelope")
+            .field("origin", &self.origin)
+            .field("topic", &self.topic)
+            .field("exclude_user", &self.exclude_user)
+            .field("frame_len", &self.frame.len())
+            .finish()
+    }
+}
+
+/// Why bytes are not an [`Envelope`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed backplane envelope: {0}")]
+pub struct EnvelopeError(&'static str);
+
+const VERSION: u8 = 1;
+
+impl Envelope {
+    /// The wire form: version (1), origin (u64, big-endian), topic kind (0 all, 1 room,
+    /// 2 user) and name (u16 length + UTF-8), excluded user (0, or 1 + u16 length + UTF-8),
+    /// then the frame.
+    pub fn to_bytes(&self) -> Bytes {
+        let (kind, name) = match &self.topic {
+            Topic::All => (0u8, ""),
+            Topic::Room(r) => (1, r.as_str()),
+            Topic::User(u) => (2, u.as_str()),
+        };
+        let exclude = self.exclude_user.as_deref();
+        let mut out = BytesMut::with_capacity(
+            16 + name.len() + exclude.map_or(0, str::len) + self.frame.len(),
+        );
+        out.put_u8(VERSION);
+        out.put_u64(self.origin);
+        out.put_u8(kind);
+        put_str(&mut out, name);
+        match exclude {
+            None => out.put_u8(0),
+            Some(user) => {
+                out.put_u8(1);
+                put_str(&mut out, user);
+            }
+        }
+        out.put_slice(&self.frame);
+        out.freeze()
+    }
+
+    /// Parses the wire form of [`to_bytes`](Self::to_bytes).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        let mut r = Reader(bytes);
+        if r.u8()? != VERSION {
+            return Err(EnvelopeError("unknown version"));
+        }
+        let origin = r.u64()?;
+        let kind = r.u8()?;
+        let name = r.str()?;
+        let topic = match kind {
+            0 => Topic::All,
+            1 => Topic::Room(name),
+            2 => Topic::User(name),
+            _ => return Err(EnvelopeError("unknown topic kind")),
+        };
+        let exclude_user = match r.u8()? {
+            0 => None,
+            1 => Some(r.str()?),
+            _ => return Err(EnvelopeError("bad exclude flag")),
+        };
+        if r.0.is_empty() {
+            return Err(EnvelopeError("no frame"));
+        }
+        Ok(Self {
+            origin,
+            topic,
+            exclude_user,
+            frame: Bytes::copy_from_slice(r.0),
+        })
+    }
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    // Names longer than u16::MAX are cut at a character boundary (user ids and room names
+    // are far shorter in practice; the receiving node then finds no such user or room).
+    let mut end = s.len().min(usize::from(u16::MAX));
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.put_u16(end as u16);
+    out.put_slice(&s.as_bytes()[..end]);
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], EnvelopeError> {
+        if self.0.len() < n {
+            return Err(EnvelopeError("truncated"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, EnvelopeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u64(&mut self) -> Result<u64, EnvelopeError> {
+        let b = self.take(8)?;
+        Ok(u64::from_be_bytes(b.try_into().unwrap_or_default()))
+    }
+    fn str(&mut self) -> Result<String, EnvelopeError> {
+        let len = self.take(2)?;
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        let s = self.take(len)?;
+        String::from_utf8(s.to_vec()).map_err(|_| EnvelopeError("name is not UTF-8"))
+    }
+}
+
+/// Where a backplane hands envelopes from other nodes: the manager that attached it. Holds
+/// the manager weakly, so a backplane never keeps a dropped manager alive.
+#[derive(Clone)]
+pub struct Inbox {
+    pub(super) node: u64,
+    pub(super) manager: Weak<Inner>,
+}
+
+impl fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inbox").field("node", &self.node).finish()
+    }
+}
+
+impl Inbox {
+    /// The id of the node (manager) this inbox belongs to.
+    pub fn node(&self) -> u64 {
+        self.node
+    }
+
+    /// Delivers an envelope from another node to this node's connections; envelopes this
+    /// node published itself are ignored. Never waits. Returns how many connections were
+    /// reached (0 once the manager is gone).
+    pub fn deliver(&self, envelope: &Envelope) -> usize {
+        if envelope.origin == self.node {
+            return 0;
+        }
+        match self.manager.upgrade() {
+            Some(inner) => super::manager::deliver_remote(&inner, envelope),
+            None => 0,
+        }
+    }
+}
+
+/// Whether a backplane can currently reach the other nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackplaneStatus {
+    /// Connected: sends reach the other nodes.
+    Connected,
+    /// Not connected (starting, or lost and reconnecting): sends reach this node's
+    /// connections only, and what was meant for other nodes is dropped and counted.
+    Disconnected,
+}
+
+/// Carries sends between the nodes of a cluster (see the [module docs](self)).
+///
+/// A manager calls [`attach`](Self::attach) once, then [`subscribe`](Self::subscribe) /
+/// [`unsubscribe`](Self::unsubscribe) as its local interest changes (always in the order the
+/// changes happened, balanced per topic), and [`publish`](Self::publish) for every send.
+/// None of them may wait: they are called from the send path, some under the manager's lock.
+pub trait Backplane: Send + Sync + fmt::Debug + 'static {
+    /// Starts handing envelopes from other nodes to `inbox`.
+    fn attach(&self, inbox: Inbox);
+    /// Sends `envelope` to the other nodes interested in its topic.
+    fn publish(&self, envelope: Envelope);
+    /// This node now has local interest in `topic`.
+    fn subscribe(&self, topic: &Topic);
+    /// This node no longer has local interest in `topic`.
+    fn unsubscribe(&self, topic: &Topic);
+    /// Whether the other nodes can be reached now.
+    fn status(&self) -> BackplaneStatus;
+}
+
+/// Joins the managers of one process: clones share one hub, and every manager given a
+/// clone is a node of the same little cluster. Always connected.
+#[derive(Default)]
+pub struct InMemoryBackplane {
+    hub: Arc<Mutex<Hub>>,
+    /// The node this clone is attached to (set by `attach`; each clone has its own).
+    node: Mutex<Option<u64>>,
+}
+
+impl Clone for InMemoryBackplane {
+    /// Another handle on the same hub, for another manager.
+    fn clone(&self) -> Self {
+        Self {
+            hub: self.hub.clone(),
+            node: Mutex::new(None),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Hub {
+    nodes: HashMap<u64, Node>,
+}
+
+struct Node {
+    inbox: Inbox,
+    /// Topic → how many subscribe calls are not yet balanced by unsubscribe.
+    topics: HashMap<Topic, usize>,
+}
+
+impl fmt::Debug for InMemoryBackplane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nodes = self.lock().nodes.len();
+        f.debug_struct("InMemoryBackplane")
+            .field("nodes", &nodes)
+            .finish()
+    }
+}
+
+impl InMemoryBackplane {
+    /// A new hub with no nodes; clone it for each manager.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Hub> {
+        self.hub.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn node(&self) -> Option<u64> {
+        *self.node.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Backplane for InMemoryBackplane {
+    fn attach(&self, inbox: Inbox) {
+        *self.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(inbox.node);
+        self.lock().nodes.insert(
+            inbox.node,
+            Node {
+                inbox,
+                topics: HashMap::new(),
+            },
+        );
+    }
+
+    fn publish(&self, envelope: Envelope) {
+        // Collect the receivers first: delivering may call back into the hub (a hook that
+        // joins a room), which must not find it locked.
+        let inboxes: Vec<Inbox> = self
+            .lock()
+            .nodes
+            .values()
+            .filter(|n| n.inbox.node != envelope.origin && n.topics.contains_key(&envelope.topic))
+            .map(|n| n.inbox.clone())
+            .collect();
+        for inbox in inboxes {
+            inbox.deliver(&envelope);
+        }
+    }
+
+    fn subscribe(&self, topic: &Topic) {
+        let Some(node) = self.node() else { return };
+        if let Some(n) = self.lock().nodes.get_mut(&node) {
+            *n.topics.entry(topic.clone()).or_default() += 1;
+        }
+    }
+
+    fn unsubscribe(&self, topic: &Topic) {
+        let Some(node) = self.node() else { return };
+        if let Some(n) = self.lock().nodes.get_mut(&node)
+            && let Some(count) = n.topics.get_mut(topic)
+        {
+            *count -= 1;
+            if *count == 0 {
+                n.topics.remove(topic);
+            }
+        }
+    }
+
+    fn status(&self) -> BackplaneStatus {
+        BackplaneStatus::Connected
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_round_trip() {
+        for (topic, exclude) in [
+            (Topic::All, None),
+            (Topic::Room("lobby".into()), Some("alice".to_owned())),
+            (Topic::User("bob ü".into()), None),
+        ] {
+            let e = Envelope {
+                origin: 0xdead_beef_0102_0304,
+                topic,
+                exclude_user: exclude,
+                frame: Bytes::from_static(b"\x81\x02hi"),
+            };
+            assert_eq!(Envelope::from_bytes(&e.to_bytes()).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn malformed_envelopes_are_errors() {
+        let good = Envelope {
+            origin: 7,
+            topic: Topic::Room("r".into()),
+            exclude_user: Some("u".into()),
+            frame: Bytes::from_static(b"\x81\x00"),
+        }
+        .to_bytes();
+        for cut in 0..good.len() {
+            assert!(Envelope::from_bytes(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut bad = good.to_vec();
+        bad[0] = 9;
+        assert!(Envelope::from_bytes(&bad).is_err());
+        let mut bad = good.to_vec();
+        bad[9] = 7; // topic kind
+        assert!(Envelope::from_bytes(&bad).is_err());
+    }
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs and a fresh Debian machine with Rust may lack:
+# python3 (the Autobahn runner's bootstrap), a C compiler (ring), rustfmt and clippy, and
+# redis-server (the Redis backplane's tests start private ones). Does nothing when all are
+# there. Run by scripts/test.sh.
+set -euo pipefail
+
+need() { command -v "$1" >/dev/null 2>&1; }
+apt_install() {
+  if need apt-get; then
+    if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "$@"
+    elif need sudo; then sudo apt-get update -qq && sudo apt-get install -y -qq "$@"
+    fi
+  fi
+}
+
+need python3 || apt_install python3
+need cc || apt_install build-essential
+need redis-server || apt_install redis-server
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
