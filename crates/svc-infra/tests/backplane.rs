@@ -27,17 +27,23 @@ async fn ws(ws: WsUpgrade, Path(user): Path<String>, WsManager(manager): WsManag
     })
 }
 
+/// How often the test nodes tell each other who is connected.
+const HEARTBEAT: Duration = Duration::from_millis(100);
+
 /// A manager on `backplane`, served on 127.0.0.1:0.
 async fn node(backplane: impl Backplane) -> (ConnectionManager, SocketAddr) {
-    let manager = ConnectionManager::new(WebSocketConfig::default()).with_backplane(backplane);
+    let manager = ConnectionManager::new(WebSocketConfig::default())
+        .with_backplane(backplane)
+        .with_presence_heartbeat(HEARTBEAT);
     let app =
         add_websocket_manager_with(Router::new().route("/ws/{user}", get(ws)), manager.clone());
     (manager, serve(app).await)
 }
 
+/// Waits until `n` connections are registered with this node.
 async fn connected(manager: &ConnectionManager, n: usize) {
     eventually(&format!("{n} connections"), || {
-        manager.connection_count() == n
+        manager.local_connection_count() == n
     })
     .await;
 }
@@ -100,6 +106,51 @@ async fn two_nodes_act_as_one(
     for ws in [&mut alice, &mut bob, &mut carol, &mut dave_a, &mut dave_b] {
         assert_silent(ws, QUIET).await;
     }
+
+    // Presence answers for the cluster, on either node.
+    for m in [&a, &b] {
+        eventually("the cluster's presence", || {
+            m.connection_count() == 5
+                && m.active_users() == ["alice", "bob", "carol", "dave"]
+                && m.get_room_users("lobby") == ["alice", "carol"]
+                && m.room_count() == 1
+        })
+        .await;
+        assert!(m.is_user_connected("alice") && m.is_user_connected("bob"));
+        assert!(!m.is_user_connected("erin"));
+    }
+    assert_eq!(a.local_connection_count(), 2);
+    // Leaving is seen everywhere: the last connection, a room.
+    drop(bob);
+    b.leave_room("carol", "lobby").await;
+    eventually("bob gone and carol out of the lobby, seen from a", || {
+        !a.is_user_connected("bob")
+            && a.get_room_users("lobby") == ["alice"]
+            && a.connection_count() == 4
+    })
+    .await;
+}
+
+/// A node that stops telling the others about itself (it crashed, or lost the backplane)
+/// is forgotten after three heartbeats.
+#[tokio::test]
+async fn a_silent_node_is_forgotten() {
+    let hub = InMemoryBackplane::new();
+    let a = ConnectionManager::default()
+        .with_backplane(hub.clone())
+        .with_presence_heartbeat(HEARTBEAT);
+    let b = ConnectionManager::default()
+        .with_backplane(hub.clone())
+        .with_presence_heartbeat(HEARTBEAT);
+    b.join_room("zed", "attic").await; // a member need not be connected
+    assert_eq!(a.get_room_users("attic"), ["zed"]);
+    assert_eq!(a.room_count(), 1);
+    // Still there a few heartbeats later (b keeps telling).
+    tokio::time::sleep(HEARTBEAT * 5).await;
+    assert_eq!(a.get_room_users("attic"), ["zed"]);
+    drop(b);
+    eventually("zed forgotten", || a.get_room_users("attic").is_empty()).await;
+    assert_eq!(a.room_count(), 0);
 }
 
 #[tokio::test]
@@ -264,9 +315,14 @@ async fn redis_going_away_keeps_local_delivery_and_recovers() {
         .subscribers(&["user:alice", "user:bob", "room:lobby"], 1)
         .await;
 
+    eventually("bob seen from a", || a.is_user_connected("bob")).await;
+
     redis.kill();
     status_is(&a, BackplaneStatus::Disconnected).await;
     status_is(&b, BackplaneStatus::Disconnected).await;
+    // Cut off, each node answers for itself.
+    eventually("a forgets bob", || !a.is_user_connected("bob")).await;
+    assert!(a.is_user_connected("alice"));
     // Each node still serves its own connections.
     assert_eq!(a.broadcast("local only").await.unwrap(), 1);
     assert_eq!(next_text(&mut alice).await, "local only");
@@ -285,6 +341,10 @@ async fn redis_going_away_keeps_local_delivery_and_recovers() {
     redis
         .subscribers(&["user:alice", "user:bob", "user:carol", "room:lobby"], 1)
         .await;
+    eventually("presence again", || {
+        a.active_users() == ["alice", "bob", "carol"] && b.connection_count() == 3
+    })
+    .await;
     assert_eq!(a.broadcast("back").await.unwrap(), 2);
     for ws in [&mut alice, &mut bob, &mut carol] {
         assert_eq!(next_text(ws).await, "back");

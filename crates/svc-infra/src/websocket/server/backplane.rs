@@ -148,6 +148,121 @@ impl Envelope {
     }
 }
 
+/// What one node tells the others about who is connected to it, so that
+/// `is_user_connected`, `active_users`, `get_room_users` and the counts answer for the whole
+/// cluster. Sent as a change when a user's first connection arrives or last one leaves and
+/// on every room join and leave, and as a full snapshot at every heartbeat; a node not
+/// heard from for three heartbeats is forgotten (it crashed, or the backplane is down).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Presence {
+    /// The node this is about.
+    pub node: u64,
+    /// `true`: `changes` is the node's whole state and replaces what was known of it.
+    pub snapshot: bool,
+    /// The node's number of connections now.
+    pub connections: u64,
+    /// What changed (or, in a snapshot, everything that holds).
+    pub changes: Vec<PresenceChange>,
+}
+
+/// One fact about a node's users and rooms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PresenceChange {
+    /// The user has connections on the node.
+    Online(String),
+    /// The user has no more connections on the node.
+    Offline(String),
+    /// The user is a member of the room on the node.
+    Joined {
+        /// The user.
+        user: String,
+        /// The room.
+        room: String,
+    },
+    /// The user left the room on the node.
+    Left {
+        /// The user.
+        user: String,
+        /// The room.
+        room: String,
+    },
+}
+
+impl Presence {
+    /// The wire form: version (1), node (u64), snapshot (u8), connections (u64), then each
+    /// change as a kind (0 online, 1 offline, 2 joined, 3 left) and its names (u16 length +
+    /// UTF-8).
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(24 + self.changes.len() * 16);
+        out.put_u8(VERSION);
+        out.put_u64(self.node);
+        out.put_u8(u8::from(self.snapshot));
+        out.put_u64(self.connections);
+        for change in &self.changes {
+            match change {
+                PresenceChange::Online(user) => {
+                    out.put_u8(0);
+                    put_str(&mut out, user);
+                }
+                PresenceChange::Offline(user) => {
+                    out.put_u8(1);
+                    put_str(&mut out, user);
+                }
+                PresenceChange::Joined { user, room } => {
+                    out.put_u8(2);
+                    put_str(&mut out, user);
+                    put_str(&mut out, room);
+                }
+                PresenceChange::Left { user, room } => {
+                    out.put_u8(3);
+                    put_str(&mut out, user);
+                    put_str(&mut out, room);
+                }
+            }
+        }
+        out.freeze()
+    }
+
+    /// Parses the wire form of [`to_bytes`](Self::to_bytes).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        let mut r = Reader(bytes);
+        if r.u8()? != VERSION {
+            return Err(EnvelopeError("unknown version"));
+        }
+        let node = r.u64()?;
+        let snapshot = match r.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(EnvelopeError("bad snapshot flag")),
+        };
+        let connections = r.u64()?;
+        let mut changes = Vec::new();
+        while !r.0.is_empty() {
+            changes.push(match r.u8()? {
+                0 => PresenceChange::Online(r.str()?),
+                1 => PresenceChange::Offline(r.str()?),
+                2 => PresenceChange::Joined {
+                    user: r.str()?,
+                    room: r.str()?,
+                },
+                3 => PresenceChange::Left {
+                    user: r.str()?,
+                    room: r.str()?,
+                },
+                _ => return Err(EnvelopeError("unknown presence change")),
+            });
+        }
+        Ok(Self {
+            node,
+            snapshot,
+            connections,
+            changes,
+        })
+    }
+}
+
 fn put_str(out: &mut BytesMut, s: &str) {
     // Names longer than u16::MAX are cut at a character boundary (user ids and room names
     // are far shorter in practice; the receiving node then finds no such user or room).
@@ -205,6 +320,17 @@ impl Inbox {
         self.node
     }
 
+    /// Records what another node says about its users and rooms (this node's own presence
+    /// is ignored).
+    pub fn presence(&self, presence: &Presence) {
+        if presence.node == self.node {
+            return;
+        }
+        if let Some(inner) = self.manager.upgrade() {
+            super::manager::remote_presence(&inner, presence);
+        }
+    }
+
     /// Delivers an envelope from another node to this node's connections; envelopes this
     /// node published itself are ignored. Never waits. Returns how many connections were
     /// reached (0 once the manager is gone).
@@ -241,6 +367,8 @@ pub trait Backplane: Send + Sync + fmt::Debug + 'static {
     fn attach(&self, inbox: Inbox);
     /// Sends `envelope` to the other nodes interested in its topic.
     fn publish(&self, envelope: Envelope);
+    /// Tells every other node about this node's users and rooms.
+    fn publish_presence(&self, presence: Presence);
     /// This node now has local interest in `topic`.
     fn subscribe(&self, topic: &Topic);
     /// This node no longer has local interest in `topic`.
@@ -330,6 +458,19 @@ impl Backplane for InMemoryBackplane {
         }
     }
 
+    fn publish_presence(&self, presence: Presence) {
+        let inboxes: Vec<Inbox> = self
+            .lock()
+            .nodes
+            .values()
+            .filter(|n| n.inbox.node != presence.node)
+            .map(|n| n.inbox.clone())
+            .collect();
+        for inbox in inboxes {
+            inbox.presence(&presence);
+        }
+    }
+
     fn subscribe(&self, topic: &Topic) {
         let Some(node) = self.node() else { return };
         if let Some(n) = self.lock().nodes.get_mut(&node) {
@@ -373,6 +514,34 @@ mod tests {
             };
             assert_eq!(Envelope::from_bytes(&e.to_bytes()).unwrap(), e);
         }
+    }
+
+    #[test]
+    fn presence_round_trips() {
+        let p = Presence {
+            node: 42,
+            snapshot: true,
+            connections: 3,
+            changes: vec![
+                PresenceChange::Online("alice".into()),
+                PresenceChange::Offline("bob".into()),
+                PresenceChange::Joined {
+                    user: "alice".into(),
+                    room: "lobby".into(),
+                },
+                PresenceChange::Left {
+                    user: "carol".into(),
+                    room: "lobby".into(),
+                },
+            ],
+        };
+        let bytes = p.to_bytes();
+        assert_eq!(Presence::from_bytes(&bytes).unwrap(), p);
+        // Cut inside any field: an error, never a panic.
+        for cut in 1..bytes.len() {
+            let _ = Presence::from_bytes(&bytes[..cut]);
+        }
+        assert!(Presence::from_bytes(&bytes[..17]).is_err());
     }
 
     #[test]

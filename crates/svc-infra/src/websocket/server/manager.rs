@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
 use super::{
-    backplane::{Backplane, BackplaneStatus, Envelope, Inbox, Topic},
+    backplane::{Backplane, BackplaneStatus, Envelope, Inbox, Presence, PresenceChange, Topic},
     protocol::{self, OP_BINARY, OP_TEXT},
     socket::{
         Deferred, FlushQueue, Outbound, Push, SlowConsumerPolicy, WebSocket, now_ms, now_us,
@@ -274,23 +274,84 @@ struct Registry {
 }
 
 impl Registry {
-    /// Takes `user` out of every room; returns the rooms that became empty (and are gone).
-    fn leave_all_rooms(&mut self, user: &str) -> Vec<Arc<str>> {
-        let mut emptied = Vec::new();
+    /// Takes `user` out of every room; returns each room left and whether it became empty
+    /// (and is gone).
+    fn leave_all_rooms(&mut self, user: &str) -> Vec<(Arc<str>, bool)> {
+        let mut left = Vec::new();
         if let Some(rooms) = self.memberships.remove(user) {
             for room in rooms {
+                let mut emptied = false;
                 if let Some(members) = self.rooms.get_mut(&room) {
                     members.remove(user);
                     if members.is_empty() {
                         self.rooms.remove(&room);
-                        emptied.push(room);
+                        emptied = true;
+                    }
+                }
+                left.push((room, emptied));
+            }
+        }
+        left
+    }
+
+    /// This node's whole presence, for a heartbeat.
+    fn presence_snapshot(&self) -> Vec<PresenceChange> {
+        let mut changes: Vec<PresenceChange> = self
+            .users
+            .keys()
+            .map(|u| PresenceChange::Online(u.to_string()))
+            .collect();
+        for (user, rooms) in &self.memberships {
+            for room in rooms {
+                changes.push(PresenceChange::Joined {
+                    user: user.to_string(),
+                    room: room.to_string(),
+                });
+            }
+        }
+        changes
+    }
+}
+
+/// What this node knows of another node of the cluster (from its presence messages).
+#[derive(Debug)]
+struct RemoteNode {
+    users: HashSet<String>,
+    rooms: HashMap<String, HashSet<String>>,
+    connections: u64,
+    seen: std::time::Instant,
+}
+
+impl RemoteNode {
+    fn apply(&mut self, change: &PresenceChange) {
+        match change {
+            PresenceChange::Online(user) => {
+                self.users.insert(user.clone());
+            }
+            PresenceChange::Offline(user) => {
+                self.users.remove(user);
+            }
+            PresenceChange::Joined { user, room } => {
+                self.rooms
+                    .entry(room.clone())
+                    .or_default()
+                    .insert(user.clone());
+            }
+            PresenceChange::Left { user, room } => {
+                if let Some(members) = self.rooms.get_mut(room) {
+                    members.remove(user);
+                    if members.is_empty() {
+                        self.rooms.remove(room);
                     }
                 }
             }
         }
-        emptied
     }
 }
+
+/// How often a node tells the others its whole presence, unless set otherwise; a node not
+/// heard from for three of these is forgotten.
+const PRESENCE_HEARTBEAT: Duration = Duration::from_secs(1);
 
 pub(crate) struct Inner {
     config: WebSocketConfig,
@@ -311,9 +372,38 @@ pub(crate) struct Inner {
     node: u64,
     /// Carries sends to the other nodes, once set.
     backplane: OnceLock<Arc<dyn Backplane>>,
+    /// The other nodes, as their presence messages describe them.
+    remote: RwLock<HashMap<u64, RemoteNode>>,
+    /// Presence heartbeat period, milliseconds.
+    heartbeat_ms: AtomicU64,
 }
 
 impl Inner {
+    /// Tells the other nodes (if any) what changed here.
+    fn announce(&self, connections: usize, changes: impl FnOnce() -> Vec<PresenceChange>) {
+        if let Some(b) = self.backplane.get() {
+            b.publish_presence(Presence {
+                node: self.node,
+                snapshot: false,
+                connections: connections as u64,
+                changes: changes(),
+            });
+        }
+    }
+
+    fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed).max(1))
+    }
+
+    /// The other nodes heard from recently enough to count.
+    fn live_nodes(&self) -> RwLockReadGuard<'_, HashMap<u64, RemoteNode>> {
+        self.remote.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_live(&self, node: &RemoteNode) -> bool {
+        node.seen.elapsed() < self.heartbeat() * 3
+    }
+
     /// Tells the backplane (if any) about a change of local interest.
     fn interest(&self, topic: impl FnOnce() -> Topic, subscribe: bool) {
         if let Some(b) = self.backplane.get() {
@@ -396,6 +486,8 @@ impl ConnectionManager {
                 flush_queue: Arc::default(),
                 node: rand::random(),
                 backplane: OnceLock::new(),
+                remote: RwLock::new(HashMap::new()),
+                heartbeat_ms: AtomicU64::new(PRESENCE_HEARTBEAT.as_millis() as u64),
             }),
         }
     }
@@ -426,6 +518,20 @@ impl ConnectionManager {
             backplane.subscribe(&Topic::Room(room.to_string()));
         }
         drop(reg);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(presence_heartbeat(Arc::downgrade(&self.inner)));
+        } else {
+            tracing::warn!("with_backplane outside a tokio runtime: no presence heartbeat");
+        }
+        self
+    }
+
+    /// How often this node tells the others who is connected to it (default 1 s); a node
+    /// not heard from for three periods is forgotten, its users no longer count.
+    pub fn with_presence_heartbeat(self, period: Duration) -> Self {
+        self.inner
+            .heartbeat_ms
+            .store(period.as_millis().max(1) as u64, Ordering::Relaxed);
         self
     }
 
@@ -590,6 +696,9 @@ impl ConnectionManager {
                 None => {
                     self.inner
                         .interest(|| Topic::User(user_id.to_owned()), true);
+                    self.inner.announce(reg.connections + 1, || {
+                        vec![PresenceChange::Online(user_id.to_owned())]
+                    });
                     conn.user_id.clone()
                 }
             };
@@ -620,9 +729,16 @@ impl ConnectionManager {
                     reg.users.remove(&*conn.user_id);
                     self.inner
                         .interest(|| Topic::User(conn.user_id.to_string()), false);
-                    for room in reg.leave_all_rooms(&conn.user_id) {
-                        self.inner.interest(|| Topic::Room(room.to_string()), false);
-                    }
+                    let left = reg.leave_all_rooms(&conn.user_id);
+                    self.left_rooms(&conn.user_id, &left);
+                    self.inner.announce(reg.connections - 1, || {
+                        let mut changes = vec![PresenceChange::Offline(conn.user_id.to_string())];
+                        changes.extend(left.iter().map(|(room, _)| PresenceChange::Left {
+                            user: conn.user_id.to_string(),
+                            room: room.to_string(),
+                        }));
+                        changes
+                    });
                 }
             }
             reg.connections -= 1;
@@ -639,6 +755,15 @@ impl ConnectionManager {
             self.inner.hook_tasks.spawn(fut);
         }
         true
+    }
+
+    /// Unsubscribes from the rooms that `leave_all_rooms` emptied.
+    fn left_rooms(&self, _user: &str, left: &[(Arc<str>, bool)]) {
+        for (room, emptied) in left {
+            if *emptied {
+                self.inner.interest(|| Topic::Room(room.to_string()), false);
+            }
+        }
     }
 
     /// Closes one connection of `user_id` (code 1000) and removes it. Returns whether it
@@ -673,8 +798,17 @@ impl ConnectionManager {
         if conns.is_empty() {
             // Parity with the Python manager: a user without connections leaves all rooms.
             let mut reg = self.write();
-            for room in reg.leave_all_rooms(user_id) {
-                self.inner.interest(|| Topic::Room(room.to_string()), false);
+            let left = reg.leave_all_rooms(user_id);
+            self.left_rooms(user_id, &left);
+            if !left.is_empty() {
+                self.inner.announce(reg.connections, || {
+                    left.iter()
+                        .map(|(room, _)| PresenceChange::Left {
+                            user: user_id.to_owned(),
+                            room: room.to_string(),
+                        })
+                        .collect()
+                });
             }
         }
         n
@@ -845,21 +979,38 @@ impl ConnectionManager {
                 Arc::from(room)
             }
         };
-        reg.rooms
+        let joined = reg
+            .rooms
             .entry(room_key.clone())
             .or_default()
             .insert(user.clone());
         reg.memberships.entry(user).or_default().insert(room_key);
+        if joined {
+            self.inner.announce(reg.connections, || {
+                vec![PresenceChange::Joined {
+                    user: user_id.to_owned(),
+                    room: room.to_owned(),
+                }]
+            });
+        }
     }
 
     /// Removes `user_id` from `room`; an empty room disappears.
     pub async fn leave_room(&self, user_id: &str, room: &str) {
         let mut reg = self.write();
         if let Some(members) = reg.rooms.get_mut(room) {
-            members.remove(user_id);
+            let was_member = members.remove(user_id);
             if members.is_empty() {
                 reg.rooms.remove(room);
                 self.inner.interest(|| Topic::Room(room.to_owned()), false);
+            }
+            if was_member {
+                self.inner.announce(reg.connections, || {
+                    vec![PresenceChange::Left {
+                        user: user_id.to_owned(),
+                        room: room.to_owned(),
+                    }]
+                });
             }
         }
         if let Some(rooms) = reg.memberships.get_mut(user_id) {
@@ -882,9 +1033,15 @@ impl ConnectionManager {
     /// Whether `user_id` has at least one connection.
     pub fn is_user_connected(&self, user_id: &str) -> bool {
         self.read().users.contains_key(user_id)
+            || self
+                .inner
+                .live_nodes()
+                .values()
+                .any(|n| self.inner.is_live(n) && n.users.contains(user_id))
     }
 
-    /// The members of `room` (empty for an unknown room), sorted.
+    /// The members of `room` (empty for an unknown room), sorted; with a backplane, on
+    /// every node.
     pub fn get_room_users(&self, room: &str) -> Vec<String> {
         let mut users: Vec<String> = self
             .read()
@@ -892,25 +1049,63 @@ impl ConnectionManager {
             .get(room)
             .map(|m| m.iter().map(|u| u.to_string()).collect())
             .unwrap_or_default();
+        for node in self.inner.live_nodes().values() {
+            if self.inner.is_live(node)
+                && let Some(members) = node.rooms.get(room)
+            {
+                users.extend(members.iter().cloned());
+            }
+        }
         users.sort_unstable();
+        users.dedup();
         users
     }
 
-    /// The users with at least one connection, sorted.
+    /// The users with at least one connection, sorted; with a backplane, on every node.
     pub fn active_users(&self) -> Vec<String> {
         let mut users: Vec<String> = self.read().users.keys().map(|u| u.to_string()).collect();
+        for node in self.inner.live_nodes().values() {
+            if self.inner.is_live(node) {
+                users.extend(node.users.iter().cloned());
+            }
+        }
         users.sort_unstable();
+        users.dedup();
         users
     }
 
-    /// Number of connections.
+    /// Number of connections; with a backplane, on every node (another node's count is as
+    /// of its last presence message: at most one heartbeat old).
     pub fn connection_count(&self) -> usize {
+        let remote: u64 = self
+            .inner
+            .live_nodes()
+            .values()
+            .filter(|n| self.inner.is_live(n))
+            .map(|n| n.connections)
+            .sum();
+        self.local_connection_count() + remote as usize
+    }
+
+    /// Number of connections to this node.
+    pub fn local_connection_count(&self) -> usize {
         self.read().connections
     }
 
-    /// Number of rooms with at least one member.
+    /// Number of rooms with at least one member; with a backplane, on every node.
     pub fn room_count(&self) -> usize {
-        self.read().rooms.len()
+        let reg = self.read();
+        let nodes = self.inner.live_nodes();
+        let mut remote: HashSet<&str> = HashSet::new();
+        for node in nodes.values().filter(|n| self.inner.is_live(n)) {
+            remote.extend(
+                node.rooms
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|r| !reg.rooms.contains_key(*r)),
+            );
+        }
+        reg.rooms.len() + remote.len()
     }
 
     /// Counters since the manager was created.
@@ -945,7 +1140,7 @@ impl ConnectionManager {
         let deadline = tokio::time::Instant::now() + drain_timeout;
         loop {
             let removed = self.inner.removed.notified();
-            if self.connection_count() == 0 {
+            if self.local_connection_count() == 0 {
                 break;
             }
             if tokio::time::timeout_at(deadline, removed).await.is_err() {
@@ -1165,4 +1360,55 @@ pub(crate) fn deliver_remote(inner: &Arc<Inner>, envelope: &Envelope) -> usize {
     };
     metrics::counter!("svc_ws_backplane_received_total").increment(1);
     reached
+}
+
+/// Records another node's presence message (see [`Inbox::presence`]).
+pub(crate) fn remote_presence(inner: &Inner, presence: &Presence) {
+    let mut nodes = inner.remote.write().unwrap_or_else(|p| p.into_inner());
+    let node = nodes.entry(presence.node).or_insert_with(|| RemoteNode {
+        users: HashSet::new(),
+        rooms: HashMap::new(),
+        connections: 0,
+        seen: std::time::Instant::now(),
+    });
+    if presence.snapshot {
+        node.users.clear();
+        node.rooms.clear();
+    }
+    for change in &presence.changes {
+        node.apply(change);
+    }
+    node.connections = presence.connections;
+    node.seen = std::time::Instant::now();
+}
+
+/// Tells the other nodes this node's whole presence every heartbeat, and forgets the nodes
+/// not heard from for three; ends with the manager.
+async fn presence_heartbeat(inner: Weak<Inner>) {
+    loop {
+        let Some(period) = inner.upgrade().map(|i| i.heartbeat()) else {
+            return;
+        };
+        tokio::time::sleep(period).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let Some(backplane) = inner.backplane.get() else {
+            return;
+        };
+        let (connections, changes) = {
+            let reg = inner.registry.read().unwrap_or_else(|p| p.into_inner());
+            (reg.connections, reg.presence_snapshot())
+        };
+        backplane.publish_presence(Presence {
+            node: inner.node,
+            snapshot: true,
+            connections: connections as u64,
+            changes,
+        });
+        let ttl = inner.heartbeat() * 3;
+        inner
+            .remote
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, n| n.seen.elapsed() < ttl);
+    }
 }

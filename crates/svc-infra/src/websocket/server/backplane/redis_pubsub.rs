@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use redis::AsyncCommands;
 use tokio::sync::{Notify, mpsc, watch};
 
-use super::{Backplane, BackplaneStatus, Envelope, Inbox, Topic};
+use super::{Backplane, BackplaneStatus, Envelope, Inbox, Presence, Topic};
 use crate::websocket::WebSocketError;
 
 /// How long one Redis operation (connect, subscribe, publish, ping) may take.
@@ -29,7 +29,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Channels are `{prefix}:all`, `{prefix}:room:{room}` and `{prefix}:user:{user}`
 /// (prefix `svc-ws` unless [`with_prefix`](Self::with_prefix)); a node subscribes to the
 /// room and user channels of its own members and connections only. Messages travel as
-/// [`Envelope::to_bytes`].
+/// [`Envelope::to_bytes`]; presence ([`Presence::to_bytes`]) on `{prefix}:presence`, which
+/// every node reads.
 ///
 /// Redis going away never stops local delivery: the node keeps serving its own
 /// connections, sends meant for other nodes meanwhile are dropped and counted
@@ -113,6 +114,16 @@ impl RedisBackplane {
     fn channel(&self, topic: &Topic) -> String {
         channel(&self.shared.prefix, topic)
     }
+
+    fn queue(&self, channel: String, payload: Bytes) {
+        if !*self.shared.connected.borrow() || self.publish.try_send((channel, payload)).is_err() {
+            metrics::counter!("svc_ws_backplane_dropped_total").increment(1);
+        }
+    }
+}
+
+fn presence_channel(prefix: &str) -> String {
+    format!("{prefix}:presence")
 }
 
 fn channel(prefix: &str, topic: &Topic) -> String {
@@ -129,6 +140,11 @@ impl Backplane for RedisBackplane {
             tracing::warn!("RedisBackplane attached twice; keeping the first manager");
             return;
         }
+        self.shared
+            .wanted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(presence_channel(&self.shared.prefix), 1);
         let rx = self.start.lock().unwrap_or_else(|p| p.into_inner()).take();
         match (rx, tokio::runtime::Handle::try_current()) {
             (Some(rx), Ok(runtime)) => drop(runtime.spawn(run(self.shared.clone(), rx))),
@@ -140,15 +156,11 @@ impl Backplane for RedisBackplane {
     }
 
     fn publish(&self, envelope: Envelope) {
-        let channel = self.channel(&envelope.topic);
-        if !*self.shared.connected.borrow()
-            || self
-                .publish
-                .try_send((channel, envelope.to_bytes()))
-                .is_err()
-        {
-            metrics::counter!("svc_ws_backplane_dropped_total").increment(1);
-        }
+        self.queue(self.channel(&envelope.topic), envelope.to_bytes());
+    }
+
+    fn publish_presence(&self, presence: Presence) {
+        self.queue(presence_channel(&self.shared.prefix), presence.to_bytes());
     }
 
     fn subscribe(&self, topic: &Topic) {
@@ -244,6 +256,7 @@ async fn session(
             .map_err(timed("connect (pub/sub)"))?
             .map_err(|e| format!("connect (pub/sub): {e}"))?
             .split();
+    let presence = presence_channel(&shared.prefix);
     let mut subscribed = HashSet::new();
     sync(shared, &mut sink, &mut subscribed).await?;
     shared.connected.send_replace(true);
@@ -277,16 +290,18 @@ async fn session(
                 let Some(message) = message else {
                     return Err("the subscription connection closed".to_owned());
                 };
-                match Envelope::from_bytes(message.get_payload_bytes()) {
-                    Ok(envelope) => {
-                        if let Some(inbox) = shared.inbox.get() {
-                            inbox.deliver(&envelope);
-                        }
-                    }
-                    Err(e) => {
-                        metrics::counter!("svc_ws_backplane_malformed_total").increment(1);
-                        tracing::warn!(channel = %message.get_channel_name(), "{e}");
-                    }
+                let Some(inbox) = shared.inbox.get() else { continue };
+                let payload = message.get_payload_bytes();
+                let received = if message.get_channel_name() == presence {
+                    Presence::from_bytes(payload).map(|p| inbox.presence(&p))
+                } else {
+                    Envelope::from_bytes(payload).map(|e| {
+                        inbox.deliver(&e);
+                    })
+                };
+                if let Err(e) = received {
+                    metrics::counter!("svc_ws_backplane_malformed_total").increment(1);
+                    tracing::warn!(channel = %message.get_channel_name(), "{e}");
                 }
             }
             _ = ping.tick() => {
