@@ -1,13 +1,15 @@
 //! `svc-ws`: the svc-infra-rs command line.
 //!
-//! Subcommands: `connect` (an interactive / pipe WebSocket client, like websocat),
-//! `bench` (the load generator behind `docs/benchmarks.md`); `serve` (the gateway) and
-//! `token` (development JWTs) are being built.
+//! Subcommands: `serve` (the gateway, `docs/protocol.md`), `connect` (an interactive / pipe
+//! WebSocket client, like websocat), `bench` (the load generator behind
+//! `docs/benchmarks.md`), `token` (development JWTs).
 
 use clap::{Parser, Subcommand};
 
 mod bench;
 mod connect;
+mod serve;
+mod token;
 
 #[derive(Debug, Parser)]
 #[command(name = "svc-ws", version, about = "svc-infra-rs WebSocket tools")]
@@ -18,6 +20,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the gateway: /ws with the JSON protocol of docs/protocol.md, /health, /ws/stats.
+    Serve(serve::Args),
+    /// Print a development JWT signed with the server's secret (AUTH_JWT__SECRET).
+    Token(token::Args),
     /// Connect to a WebSocket URL: stdin lines go out, messages come out on stdout.
     Connect(connect::Args),
     /// Load generator: echo, fanout and idle workloads against a bench_app-style server.
@@ -38,6 +44,8 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Token(args) => token::run(args),
             Command::Connect(args) => connect::run(args).await,
             Command::Bench(args) => bench::run(args).await,
         }

@@ -1,0 +1,415 @@
+//! `svc-ws serve` as a process: the `/ws` protocol (docs/protocol.md), authentication, the
+//! HTTP endpoints, and two gateways joined by a private `redis-server` (which must be
+//! installed when `CI` is set; the test is skipped with a message otherwise).
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{Message, client::IntoClientRequest},
+};
+
+const STEP: Duration = Duration::from_secs(10);
+const SECRET: &str = "a-test-secret-that-is-long-enough-32b";
+
+type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(STEP, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// A running gateway; killed on drop.
+struct Gateway {
+    child: tokio::process::Child,
+    addr: String,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Starts `svc-ws serve --port 0` with `env` and reads the address it prints.
+async fn gateway(env: &[(&str, &str)]) -> Gateway {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_svc-ws"));
+    cmd.args(["serve", "--port", "0"])
+        .env_remove("AUTH_JWT__SECRET")
+        .env_remove("AUTH_JWT_SECRET")
+        .env_remove("JWT_SECRET")
+        .env_remove("REDIS_URL")
+        .env_remove("APP_ENV")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn svc-ws serve");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = within("the listening line", async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("listening on ws://").nth(1) {
+                return rest.split('/').next().unwrap().to_owned();
+            }
+        }
+        panic!("svc-ws serve exited before listening");
+    })
+    .await;
+    // Keep draining stderr so the process never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Gateway { child, addr }
+}
+
+async fn connect(gw: &Gateway, query: &str) -> Ws {
+    let url = format!("ws://{}/ws{query}", gw.addr);
+    within("connect", tokio_tungstenite::connect_async(&url))
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"))
+        .0
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    within("send", ws.send(Message::text(v.to_string())))
+        .await
+        .unwrap();
+}
+
+async fn next(ws: &mut Ws) -> Value {
+    loop {
+        match within("next message", ws.next()).await {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+async fn silent(ws: &mut Ws) {
+    if let Ok(m) = tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+        panic!("expected silence, got {m:?}");
+    }
+}
+
+async fn get(gw: &Gateway, path: &str) -> Value {
+    let mut tcp = within("http", tokio::net::TcpStream::connect(&gw.addr))
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut body = String::new();
+    within("http response", tcp.read_to_string(&mut body))
+        .await
+        .unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+}
+
+/// A token minted by `svc-ws token` with the test secret.
+fn token(sub: &str, scopes: &[&str]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_svc-ws"));
+    cmd.args(["token", "--sub", sub, "--ttl", "10m"])
+        .env("AUTH_JWT__SECRET", SECRET);
+    for scope in scopes {
+        cmd.args(["--scope", scope]);
+    }
+    let out = cmd.output().expect("svc-ws token");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn token_needs_a_secret() {
+    let out = Command::new(env!("CARGO_BIN_EXE_svc-ws"))
+        .args(["token", "--sub", "x"])
+        .env_remove("AUTH_JWT__SECRET")
+        .env_remove("AUTH_JWT_SECRET")
+        .env_remove("JWT_SECRET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no secret"));
+}
+
+#[tokio::test]
+async fn the_protocol_in_anonymous_mode() {
+    let gw = gateway(&[]).await;
+    let mut alice = connect(&gw, "?user=alice").await;
+    let mut bob = connect(&gw, "?user=bob").await;
+    let mut bob2 = connect(&gw, "?user=bob").await;
+
+    // join with an id is acknowledged; without, silently done.
+    send(
+        &mut alice,
+        json!({"type": "join", "room": "lobby", "id": 1}),
+    )
+    .await;
+    assert_eq!(next(&mut alice).await, json!({"type": "ack", "id": 1}));
+    send(&mut bob, json!({"type": "join", "room": "lobby"})).await;
+    send(
+        &mut bob,
+        json!({"type": "presence", "room": "lobby", "id": "p"}),
+    )
+    .await;
+    assert_eq!(
+        next(&mut bob).await,
+        json!({"type": "presence", "room": "lobby", "users": ["alice", "bob"], "id": "p"})
+    );
+
+    // publish reaches the room's other users (every connection of theirs), not the sender.
+    send(
+        &mut alice,
+        json!({"type": "publish", "room": "lobby", "data": {"text": "hi"}, "id": 2}),
+    )
+    .await;
+    assert_eq!(next(&mut alice).await, json!({"type": "ack", "id": 2}));
+    let expected =
+        json!({"type": "message", "room": "lobby", "from": "alice", "data": {"text": "hi"}});
+    assert_eq!(next(&mut bob).await, expected);
+    assert_eq!(next(&mut bob2).await, expected);
+
+    // send reaches every connection of one user.
+    send(&mut bob, json!({"type": "send", "to": "alice", "data": 42})).await;
+    assert_eq!(
+        next(&mut alice).await,
+        json!({"type": "message", "from": "bob", "data": 42})
+    );
+
+    // echo; presence of everyone.
+    send(&mut alice, json!({"type": "echo", "data": [1, 2]})).await;
+    assert_eq!(
+        next(&mut alice).await,
+        json!({"type": "echo", "data": [1, 2]})
+    );
+    send(&mut alice, json!({"type": "presence"})).await;
+    assert_eq!(
+        next(&mut alice).await,
+        json!({"type": "presence", "room": null, "users": ["alice", "bob"]})
+    );
+
+    // Bad requests get an error and the connection stays open.
+    send(
+        &mut alice,
+        json!({"type": "broadcast", "data": "x", "id": 3}),
+    )
+    .await;
+    assert_eq!(
+        next(&mut alice).await,
+        json!({"type": "error", "error": "broadcast needs the `broadcast` scope", "id": 3})
+    );
+    within("send", alice.send(Message::text("not json")))
+        .await
+        .unwrap();
+    let err = next(&mut alice).await;
+    assert_eq!(err["type"], "error");
+    assert!(
+        err["error"].as_str().unwrap().starts_with("bad request"),
+        "{err}"
+    );
+    send(&mut alice, json!({"type": "fly", "id": 4})).await;
+    let err = next(&mut alice).await;
+    assert_eq!(
+        (err["type"].as_str(), err["id"].as_i64()),
+        (Some("error"), Some(4))
+    );
+    send(
+        &mut alice,
+        json!({"type": "echo", "data": 1, "extra": 2, "id": 8}),
+    )
+    .await;
+    let err = next(&mut alice).await;
+    assert_eq!(
+        (err["type"].as_str(), err["id"].as_i64()),
+        (Some("error"), Some(8))
+    );
+    send(&mut alice, json!({"type": "join", "id": 5})).await;
+    assert_eq!(next(&mut alice).await["type"], "error"); // no room
+    send(&mut alice, json!({"type": "join", "room": "", "id": 6})).await;
+    assert_eq!(next(&mut alice).await["type"], "error");
+    within("send", alice.send(Message::binary(vec![1, 2])))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut alice).await["type"], "error");
+    send(&mut alice, json!({"type": "echo", "data": "still here"})).await;
+    assert_eq!(next(&mut alice).await["data"], "still here");
+
+    // leave: no more room messages.
+    send(&mut bob, json!({"type": "leave", "room": "lobby", "id": 7})).await;
+    assert_eq!(next(&mut bob).await, json!({"type": "ack", "id": 7}));
+    send(
+        &mut alice,
+        json!({"type": "publish", "room": "lobby", "data": "anyone?"}),
+    )
+    .await;
+    silent(&mut bob).await;
+    silent(&mut bob2).await;
+
+    let stats = get(&gw, "/ws/stats").await;
+    assert_eq!(stats["connections"], 3);
+    assert_eq!(stats["users"], 2);
+    let health = get(&gw, "/health").await;
+    assert_eq!(
+        health,
+        json!({"status": "ok", "backplane": "none", "connections": 3})
+    );
+}
+
+#[tokio::test]
+async fn with_a_jwt_key_credentials_are_required_and_scopes_count() {
+    let gw = gateway(&[("AUTH_JWT__SECRET", SECRET)]).await;
+    // No token: 401 before the upgrade.
+    let url = format!("ws://{}/ws?user=mallory", gw.addr);
+    match within("connect", tokio_tungstenite::connect_async(&url)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+    // The token's subject is the user, whatever `?user=` says; the scope allows broadcast.
+    let mut admin = connect(
+        &gw,
+        &format!("?token={}&user=mallory", token("root", &["broadcast"])),
+    )
+    .await;
+    let mut req = format!("ws://{}/ws", gw.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token("carol", &[])).parse().unwrap(),
+    );
+    let (mut carol, _) = within("connect", tokio_tungstenite::connect_async(req))
+        .await
+        .unwrap();
+    send(&mut admin, json!({"type": "presence", "id": 1})).await;
+    assert_eq!(next(&mut admin).await["users"], json!(["carol", "root"]));
+    send(
+        &mut admin,
+        json!({"type": "broadcast", "data": "all hands", "id": 2}),
+    )
+    .await;
+    assert_eq!(
+        next(&mut admin).await,
+        json!({"type": "message", "from": "root", "data": "all hands"})
+    );
+    assert_eq!(next(&mut admin).await, json!({"type": "ack", "id": 2}));
+    assert_eq!(next(&mut carol).await["data"], "all hands");
+    send(
+        &mut carol,
+        json!({"type": "broadcast", "data": "me too", "id": 3}),
+    )
+    .await;
+    assert_eq!(next(&mut carol).await["type"], "error");
+}
+
+/// A child process killed when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A private `redis-server` on a free port, or `None` when it is not installed and `CI`
+/// is not set.
+fn redis_server() -> Option<(KillOnDrop, String)> {
+    let installed = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "redis-server is not installed, and CI is set: the Redis test must run"
+        );
+        eprintln!("SKIPPED: redis-server is not installed (set CI to make this a failure)");
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    Some((KillOnDrop(child), format!("redis://127.0.0.1:{port}")))
+}
+
+#[tokio::test]
+async fn two_gateways_on_one_redis_are_one_cluster() {
+    let Some((redis, url)) = redis_server() else {
+        return;
+    };
+    let a = gateway(&[("REDIS_URL", &url)]).await;
+    let b = gateway(&[("REDIS_URL", &url)]).await;
+    for gw in [&a, &b] {
+        within("backplane connected", async {
+            while get(gw, "/health").await["backplane"] != "connected" {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+    }
+    let mut alice = connect(&a, "?user=alice").await;
+    let mut bob = connect(&b, "?user=bob").await;
+    send(&mut bob, json!({"type": "join", "room": "lobby", "id": 1})).await;
+    assert_eq!(next(&mut bob).await["type"], "ack");
+    // Presence spans both gateways once they have told each other (heartbeat 1 s).
+    within("presence across gateways", async {
+        loop {
+            send(&mut alice, json!({"type": "presence", "room": "lobby"})).await;
+            if next(&mut alice).await["users"] == json!(["bob"]) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    send(
+        &mut alice,
+        json!({"type": "publish", "room": "lobby", "data": "across", "id": 2}),
+    )
+    .await;
+    assert_eq!(next(&mut alice).await["type"], "ack");
+    assert_eq!(
+        next(&mut bob).await,
+        json!({"type": "message", "room": "lobby", "from": "alice", "data": "across"})
+    );
+    send(
+        &mut bob,
+        json!({"type": "send", "to": "alice", "data": "back"}),
+    )
+    .await;
+    assert_eq!(next(&mut alice).await["data"], "back");
+
+    // Redis gone: each gateway says so and keeps serving its own users.
+    drop(redis);
+    within("degraded", async {
+        while get(&a, "/health").await["status"] != "degraded" {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    send(&mut alice, json!({"type": "echo", "data": "alone"})).await;
+    assert_eq!(next(&mut alice).await["data"], "alone");
+}
