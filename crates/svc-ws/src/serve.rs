@@ -3,24 +3,28 @@
 //! One WebSocket endpoint, `GET /ws`, speaking the small JSON protocol of
 //! `docs/protocol.md` (join, leave, publish, send, broadcast, echo, presence; acks and errors),
 //! on a `ConnectionManager` configured by `WS_*`, authenticated by `AUTH_JWT_*`, and joined to
-//! other gateways by `REDIS_URL` (in memory, a single node, by default). Also `GET /health`
-//! and `GET /ws/stats`.
+//! other gateways by `REDIS_URL` (in memory, a single node, by default). Also
+//! `POST /api/publish` (other services push to a user, a room or everyone), `GET /health`,
+//! `GET /ws/stats` and `GET /metrics` (Prometheus).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use axum::{
     Json, Router,
+    body::Bytes,
     extract::{Query, State},
+    http::{HeaderMap, StatusCode, Uri},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use svc_infra::{
     auth::{
-        OptionalWsIdentity, WsAuthConfig, is_production_like, ws_optional_router,
-        ws_protected_router,
+        AuthPolicy, OptionalWsIdentity, TokenSource, WsAuth, WsAuthConfig, is_production_like,
+        ws_optional_router, ws_protected_router,
     },
     websocket::{
         Connection, ConnectionManager, WebSocketConfig, WebSocketMessage, WsUpgrade,
@@ -52,13 +56,19 @@ pub(crate) struct Args {
     /// The scope a user needs for `broadcast`.
     #[arg(long, env = "WS_GATEWAY_BROADCAST_SCOPE", default_value = "broadcast")]
     broadcast_scope: String,
+    /// The scope a JWT needs for `POST /api/publish` (API keys need none).
+    #[arg(long, env = "WS_GATEWAY_ADMIN_SCOPE", default_value = "admin")]
+    admin_scope: String,
 }
 
 #[derive(Clone)]
 struct Gateway {
     manager: ConnectionManager,
+    auth: WsAuth,
     broadcast_scope: Arc<str>,
+    admin_scope: Arc<str>,
     backplane: bool,
+    metrics: Option<PrometheusHandle>,
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
@@ -75,10 +85,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(url) = &args.redis_url {
         manager = manager.with_backplane(RedisBackplane::new(url).context("REDIS_URL")?);
     }
+    let metrics = PrometheusBuilder::new()
+        .install_recorder()
+        .inspect_err(|e| tracing::warn!("no /metrics: {e}"))
+        .ok();
     let gateway = Gateway {
         manager: manager.clone(),
+        auth: auth.clone(),
         broadcast_scope: Arc::from(args.broadcast_scope.as_str()),
+        admin_scope: Arc::from(args.admin_scope.as_str()),
         backplane,
+        metrics,
     };
     let ws_routes = if anonymous {
         ws_optional_router("", auth).ws("/ws", ws)
@@ -87,8 +104,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     };
     let app = Router::new()
         .merge(ws_routes.into_router())
+        .route("/api/publish", post(api_publish))
         .route("/health", get(health))
         .route("/ws/stats", get(stats))
+        .route("/metrics", get(prometheus))
         .with_state(gateway);
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, args.port))
@@ -149,6 +168,105 @@ async fn health(State(gw): State<Gateway>) -> Json<Value> {
         "backplane": backplane,
         "connections": gw.manager.local_connection_count(),
     }))
+}
+
+async fn prometheus(State(gw): State<Gateway>) -> Response {
+    match &gw.metrics {
+        Some(handle) => (
+            [("content-type", "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
+    }
+}
+
+/// `POST /api/publish`: `{"to": user}` or `{"room": room}` or neither (everyone), with
+/// `"data"` and optionally `"exclude"` (a user). An API key, or a JWT with the admin scope.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    to: Option<String>,
+    room: Option<String>,
+    exclude: Option<String>,
+    data: Value,
+}
+
+async fn api_publish(
+    State(gw): State<Gateway>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let principal = match gw
+        .auth
+        .authenticate(uri.query(), &headers, &AuthPolicy::required())
+        .await
+    {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            return http_error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Missing or invalid authentication",
+            );
+        }
+        Err(rejection) => return rejection.into_response(),
+    };
+    if principal.via != TokenSource::ApiKey
+        && !principal.scopes.iter().any(|s| **s == *gw.admin_scope)
+    {
+        let reason = format!(
+            "Insufficient scope: needs `{}` or an API key",
+            gw.admin_scope
+        );
+        return http_error(StatusCode::FORBIDDEN, "forbidden", &reason);
+    }
+    let body: PublishBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return http_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+    };
+    let m = &gw.manager;
+    let from = principal.id.as_str();
+    let exclude = body.exclude.as_deref();
+    let sent = match (&body.to, &body.room) {
+        (Some(_), Some(_)) => {
+            return http_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "give `to` or `room`, not both",
+            );
+        }
+        (Some(to), None) => {
+            let out = json!({"type": "message", "from": from, "data": body.data});
+            m.send_to_user(to, out.to_string()).await
+        }
+        (None, Some(room)) => {
+            let out = json!({"type": "message", "room": room, "from": from, "data": body.data});
+            match exclude {
+                Some(user) => {
+                    m.broadcast_to_room_excluding(room, out.to_string(), user)
+                        .await
+                }
+                None => m.broadcast_to_room(room, out.to_string()).await,
+            }
+        }
+        (None, None) => {
+            let out = json!({"type": "message", "from": from, "data": body.data});
+            match exclude {
+                Some(user) => m.broadcast_excluding(out.to_string(), user).await,
+                None => m.broadcast(out.to_string()).await,
+            }
+        }
+    };
+    match sent {
+        Ok(n) => Json(json!({"delivered": n})).into_response(),
+        Err(e) => http_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+    }
+}
+
+fn http_error(status: StatusCode, error: &str, reason: &str) -> Response {
+    (status, Json(json!({"error": error, "reason": reason}))).into_response()
 }
 
 async fn stats(State(gw): State<Gateway>) -> Json<Value> {

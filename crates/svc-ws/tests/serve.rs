@@ -101,19 +101,49 @@ async fn silent(ws: &mut Ws) {
     }
 }
 
-async fn get(gw: &Gateway, path: &str) -> Value {
+/// One HTTP/1.1 request by hand; returns the status and the body.
+async fn http(gw: &Gateway, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = within("http", tokio::net::TcpStream::connect(&gw.addr))
         .await
         .unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut body = String::new();
-    within("http response", tcp.read_to_string(&mut body))
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    within("http request", tcp.write_all(req.as_bytes()))
         .await
         .unwrap();
-    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+    let mut response = String::new();
+    within("http response", tcp.read_to_string(&mut response))
+        .await
+        .unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+async fn get(gw: &Gateway, path: &str) -> Value {
+    let (status, body) = http(gw, "GET", path, "", "").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Waits until `n` connections are registered on `gw` (the handshake answer comes before
+/// the registration).
+async fn registered(gw: &Gateway, n: u64) {
+    within(&format!("{n} connections registered"), async {
+        while get(gw, "/ws/stats").await["local_connections"] != n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+async fn publish(gw: &Gateway, headers: &str, body: Value) -> (u16, Value) {
+    let (status, body) = http(gw, "POST", "/api/publish", headers, &body.to_string()).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 /// A token minted by `svc-ws token` with the test secret.
@@ -152,6 +182,7 @@ async fn the_protocol_in_anonymous_mode() {
     let mut alice = connect(&gw, "?user=alice").await;
     let mut bob = connect(&gw, "?user=bob").await;
     let mut bob2 = connect(&gw, "?user=bob").await;
+    registered(&gw, 3).await;
 
     // join with an id is acknowledged; without, silently done.
     send(
@@ -294,6 +325,7 @@ async fn with_a_jwt_key_credentials_are_required_and_scopes_count() {
     let (mut carol, _) = within("connect", tokio_tungstenite::connect_async(req))
         .await
         .unwrap();
+    registered(&gw, 2).await;
     send(&mut admin, json!({"type": "presence", "id": 1})).await;
     assert_eq!(next(&mut admin).await["users"], json!(["carol", "root"]));
     send(
@@ -412,4 +444,71 @@ async fn two_gateways_on_one_redis_are_one_cluster() {
     .await;
     send(&mut alice, json!({"type": "echo", "data": "alone"})).await;
     assert_eq!(next(&mut alice).await["data"], "alone");
+}
+
+/// Other services push through `POST /api/publish` with an API key or an admin JWT.
+#[tokio::test]
+async fn api_publish_and_metrics() {
+    let gw = gateway(&[
+        ("AUTH_JWT__SECRET", SECRET),
+        ("WS_API_KEYS", "billing:billing-key-123:"),
+        ("WS_GATEWAY_ANONYMOUS", "true"),
+    ])
+    .await;
+    let mut alice = connect(&gw, "?user=alice").await;
+    let mut bob = connect(&gw, "?user=bob").await;
+    registered(&gw, 2).await;
+    send(
+        &mut alice,
+        json!({"type": "join", "room": "lobby", "id": 1}),
+    )
+    .await;
+    assert_eq!(next(&mut alice).await["type"], "ack");
+
+    // Refused: no credentials (401), a JWT without the admin scope (403), a bad key (401).
+    let (status, body) = publish(&gw, "", json!({"data": 1})).await;
+    assert_eq!(status, 401, "{body}");
+    let user_jwt = format!("Authorization: Bearer {}\r\n", token("carol", &[]));
+    let (status, body) = publish(&gw, &user_jwt, json!({"data": 1})).await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")));
+    let (status, _) = publish(&gw, "X-API-Key: wrong\r\n", json!({"data": 1})).await;
+    assert_eq!(status, 401);
+    silent(&mut alice).await;
+
+    // An API key: to a user, to a room, to everyone but one user.
+    let key = "X-API-Key: billing-key-123\r\n";
+    let (status, body) = publish(&gw, key, json!({"to": "bob", "data": {"paid": true}})).await;
+    assert_eq!((status, body), (200, json!({"delivered": 1})));
+    assert_eq!(
+        next(&mut bob).await,
+        json!({"type": "message", "from": "billing", "data": {"paid": true}})
+    );
+    let (status, _) = publish(&gw, key, json!({"room": "lobby", "data": "room"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(next(&mut alice).await["room"], "lobby");
+    let admin = format!("Authorization: Bearer {}\r\n", token("ops", &["admin"]));
+    let (status, body) = publish(&gw, &admin, json!({"exclude": "alice", "data": "all"})).await;
+    assert_eq!((status, body), (200, json!({"delivered": 1})));
+    assert_eq!(next(&mut bob).await["from"], "ops");
+    silent(&mut alice).await;
+
+    // Bad bodies: 400, nothing sent.
+    for bad in [
+        json!({"to": "bob", "room": "lobby", "data": 1}),
+        json!({"data": 1, "x": 2}),
+        json!({"to": "bob"}),
+    ] {
+        let (status, body) = publish(&gw, key, bad).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("bad_request")),
+            "{body}"
+        );
+    }
+    silent(&mut bob).await;
+
+    // Prometheus text with the manager's counters.
+    let (status, text) = http(&gw, "GET", "/metrics", "", "").await;
+    assert_eq!(status, 200);
+    assert!(text.contains("svc_ws_connects_total 2"), "{text}");
 }
