@@ -5,7 +5,8 @@
 //! on a `ConnectionManager` configured by `WS_*`, authenticated by `AUTH_JWT_*`, and joined to
 //! other gateways by `REDIS_URL` (in memory, a single node, by default). Also
 //! `POST /api/publish` (other services push to a user, a room or everyone), `GET /health`,
-//! `GET /ws/stats` and `GET /metrics` (Prometheus).
+//! `GET /ws/stats`, `GET /metrics` (Prometheus) and, at `GET /`, a demo page (chat rooms and
+//! live stats) for a browser.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -15,7 +16,7 @@ use axum::{
     body::Bytes,
     extract::{Query, State},
     http::{HeaderMap, StatusCode, Uri},
-    response::{IntoResponse, Response},
+    response::{Html, IntoResponse, Response},
     routing::{get, post},
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -104,6 +105,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     };
     let app = Router::new()
         .merge(ws_routes.into_router())
+        .route("/", get(demo))
         .route("/api/publish", post(api_publish))
         .route("/health", get(health))
         .route("/ws/stats", get(stats))
@@ -168,6 +170,11 @@ async fn health(State(gw): State<Gateway>) -> Json<Value> {
         "backplane": backplane,
         "connections": gw.manager.local_connection_count(),
     }))
+}
+
+/// The demo page: connect, join a room, chat, watch presence and the counters.
+async fn demo() -> Html<&'static str> {
+    Html(include_str!("demo.html"))
 }
 
 async fn prometheus(State(gw): State<Gateway>) -> Response {

@@ -293,6 +293,18 @@ async fn the_protocol_in_anonymous_mode() {
     let stats = get(&gw, "/ws/stats").await;
     assert_eq!(stats["connections"], 3);
     assert_eq!(stats["users"], 2);
+    // The demo page speaks the same protocol.
+    let (status, page) = http(&gw, "GET", "/", "", "").await;
+    assert_eq!(status, 200);
+    for needle in [
+        r#"type: "join""#,
+        r#"type: "publish""#,
+        r#"type: "presence""#,
+        r#"["bearer", token]"#,
+        "/ws/stats",
+    ] {
+        assert!(page.contains(needle), "demo page lacks {needle}");
+    }
     let health = get(&gw, "/health").await;
     assert_eq!(
         health,
