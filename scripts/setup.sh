@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs and a fresh Debian machine with Rust may lack:
-# python3 (the Autobahn runner's bootstrap), a C compiler (ring), rustfmt and clippy, and
-# redis-server (the Redis backplane's tests start private ones). Does nothing when all are
+# python3 (the Autobahn runner's bootstrap), a C compiler (ring), rustfmt and clippy,
+# redis-server (the Redis backplane's tests start private ones), and chromium with node and
+# npm (scripts/browser_check.sh drives the gateway's demo page). Does nothing when all are
 # there. Run by scripts/test.sh.
 set -euo pipefail
 
@@ -17,4 +18,7 @@ apt_install() {
 need python3 || apt_install python3
 need cc || apt_install build-essential
 need redis-server || apt_install redis-server
+need chromium || need chromium-browser || apt_install chromium
+need node || apt_install nodejs
+need npm || apt_install npm
 rustup component add rustfmt clippy >/dev/null 2>&1 || true

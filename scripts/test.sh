@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, every unit and integration test
-# (real sockets, real servers), and the Autobahn conformance suite against our server and
-# our client. First installs what a fresh Debian machine lacks (scripts/setup.sh).
+# (real sockets, real servers), the gateway's demo page in a real Chromium, and the
+# Autobahn conformance suite against our server and our client. First installs what a fresh Debian machine lacks (scripts/setup.sh).
 # The Redis backplane's tests start their own redis-server; with CI set they fail, not skip,
 # if it is missing.
 set -euo pipefail
@@ -19,6 +19,8 @@ step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 step "cargo test"
 cargo test --workspace --all-features
+step "Browser: the gateway's demo page in Chromium"
+scripts/browser_check.sh
 step "Autobahn: server"
 scripts/autobahn.sh server
 if [ -f crates/svc-infra/examples/autobahn_client.rs ]; then

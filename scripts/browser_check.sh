@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Drives the gateway's demo page in a real Chromium (tests/browser/demo_page.js): two pages
+# chat in a room and see presence and live stats; a third connects with a JWT as the
+# ["bearer", token] subprotocol. Needs chromium and node (scripts/setup.sh installs them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CHROMIUM=${CHROMIUM:-$(command -v chromium || command -v chromium-browser || true)}
+if [ -z "$CHROMIUM" ] || ! command -v node >/dev/null; then
+    echo "browser_check: chromium and node are required (scripts/setup.sh installs them)" >&2
+    exit 1
+fi
+export CHROMIUM
+(cd tests/browser && npm ci --no-audit --no-fund --silent)
+cargo build -q -p svc-ws --bin svc-ws
+BIN=target/debug/svc-ws
+LOGS=$(mktemp -d)
+cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$LOGS"; }
+PIDS=()
+trap cleanup EXIT
+
+# start NAME ENV...: runs `svc-ws serve --port 0` with ENV in the background.
+start() {
+    local name=$1; shift
+    env -u AUTH_JWT__SECRET -u AUTH_JWT_SECRET -u JWT_SECRET -u REDIS_URL "$@" \
+        "$BIN" serve --port 0 >/dev/null 2>"$LOGS/$name.log" &
+    PIDS+=($!)
+}
+
+# addr NAME: the address NAME printed when it started listening.
+addr() {
+    local a
+    for _ in $(seq 100); do
+        a=$(sed -n 's|.*listening on ws://\([^/]*\)/ws.*|\1|p' "$LOGS/$1.log")
+        [ -n "$a" ] && { echo "$a"; return; }
+        sleep 0.1
+    done
+    echo "browser_check: $1 did not start" >&2
+    cat "$LOGS/$1.log" >&2
+    return 1
+}
+
+SECRET=browser-check-secret-of-at-least-32-bytes
+start anonymous
+start authenticated AUTH_JWT__SECRET="$SECRET"
+ANON=$(addr anonymous)
+AUTHED=$(addr authenticated)
+TOKEN=$(AUTH_JWT__SECRET="$SECRET" "$BIN" token --sub dana)
+timeout 120 node tests/browser/demo_page.js "http://$ANON/" "http://$AUTHED/" "$TOKEN"
