@@ -730,7 +730,7 @@ impl ConnectionManager {
                     self.inner
                         .interest(|| Topic::User(conn.user_id.to_string()), false);
                     let left = reg.leave_all_rooms(&conn.user_id);
-                    self.left_rooms(&conn.user_id, &left);
+                    self.unsubscribe_emptied(&left);
                     self.inner.announce(reg.connections - 1, || {
                         let mut changes = vec![PresenceChange::Offline(conn.user_id.to_string())];
                         changes.extend(left.iter().map(|(room, _)| PresenceChange::Left {
@@ -758,7 +758,7 @@ impl ConnectionManager {
     }
 
     /// Unsubscribes from the rooms that `leave_all_rooms` emptied.
-    fn left_rooms(&self, _user: &str, left: &[(Arc<str>, bool)]) {
+    fn unsubscribe_emptied(&self, left: &[(Arc<str>, bool)]) {
         for (room, emptied) in left {
             if *emptied {
                 self.inner.interest(|| Topic::Room(room.to_string()), false);
@@ -799,7 +799,7 @@ impl ConnectionManager {
             // Parity with the Python manager: a user without connections leaves all rooms.
             let mut reg = self.write();
             let left = reg.leave_all_rooms(user_id);
-            self.left_rooms(user_id, &left);
+            self.unsubscribe_emptied(&left);
             if !left.is_empty() {
                 self.inner.announce(reg.connections, || {
                     left.iter()
