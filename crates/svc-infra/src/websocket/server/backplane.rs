@@ -162,6 +162,9 @@ pub struct Presence {
     pub snapshot: bool,
     /// The node's number of connections now.
     pub connections: u64,
+    /// How often the node sends a snapshot (milliseconds): it is forgotten when it has
+    /// been silent for three of its own periods.
+    pub heartbeat_ms: u32,
     /// What changed (or, in a snapshot, everything that holds).
     pub changes: Vec<PresenceChange>,
 }
@@ -191,7 +194,8 @@ pub enum PresenceChange {
 }
 
 impl Presence {
-    /// The wire form: version (1), node (u64), snapshot (u8), connections (u64), then each
+    /// The wire form: version (1), node (u64), snapshot (u8), connections (u64), heartbeat
+    /// (u32, milliseconds), then each
     /// change as a kind (0 online, 1 offline, 2 joined, 3 left) and its names (u16 length +
     /// UTF-8).
     pub fn to_bytes(&self) -> Bytes {
@@ -200,6 +204,7 @@ impl Presence {
         out.put_u64(self.node);
         out.put_u8(u8::from(self.snapshot));
         out.put_u64(self.connections);
+        out.put_u32(self.heartbeat_ms);
         for change in &self.changes {
             match change {
                 PresenceChange::Online(user) => {
@@ -238,6 +243,7 @@ impl Presence {
             _ => return Err(EnvelopeError("bad snapshot flag")),
         };
         let connections = r.u64()?;
+        let heartbeat_ms = u32::from_be_bytes(r.take(4)?.try_into().unwrap_or_default());
         let mut changes = Vec::new();
         while !r.0.is_empty() {
             changes.push(match r.u8()? {
@@ -258,6 +264,7 @@ impl Presence {
             node,
             snapshot,
             connections,
+            heartbeat_ms,
             changes,
         })
     }
@@ -522,6 +529,7 @@ mod tests {
             node: 42,
             snapshot: true,
             connections: 3,
+            heartbeat_ms: 1000,
             changes: vec![
                 PresenceChange::Online("alice".into()),
                 PresenceChange::Offline("bob".into()),
@@ -541,7 +549,7 @@ mod tests {
         for cut in 1..bytes.len() {
             let _ = Presence::from_bytes(&bytes[..cut]);
         }
-        assert!(Presence::from_bytes(&bytes[..17]).is_err());
+        assert!(Presence::from_bytes(&bytes[..21]).is_err());
     }
 
     #[test]

@@ -320,9 +320,16 @@ struct RemoteNode {
     rooms: HashMap<String, HashSet<String>>,
     connections: u64,
     seen: std::time::Instant,
+    /// Forgotten when silent this long (three of its heartbeats).
+    ttl: Duration,
 }
 
 impl RemoteNode {
+    /// Heard from recently enough to count.
+    fn is_live(&self) -> bool {
+        self.seen.elapsed() < self.ttl
+    }
+
     fn apply(&mut self, change: &PresenceChange) {
         match change {
             PresenceChange::Online(user) => {
@@ -350,7 +357,7 @@ impl RemoteNode {
 }
 
 /// How often a node tells the others its whole presence, unless set otherwise; a node not
-/// heard from for three of these is forgotten.
+/// heard from for three of its own periods is forgotten.
 const PRESENCE_HEARTBEAT: Duration = Duration::from_secs(1);
 
 pub(crate) struct Inner {
@@ -386,6 +393,7 @@ impl Inner {
                 node: self.node,
                 snapshot: false,
                 connections: connections as u64,
+                heartbeat_ms: self.heartbeat().as_millis().min(u128::from(u32::MAX)) as u32,
                 changes: changes(),
             });
         }
@@ -398,10 +406,6 @@ impl Inner {
     /// The other nodes heard from recently enough to count.
     fn live_nodes(&self) -> RwLockReadGuard<'_, HashMap<u64, RemoteNode>> {
         self.remote.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn is_live(&self, node: &RemoteNode) -> bool {
-        node.seen.elapsed() < self.heartbeat() * 3
     }
 
     /// Tells the backplane (if any) about a change of local interest.
@@ -1037,7 +1041,7 @@ impl ConnectionManager {
                 .inner
                 .live_nodes()
                 .values()
-                .any(|n| self.inner.is_live(n) && n.users.contains(user_id))
+                .any(|n| n.is_live() && n.users.contains(user_id))
     }
 
     /// The members of `room` (empty for an unknown room), sorted; with a backplane, on
@@ -1050,7 +1054,7 @@ impl ConnectionManager {
             .map(|m| m.iter().map(|u| u.to_string()).collect())
             .unwrap_or_default();
         for node in self.inner.live_nodes().values() {
-            if self.inner.is_live(node)
+            if node.is_live()
                 && let Some(members) = node.rooms.get(room)
             {
                 users.extend(members.iter().cloned());
@@ -1065,7 +1069,7 @@ impl ConnectionManager {
     pub fn active_users(&self) -> Vec<String> {
         let mut users: Vec<String> = self.read().users.keys().map(|u| u.to_string()).collect();
         for node in self.inner.live_nodes().values() {
-            if self.inner.is_live(node) {
+            if node.is_live() {
                 users.extend(node.users.iter().cloned());
             }
         }
@@ -1081,7 +1085,7 @@ impl ConnectionManager {
             .inner
             .live_nodes()
             .values()
-            .filter(|n| self.inner.is_live(n))
+            .filter(|n| n.is_live())
             .map(|n| n.connections)
             .sum();
         self.local_connection_count() + remote as usize
@@ -1097,7 +1101,7 @@ impl ConnectionManager {
         let reg = self.read();
         let nodes = self.inner.live_nodes();
         let mut remote: HashSet<&str> = HashSet::new();
-        for node in nodes.values().filter(|n| self.inner.is_live(n)) {
+        for node in nodes.values().filter(|n| n.is_live()) {
             remote.extend(
                 node.rooms
                     .keys()
@@ -1370,6 +1374,7 @@ pub(crate) fn remote_presence(inner: &Inner, presence: &Presence) {
         rooms: HashMap::new(),
         connections: 0,
         seen: std::time::Instant::now(),
+        ttl: Duration::ZERO,
     });
     if presence.snapshot {
         node.users.clear();
@@ -1380,6 +1385,7 @@ pub(crate) fn remote_presence(inner: &Inner, presence: &Presence) {
     }
     node.connections = presence.connections;
     node.seen = std::time::Instant::now();
+    node.ttl = Duration::from_millis(u64::from(presence.heartbeat_ms.max(1))) * 3;
 }
 
 /// Tells the other nodes this node's whole presence every heartbeat, and forgets the nodes
@@ -1402,13 +1408,13 @@ async fn presence_heartbeat(inner: Weak<Inner>) {
             node: inner.node,
             snapshot: true,
             connections: connections as u64,
+            heartbeat_ms: inner.heartbeat().as_millis().min(u128::from(u32::MAX)) as u32,
             changes,
         });
-        let ttl = inner.heartbeat() * 3;
         inner
             .remote
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, n| n.seen.elapsed() < ttl);
+            .retain(|_, n| n.seen.elapsed() < n.ttl);
     }
 }
