@@ -403,7 +403,7 @@ impl Inner {
         Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed).max(1))
     }
 
-    /// The other nodes heard from recently enough to count.
+    /// What is known of the other nodes (callers skip those that are no longer live).
     fn live_nodes(&self) -> RwLockReadGuard<'_, HashMap<u64, RemoteNode>> {
         self.remote.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -503,17 +503,18 @@ impl ConnectionManager {
     /// is ignored).
     pub fn with_backplane(self, backplane: impl Backplane) -> Self {
         let backplane: Arc<dyn Backplane> = Arc::new(backplane);
+        // Under the registry's lock, so that each user and room already here is subscribed
+        // exactly once: by this, or by the registration that follows it.
+        let reg = self.write();
         if self.inner.backplane.set(backplane.clone()).is_err() {
             tracing::warn!("ConnectionManager::with_backplane: a backplane is already set");
+            drop(reg);
             return self;
         }
         backplane.attach(Inbox {
             node: self.inner.node,
             manager: Arc::downgrade(&self.inner),
         });
-        // Under the lock, so that no change of interest slips between this and the first
-        // registration after it.
-        let reg = self.read();
         backplane.subscribe(&Topic::All);
         for user in reg.users.keys() {
             backplane.subscribe(&Topic::User(user.to_string()));
