@@ -149,7 +149,12 @@ async fn a_silent_node_is_forgotten() {
     // Never missing while b keeps telling, every 400 ms (a's own period is 100 ms).
     let watch = tokio::time::Instant::now();
     while watch.elapsed() < HEARTBEAT * 12 {
-        assert_eq!(a.get_room_users("attic"), ["zed"], "after {:?}", watch.elapsed());
+        assert_eq!(
+            a.get_room_users("attic"),
+            ["zed"],
+            "after {:?}",
+            watch.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(b);
