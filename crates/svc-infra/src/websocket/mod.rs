@@ -10,6 +10,7 @@
 //! | `easy_websocket_client` | [`easy_websocket_client`]; feature `client` |
 //! | `ConnectionManager`, `easy_websocket_manager` | `ConnectionManager`, `easy_websocket_manager` (feature `server`) |
 //! | `add_websocket_manager`, `get_ws_manager` | `add_websocket_manager` (returns router and manager), the `WsManager` extractor and `get_ws_manager` (feature `server`) |
+//! | Redis scaling ("planned" in the seed) | `backplane` (`InMemoryBackplane`; `RedisBackplane` with feature `redis`) and `ConnectionManager::with_backplane` |
 
 #[cfg(feature = "client")]
 mod client;
