@@ -12,6 +12,9 @@
 //! - `GET /stats`: `{"connections": N}`.
 //! - `GET /echo`: echoes every text and binary message unchanged (64 MiB limit, for the
 //!   Autobahn suite).
+//!
+//! With the `redis` feature and `REDIS_URL` set, the app is a node of a cluster
+//! (`docs/scaling.md`): broadcasts reach the connections of every node.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -99,6 +102,15 @@ async fn main() -> std::io::Result<()> {
         .map_err(std::io::Error::other)?
         .with_max_queue_size(64);
     let manager = ConnectionManager::new(config);
+    // REDIS_URL makes this a node of a cluster (docs/scaling.md); unset, a single node.
+    #[cfg(feature = "redis")]
+    let manager = match std::env::var("REDIS_URL") {
+        Ok(url) => manager.with_backplane(
+            svc_infra::websocket::backplane::RedisBackplane::new(&url)
+                .map_err(std::io::Error::other)?,
+        ),
+        Err(_) => manager,
+    };
     let app = app(manager.clone());
     let addr = SocketAddr::from(([127, 0, 0, 1], port()));
     let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -48,6 +48,10 @@ pub(crate) struct Args {
     /// PID of the server, to report its CPU use while broadcasts are delivered.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Connect the publisher to this server instead (ws://HOST:PORT): another node of the
+    /// same cluster, to measure delivery across the backplane.
+    #[arg(long)]
+    publish_url: Option<String>,
 }
 
 /// What one subscriber saw.
@@ -165,7 +169,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     // 2. The publisher: one more connection, which receives its own broadcasts too.
-    let publisher = target.connect("/ws/bench-publisher").await;
+    let publisher = match &args.publish_url {
+        Some(url) => {
+            let mut other = args.common.clone();
+            other.url = url.clone();
+            match Target::from_args(&other) {
+                Ok(t) => t.connect("/ws/bench-publisher").await,
+                Err(e) => Err(e),
+            }
+        }
+        None => target.connect("/ws/bench-publisher").await,
+    };
     let publisher = match publisher {
         Ok(ws) => ws,
         Err(e) => {

@@ -9,7 +9,6 @@ use std::{
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use redis::AsyncCommands;
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::{Backplane, BackplaneStatus, Envelope, Inbox, Presence, Topic};
@@ -19,6 +18,8 @@ use crate::websocket::WebSocketError;
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Publishes waiting for the Redis task beyond this many are dropped (and counted).
 const QUEUE: usize = 16 * 1024;
+/// At most this many waiting publishes go to Redis in one pipeline.
+const PIPELINE: u64 = 512;
 /// A connection that has been quiet this long is pinged.
 const PING_EVERY: Duration = Duration::from_secs(5);
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -267,18 +268,25 @@ async fn session(
     loop {
         tokio::select! {
             sent = publish.recv() => {
-                let Some((channel, payload)) = sent else { return Ok(()) };
-                let published: Result<i64, _> = tokio::time::timeout(
-                    OP_TIMEOUT,
-                    conn.publish(&channel, payload.as_ref()),
-                )
-                .await
-                .map_err(timed("publish"))?;
+                let Some(first) = sent else { return Ok(()) };
+                // Everything waiting goes in one pipeline: one round trip, not one per send.
+                let mut pipe = redis::pipe();
+                let mut n: u64 = 0;
+                let mut next = Some(first);
+                while let Some((channel, payload)) = next {
+                    pipe.publish(channel, payload.as_ref()).ignore();
+                    n += 1;
+                    next = if n < PIPELINE { publish.try_recv().ok() } else { None };
+                }
+                let published: Result<(), _> =
+                    tokio::time::timeout(OP_TIMEOUT, pipe.query_async(&mut conn))
+                        .await
+                        .map_err(timed("publish"))?;
                 if let Err(e) = published {
-                    metrics::counter!("svc_ws_backplane_dropped_total").increment(1);
+                    metrics::counter!("svc_ws_backplane_dropped_total").increment(n);
                     return Err(format!("publish: {e}"));
                 }
-                metrics::counter!("svc_ws_backplane_published_total").increment(1);
+                metrics::counter!("svc_ws_backplane_published_total").increment(n);
             }
             () = shared.changed.notified() => {
                 if Arc::strong_count(shared) == 1 {
