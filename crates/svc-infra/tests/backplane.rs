@@ -3,15 +3,15 @@
 //! Redis tests fail when `CI` is set and are skipped (with a message) otherwise.
 
 mod common;
+#[allow(dead_code)]
+#[path = "fixtures/redis_server.rs"]
+mod redis_server;
 
-use std::{
-    net::SocketAddr,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use axum::{Router, extract::Path, response::Response, routing::get};
 use common::*;
+use redis_server::RedisServer;
 use svc_infra::websocket::{
     ConnectionManager, WebSocketConfig, WsManager, WsUpgrade, add_websocket_manager_with,
     backplane::{Backplane, BackplaneStatus, InMemoryBackplane, RedisBackplane},
@@ -176,107 +176,6 @@ async fn in_memory_backplane_joins_managers_of_one_process() {
 async fn without_a_backplane_a_manager_is_one_node() {
     let manager = ConnectionManager::new(WebSocketConfig::default());
     assert_eq!(manager.backplane_status(), None);
-}
-
-/// A private `redis-server` on a free port.
-struct RedisServer {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    /// Starts one, or returns `None` (test skipped) when `redis-server` is not installed
-    /// and `CI` is not set. With `CI` set, a missing `redis-server` fails the test.
-    async fn start() -> Option<Self> {
-        let installed = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !installed {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "redis-server is not installed, and CI is set: the Redis tests must run"
-            );
-            eprintln!("SKIPPED: redis-server is not installed (set CI to make this a failure)");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = Self { port, child: None };
-        server.restart().await;
-        Some(server)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        let client = redis::Client::open(self.url()).unwrap();
-        within("redis-server to answer", async {
-            loop {
-                if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                    let pong: redis::RedisResult<String> =
-                        redis::cmd("PING").query_async(&mut c).await;
-                    if pong.is_ok() {
-                        return;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Waits until each channel (`svc-ws:` + name) has `n` subscribers.
-    async fn subscribers(&self, channels: &[&str], n: i64) {
-        let client = redis::Client::open(self.url()).unwrap();
-        let mut conn = within("connect", client.get_multiplexed_async_connection())
-            .await
-            .unwrap();
-        for channel in channels {
-            let channel = format!("svc-ws:{channel}");
-            within(&format!("{n} subscribers on {channel}"), async {
-                loop {
-                    let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
-                        .arg("NUMSUB")
-                        .arg(&channel)
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap();
-                    if counts.first().is_some_and(|(_, c)| *c == n) {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-            .await;
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 async fn redis_node(redis: &RedisServer) -> (ConnectionManager, SocketAddr) {

@@ -2,12 +2,17 @@
 //! HTTP endpoints, and two gateways joined by a private `redis-server` (which must be
 //! installed when `CI` is set; the test is skipped with a message otherwise).
 
+#[allow(dead_code)]
+#[path = "../../svc-infra/tests/fixtures/redis_server.rs"]
+mod redis_server;
+
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
 use futures_util::{SinkExt, StreamExt};
+use redis_server::RedisServer;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::{
@@ -359,51 +364,12 @@ async fn with_a_jwt_key_credentials_are_required_and_scopes_count() {
     assert_eq!(next(&mut carol).await["type"], "error");
 }
 
-/// A child process killed when dropped.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A private `redis-server` on a free port, or `None` when it is not installed and `CI`
-/// is not set.
-fn redis_server() -> Option<(KillOnDrop, String)> {
-    let installed = Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !installed {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "redis-server is not installed, and CI is set: the Redis test must run"
-        );
-        eprintln!("SKIPPED: redis-server is not installed (set CI to make this a failure)");
-        return None;
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start redis-server");
-    Some((KillOnDrop(child), format!("redis://127.0.0.1:{port}")))
-}
-
 #[tokio::test]
 async fn two_gateways_on_one_redis_are_one_cluster() {
-    let Some((redis, url)) = redis_server() else {
+    let Some(redis) = RedisServer::start().await else {
         return;
     };
+    let url = redis.url();
     let a = gateway(&[("REDIS_URL", &url)]).await;
     let b = gateway(&[("REDIS_URL", &url)]).await;
     for gw in [&a, &b] {
