@@ -1,9 +1,10 @@
 //! The server-side socket: one task reads (the handler calling [`WebSocket::recv`]), and
 //! anyone may send through the shared [`Outbound`], which writes straight to the socket
 //! when nothing is queued, so a broadcast needs no writer task and no wake-up per recipient.
-//! Only when a socket does not take a frame at once does a short-lived flusher task wait
-//! for it (see [`flush`]); frames sent meanwhile queue behind, bounded by the
-//! slow-consumer policy.
+//! Only when a socket does not take a frame at once (most often because the sending task's
+//! cooperative budget ran out) does the frame wait, for a short-lived flusher task: one per
+//! [`Deferred`] set, or the manager's [`FlushQueue`] shared by its broadcasts; frames sent
+//! meanwhile queue behind, bounded by the slow-consumer policy.
 
 use std::{
     borrow::Cow,
