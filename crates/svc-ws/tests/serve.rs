@@ -490,3 +490,31 @@ async fn api_publish_and_metrics() {
     assert_eq!(status, 200);
     assert!(text.contains("svc_ws_connects_total 2"), "{text}");
 }
+
+/// SIGTERM (what a container runtime sends) closes every connection with 1001, as
+/// docs/protocol.md says, and the process exits.
+#[tokio::test]
+async fn sigterm_closes_connections_with_1001() {
+    let mut gw = gateway(&[]).await;
+    let mut alice = connect(&gw, "?user=alice").await;
+    registered(&gw, 1).await;
+    let pid = gw.child.id().expect("running").to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    loop {
+        match within("close frame", alice.next()).await {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(u16::from(frame.code), 1001);
+                assert_eq!(frame.reason.as_str(), "server shutting down");
+                // Keep reading so the client's close reply goes out and the server's drain
+                // ends at once.
+                while let Some(Ok(_)) = within("end of stream", alice.next()).await {}
+                break;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("expected the close frame, got {other:?}"),
+        }
+    }
+    let exit = within("exit", gw.child.wait()).await.unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
