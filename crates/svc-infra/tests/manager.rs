@@ -23,7 +23,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use svc_infra::websocket::{
     ConnectionHooks, ConnectionInfo, ConnectionManager, Json, SlowConsumerPolicy, WebSocketConfig,
-    WsManager, WsUpgrade, add_websocket_manager_with,
+    WsManager, WsUpgrade, add_websocket_manager_with, protocol,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -490,15 +490,16 @@ async fn bad_input_gets_clean_close_codes() {
         .unwrap();
     assert_eq!(next_close(&mut big).await.map(|c| c.0), Some(1009));
 
-    // Invalid UTF-8 in a text frame → 1007 (raw frame: FIN|text, masked, payload 0xff).
+    // Invalid UTF-8 in a text frame → 1007.
     let mut tcp = raw_upgrade(addr, "/ws/utf8").await;
-    within("write", tcp.write_all(&[0x81, 0x81, 0, 0, 0, 0, 0xff]))
-        .await
-        .unwrap();
+    let bad = protocol::encode_masked_frame(protocol::OP_TEXT, &[0xff], [1, 2, 3, 4]);
+    within("write", tcp.write_all(&bad)).await.unwrap();
     let mut frame = [0u8; 64];
     let n = within("close", tcp.read(&mut frame)).await.unwrap();
-    assert!(n >= 4 && frame[0] == 0x88, "{:?}", &frame[..n]);
-    assert_eq!(u16::from_be_bytes([frame[2], frame[3]]), 1007);
+    let header = protocol::FrameHeader::parse(&frame[..n]).unwrap().unwrap();
+    assert_eq!(header.opcode, protocol::OP_CLOSE, "{:?}", &frame[..n]);
+    let close = protocol::parse_close(&frame[header.len..n]).unwrap();
+    assert_eq!(close.map(|c| c.0), Some(1007));
     // The server closes its side without waiting for us.
     connected(&manager, 0).await;
     drop(tcp);
@@ -508,7 +509,7 @@ async fn bad_input_gets_clean_close_codes() {
     let mut flood = raw_upgrade(addr, "/ws/pinger").await;
     let mut other = connect(addr, "/ws/other").await;
     connected(&manager, 2).await;
-    let ping = [0x89u8, 0x80, 1, 2, 3, 4];
+    let ping = protocol::encode_masked_frame(protocol::OP_PING, b"", [1, 2, 3, 4]);
     let burst: Vec<u8> = ping
         .iter()
         .copied()

@@ -25,7 +25,7 @@ use self::{
     actor::{Command, Shared},
     handshake::TlsRoots,
 };
-use super::{ConnectionState, Result, WebSocketConfig, WebSocketError, WebSocketMessage};
+use super::{ConnectionState, Result, WebSocketConfig, WebSocketError, WebSocketMessage, protocol};
 
 pub(crate) use self::{
     actor::CloseOrigin,
@@ -581,26 +581,22 @@ impl WebSocketSender {
     ///
     /// # Errors
     /// - [`Protocol`](WebSocketError::Protocol) if `code` may not be sent (only 1000–1003,
-    ///   1007–1014 and 3000–4999 may) or `reason` is longer than 123 bytes; nothing is sent.
+    ///   1007–1014 and 3000–4999 may); nothing is sent. A `reason` longer than 123 bytes is
+    ///   cut to fit on a character boundary ([`protocol::close_reason`]), as the server does.
+    ///
+    /// [`protocol::close_reason`]: crate::websocket::protocol::close_reason
     /// - [`Timeout`](WebSocketError::Timeout) if the send queue stayed full (a write stuck on
     ///   a peer that does not read) for `close_timeout`.
     pub async fn close(&self, code: u16, reason: &str) -> Result<()> {
-        let allowed = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
-        if !allowed {
+        if !protocol::is_valid_close_code(code) {
             return Err(WebSocketError::Protocol(format!(
                 "close code {code} may not be sent (allowed: 1000-1003, 1007-1014, 3000-4999)"
-            )));
-        }
-        if reason.len() > 123 {
-            return Err(WebSocketError::Protocol(format!(
-                "close reason of {} bytes is longer than the 123 bytes allowed",
-                reason.len()
             )));
         }
         let (done_tx, done) = oneshot::channel();
         let command = Command::Close {
             code,
-            reason: reason.to_owned(),
+            reason: protocol::close_reason(reason).to_owned(),
             done: done_tx,
         };
         // The queue only stays full while a write is stuck; do not wait on it forever.

@@ -17,6 +17,7 @@ mod client;
 mod config;
 mod error;
 mod models;
+pub mod protocol;
 #[cfg(feature = "client")]
 mod reconnect;
 #[cfg(feature = "server")]

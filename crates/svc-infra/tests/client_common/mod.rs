@@ -25,6 +25,7 @@ use axum::{
     routing::get,
 };
 use futures_util::{SinkExt, StreamExt};
+use svc_infra::websocket::protocol::{self, FrameHeader, apply_mask};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -401,7 +402,7 @@ pub async fn raw_handshake(stream: &mut TcpStream, extra: &str) {
                 .then(|| v.trim().to_owned())
         })
         .expect("no Sec-WebSocket-Key");
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let accept = protocol::accept_key(key.as_bytes());
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {accept}\r\n{extra}\r\n"
@@ -411,49 +412,34 @@ pub async fn raw_handshake(stream: &mut TcpStream, extra: &str) {
 
 /// An unmasked server frame.
 pub fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    assert!(payload.len() < 126);
-    let mut frame = vec![0x80 | opcode, payload.len() as u8];
-    frame.extend_from_slice(payload);
-    frame
+    protocol::encode_frame(opcode, payload).to_vec()
 }
 
 /// Reads one (masked) client frame: opcode and unmasked payload.
 pub async fn read_client_frame(stream: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
-    let mut head = [0u8; 2];
+    let mut head = vec![0u8; 2];
     step(stream.read_exact(&mut head)).await?;
-    let opcode = head[0] & 0x0f;
-    let mut len = u64::from(head[1] & 0x7f);
-    if len == 126 {
-        let mut ext = [0u8; 2];
-        step(stream.read_exact(&mut ext)).await?;
-        len = u64::from(u16::from_be_bytes(ext));
-    } else if len == 127 {
-        let mut ext = [0u8; 8];
-        step(stream.read_exact(&mut ext)).await?;
-        len = u64::from_be_bytes(ext);
-    }
-    let mut mask = [0u8; 4];
-    if head[1] & 0x80 != 0 {
-        step(stream.read_exact(&mut mask)).await?;
-    }
-    let mut payload = vec![0u8; usize::try_from(len).unwrap()];
+    let need = FrameHeader::needed(&head);
+    head.resize(need, 0);
+    step(stream.read_exact(&mut head[2..])).await?;
+    let header = FrameHeader::parse(&head)
+        .map_err(std::io::Error::other)?
+        .expect("a whole header");
+    let mut payload = vec![0u8; usize::try_from(header.payload_len).unwrap()];
     step(stream.read_exact(&mut payload)).await?;
-    for (i, b) in payload.iter_mut().enumerate() {
-        *b ^= mask[i % 4];
+    if let Some(mask) = header.mask {
+        apply_mask(&mut payload, mask, 0);
     }
-    Ok((opcode, payload))
+    Ok((header.opcode, payload))
 }
 
 /// Reads client frames until a close frame; returns its code and reason.
 pub async fn read_client_close(stream: &mut TcpStream) -> Option<(u16, String)> {
     loop {
         let (opcode, payload) = read_client_frame(stream).await.ok()?;
-        if opcode == 0x8 {
-            if payload.len() < 2 {
-                return Some((1005, String::new()));
-            }
-            let code = u16::from_be_bytes([payload[0], payload[1]]);
-            return Some((code, String::from_utf8_lossy(&payload[2..]).into_owned()));
+        if opcode == protocol::OP_CLOSE {
+            let close = protocol::parse_close(&payload).ok()?;
+            return Some(close.map_or((1005, String::new()), |(c, r)| (c, r.to_owned())));
         }
     }
 }

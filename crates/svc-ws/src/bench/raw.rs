@@ -9,6 +9,9 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
+use svc_infra::websocket::protocol::{
+    FrameHeader, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, encode_masked_frame,
+};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -37,6 +40,7 @@ pub(crate) enum Frame<'a> {
 
 /// The fixed handshake key of RFC 6455 §1.3 (any 16-byte nonce will do for a benchmark).
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
 /// A masking key for the few frames a subscriber sends.
 const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
@@ -119,16 +123,14 @@ impl RawWs {
         write_timeout: Duration,
         mut on_frame: impl FnMut(Frame<'_>),
     ) -> anyhow::Result<()> {
-        while let Some((header, len, first)) = parse_header(&self.buf[self.start..self.end])? {
-            let payload = self.start + header..self.start + header + len;
+        while let Some((header, len)) = parse_header(&self.buf[self.start..self.end])? {
+            let payload = self.start + header.len..self.start + header.len + len;
             self.start = payload.end;
-            let opcode = first & 0x0f;
-            let fin = first & 0x80 != 0;
-            match opcode {
-                0x1 if fin => on_frame(Frame::Text(&self.buf[payload])),
-                0x8 => on_frame(Frame::Close),
-                0x9 => {
-                    let reply = masked_frame(0xA, &self.buf[payload]);
+            match header.opcode {
+                OP_TEXT if header.fin => on_frame(Frame::Text(&self.buf[payload])),
+                OP_CLOSE => on_frame(Frame::Close),
+                OP_PING => {
+                    let reply = encode_masked_frame(OP_PONG, &self.buf[payload], MASK);
                     timeout(write_timeout, self.tcp.write_all(&reply))
                         .await
                         .map_err(|_| anyhow!("pong write timed out"))??;
@@ -142,53 +144,24 @@ impl RawWs {
 
     /// Sends a close frame (1000) and drops the connection.
     pub(crate) async fn close(mut self, write_timeout: Duration) {
-        let frame = masked_frame(0x8, &1000_u16.to_be_bytes());
+        let frame = encode_masked_frame(OP_CLOSE, &1000_u16.to_be_bytes(), MASK);
         let _ = timeout(write_timeout, self.tcp.write_all(&frame)).await;
     }
 }
 
-/// (header length, payload length, first byte) of the frame at the start of `bytes`, if it is
-/// complete.
-fn parse_header(bytes: &[u8]) -> anyhow::Result<Option<(usize, usize, u8)>> {
-    let [first, second, ..] = *bytes else {
+/// The header and payload length of the frame at the start of `bytes`, if it is complete.
+fn parse_header(bytes: &[u8]) -> anyhow::Result<Option<(FrameHeader, usize)>> {
+    let Some(header) = FrameHeader::parse(bytes).map_err(|e| anyhow!(e.reason()))? else {
         return Ok(None);
     };
-    if second & 0x80 != 0 {
+    if header.mask.is_some() {
         bail!("the server sent a masked frame");
     }
-    let (header, len) = match second & 0x7f {
-        126 => {
-            let Some(ext) = bytes.get(2..4) else {
-                return Ok(None);
-            };
-            (4, u64::from(u16::from_be_bytes([ext[0], ext[1]])))
-        }
-        127 => {
-            let Some(ext) = bytes.get(2..10) else {
-                return Ok(None);
-            };
-            let mut be = [0_u8; 8];
-            be.copy_from_slice(ext);
-            (10, u64::from_be_bytes(be))
-        }
-        n => (2, u64::from(n)),
-    };
-    let len = usize::try_from(len).map_err(|_| anyhow!("frame too large"))?;
+    let len = usize::try_from(header.payload_len).map_err(|_| anyhow!("frame too large"))?;
     if len > 64 * 1024 * 1024 {
         bail!("frame of {len} bytes is larger than 64 MiB");
     }
-    Ok((bytes.len() >= header + len).then_some((header, len, first)))
-}
-
-/// A masked client frame with a payload of at most 125 bytes.
-fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let payload = &payload[..payload.len().min(125)];
-    let mut frame = Vec::with_capacity(6 + payload.len());
-    frame.push(0x80 | opcode);
-    frame.push(0x80 | payload.len() as u8);
-    frame.extend_from_slice(&MASK);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
-    frame
+    Ok((bytes.len() >= header.len + len).then_some((header, len)))
 }
 
 /// The unsigned integer after `"key":` in a flat JSON object, without a JSON parser.
@@ -215,31 +188,26 @@ mod tests {
 
     #[test]
     fn headers_of_each_length_form() {
-        assert_eq!(parse_header(&[0x81]).ok(), Some(None));
+        let lens = |b: &[u8]| {
+            parse_header(b)
+                .ok()
+                .map(|h| h.map(|(h, len)| (h.len, len, h.opcode)))
+        };
+        assert_eq!(lens(&[0x81]), Some(None));
         assert_eq!(
-            parse_header(&[0x81, 3, b'a', b'b', b'c']).ok(),
-            Some(Some((2, 3, 0x81)))
+            lens(&[0x81, 3, b'a', b'b', b'c']),
+            Some(Some((2, 3, OP_TEXT)))
         );
-        assert_eq!(parse_header(&[0x81, 3, b'a']).ok(), Some(None));
+        assert_eq!(lens(&[0x81, 3, b'a']), Some(None));
         let mut long = vec![0x82, 126, 0x01, 0x00];
         long.resize(4 + 256, 0);
-        assert_eq!(parse_header(&long).ok(), Some(Some((4, 256, 0x82))));
+        assert_eq!(
+            lens(&long),
+            Some(Some((4, 256, svc_infra::websocket::protocol::OP_BINARY)))
+        );
         assert!(parse_header(&[0x81, 0x83, 0, 0, 0, 0]).is_err());
         let huge = [0x82, 127, 0xff, 0, 0, 0, 0, 0, 0, 0];
         assert!(parse_header(&huge).is_err());
-    }
-
-    #[test]
-    fn masked_frames_unmask_to_the_payload() {
-        let frame = masked_frame(0xA, b"hello");
-        assert_eq!(frame[0], 0x8A);
-        assert_eq!(frame[1], 0x80 | 5);
-        let unmasked: Vec<u8> = frame[6..]
-            .iter()
-            .enumerate()
-            .map(|(i, b)| b ^ frame[2 + i % 4])
-            .collect();
-        assert_eq!(unmasked, b"hello");
     }
 
     #[test]

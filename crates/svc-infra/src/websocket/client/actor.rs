@@ -577,7 +577,7 @@ impl Actor {
     fn send_close(&mut self, code: u16, reason: &str) {
         let frame = CloseFrame {
             code: CloseCode::from(code),
-            reason: reason.into(),
+            reason: crate::websocket::protocol::close_reason(reason).into(),
         };
         match Pin::new(&mut self.ws).start_send(Message::Close(Some(frame))) {
             Ok(()) => self.flushing = true,

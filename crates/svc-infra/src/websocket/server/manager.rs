@@ -18,12 +18,12 @@ use tokio_util::task::TaskTracker;
 
 use super::{
     backplane::{Backplane, BackplaneStatus, Envelope, Inbox, Presence, PresenceChange, Topic},
-    protocol::{self, OP_BINARY, OP_TEXT},
     socket::{
         Deferred, FlushQueue, Outbound, Push, SlowConsumerPolicy, WebSocket, now_ms, now_us,
         ping_frame,
     },
 };
+use crate::websocket::protocol::{self, OP_BINARY, OP_TEXT};
 use crate::websocket::{
     BoxError, ConnectionInfo, WebSocketConfig, WebSocketError, WebSocketMessage,
 };

@@ -4,7 +4,6 @@
 pub mod backplane;
 mod integration;
 mod manager;
-mod protocol;
 mod socket;
 mod upgrade;
 

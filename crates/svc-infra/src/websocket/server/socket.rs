@@ -23,7 +23,10 @@ use std::{
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::protocol::{self, Event, FrameParser, OP_PING, OP_PONG, Violation};
+use crate::websocket::protocol::{
+    self, OP_PING, OP_PONG,
+    parser::{Event, FrameParser, Violation},
+};
 use crate::websocket::{WebSocketConfig, WebSocketError, WebSocketMessage};
 
 pub(crate) type BoxRead = Box<dyn AsyncRead + Send + Unpin>;

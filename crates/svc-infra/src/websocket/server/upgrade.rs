@@ -134,7 +134,7 @@ impl WsUpgrade {
         let headers = response.headers_mut();
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let accept = crate::websocket::protocol::accept_key(key.as_bytes());
         if let Ok(v) = HeaderValue::from_str(&accept) {
             headers.insert(header::SEC_WEBSOCKET_ACCEPT, v);
         }

@@ -1,58 +1,12 @@
-//! RFC 6455 framing for the server side: frames we send are built once as `Bytes`
-//! (unmasked, so identical for every recipient); frames we receive are parsed
-//! incrementally from whatever the socket hands us, without a per-connection read buffer.
+//! The server's read path: an incremental parser of client-to-server frames, fed
+//! whatever the socket hands it, without a per-connection read buffer.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
-pub(crate) const OP_CONTINUATION: u8 = 0x0;
-pub(crate) const OP_TEXT: u8 = 0x1;
-pub(crate) const OP_BINARY: u8 = 0x2;
-pub(crate) const OP_CLOSE: u8 = 0x8;
-pub(crate) const OP_PING: u8 = 0x9;
-pub(crate) const OP_PONG: u8 = 0xA;
-
-/// Builds one complete, unmasked frame (FIN set): header and payload in one allocation.
-pub(crate) fn encode_frame(opcode: u8, payload: &[u8]) -> Bytes {
-    let len = payload.len();
-    let header_len = match len {
-        0..=125 => 2,
-        126..=65535 => 4,
-        _ => 10,
-    };
-    let mut buf = BytesMut::with_capacity(header_len + len);
-    buf.put_u8(0x80 | opcode);
-    match len {
-        0..=125 => buf.put_u8(len as u8),
-        126..=65535 => {
-            buf.put_u8(126);
-            buf.put_u16(len as u16);
-        }
-        _ => {
-            buf.put_u8(127);
-            buf.put_u64(len as u64);
-        }
-    }
-    buf.put_slice(payload);
-    buf.freeze()
-}
-
-/// A close frame with `code` and `reason` (the reason is cut to fit 123 bytes on a
-/// character boundary).
-pub(crate) fn encode_close(code: u16, reason: &str) -> Bytes {
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut payload = Vec::with_capacity(2 + end);
-    payload.extend_from_slice(&code.to_be_bytes());
-    payload.extend_from_slice(&reason.as_bytes()[..end]);
-    encode_frame(OP_CLOSE, &payload)
-}
-
-/// Close codes a peer may send (RFC 6455 §7.4, IANA registry, and 3000–4999).
-pub(crate) fn is_valid_close_code(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
-}
+use super::{
+    FrameHeader, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, apply_mask,
+    is_control, parse_close,
+};
 
 /// What the parser produced.
 #[derive(Debug, PartialEq, Eq)]
@@ -132,7 +86,7 @@ impl FrameParser {
             match &mut self.state {
                 State::Header => {
                     // Gather the two fixed bytes, then the extended length and mask.
-                    let need = header_size(&self.header[..self.header_len]);
+                    let need = FrameHeader::needed(&self.header[..self.header_len]);
                     if self.header_len < need {
                         let take = (need - self.header_len).min(input.len() - pos);
                         if take == 0 {
@@ -169,9 +123,7 @@ impl FrameParser {
                     };
                     let start = dest.len();
                     dest.extend_from_slice(chunk);
-                    for (i, b) in dest[start..].iter_mut().enumerate() {
-                        *b ^= mask[(*mask_pos + i) & 3];
-                    }
+                    apply_mask(&mut dest[start..], *mask, *mask_pos);
                     *mask_pos = (*mask_pos + take) & 3;
                     *remaining -= take as u64;
                     pos += take;
@@ -195,33 +147,23 @@ impl FrameParser {
     /// Validates a complete header and sets up the payload state. Returns an event for
     /// empty-payload frames that complete immediately.
     fn start_frame(&mut self, header: &[u8; 14]) -> Result<Option<Event>, Violation> {
-        let b0 = header[0];
-        let b1 = header[1];
-        let fin = b0 & 0x80 != 0;
-        if b0 & 0x70 != 0 {
+        let parsed = match FrameHeader::parse(header) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Err(violation(1011, "internal parser state")),
+            Err(e) => return Err(violation(1002, e.reason())),
+        };
+        let FrameHeader {
+            fin,
+            opcode,
+            payload_len: len,
+            ..
+        } = parsed;
+        if parsed.rsv != 0 {
             return Err(violation(1002, "reserved bits set without an extension"));
         }
-        let opcode = b0 & 0x0F;
-        if b1 & 0x80 == 0 {
+        let Some(mask) = parsed.mask else {
             return Err(violation(1002, "client frames must be masked"));
-        }
-        let (len, mask_at) = match b1 & 0x7F {
-            126 => (u64::from(u16::from_be_bytes([header[2], header[3]])), 4),
-            127 => {
-                let len = u64::from_be_bytes(header[2..10].try_into().unwrap_or_default());
-                if len >> 63 != 0 {
-                    return Err(violation(1002, "payload length has the high bit set"));
-                }
-                (len, 10)
-            }
-            n => (u64::from(n), 2),
         };
-        let mask = [
-            header[mask_at],
-            header[mask_at + 1],
-            header[mask_at + 2],
-            header[mask_at + 3],
-        ];
         match opcode {
             OP_CLOSE | OP_PING | OP_PONG => {
                 if !fin {
@@ -237,7 +179,9 @@ impl FrameParser {
                     return Err(violation(1002, "new message before the last one finished"));
                 }
                 self.check_size(0, len)?;
-                self.message = Some((opcode, BytesMut::with_capacity(len as usize)));
+                // Memory follows the bytes that arrive, never the length a header
+                // announces: the buffer grows as the payload is read.
+                self.message = Some((opcode, BytesMut::new()));
                 self.utf8_checked = 0;
             }
             OP_CONTINUATION => {
@@ -246,9 +190,6 @@ impl FrameParser {
                 };
                 let so_far = buf.len();
                 self.check_size(so_far, len)?;
-                if let Some((_, buf)) = &mut self.message {
-                    buf.reserve(len as usize);
-                }
             }
             _ => return Err(violation(1002, "reserved opcode")),
         }
@@ -303,19 +244,10 @@ impl FrameParser {
             OP_PONG => Ok(Some(Event::Pong(self.control.split().freeze()))),
             OP_CLOSE => {
                 let payload = self.control.split();
-                match payload.len() {
-                    0 => Ok(Some(Event::Close(None))),
-                    1 => Err(violation(1002, "close payload of one byte")),
-                    _ => {
-                        let code = u16::from_be_bytes([payload[0], payload[1]]);
-                        if !is_valid_close_code(code) {
-                            return Err(violation(1002, "invalid close code"));
-                        }
-                        let reason = std::str::from_utf8(&payload[2..])
-                            .map_err(|_| violation(1007, "close reason is not UTF-8"))?;
-                        Ok(Some(Event::Close(Some((code, reason.to_owned())))))
-                    }
-                }
+                let close = parse_close(&payload).map_err(|e| violation(e.code(), e.reason()))?;
+                Ok(Some(Event::Close(
+                    close.map(|(code, reason)| (code, reason.to_owned())),
+                )))
             }
             _ if fin => {
                 let Some((kind, buf)) = self.message.take() else {
@@ -339,45 +271,22 @@ impl FrameParser {
     }
 }
 
-fn is_control(opcode: u8) -> bool {
-    opcode & 0x08 != 0
-}
-
-/// Header length implied by the bytes seen so far (2 until the length byte is known).
-fn header_size(seen: &[u8]) -> usize {
-    if seen.len() < 2 {
-        return 2;
-    }
-    let mask = if seen[1] & 0x80 != 0 { 4 } else { 0 };
-    match seen[1] & 0x7F {
-        126 => 4 + mask,
-        127 => 10 + mask,
-        _ => 2 + mask,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A masked client frame.
+    /// A masked client frame (FIN as given).
     fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [0x37, 0xfa, 0x21, 0x3d];
-        let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
-        match payload.len() {
-            n @ 0..=125 => out.push(0x80 | n as u8),
-            n @ 126..=65535 => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
+        let mut frame = crate::websocket::protocol::encode_masked_frame(
+            opcode,
+            payload,
+            [0x37, 0xfa, 0x21, 0x3d],
+        )
+        .to_vec();
+        if !fin {
+            frame[0] &= 0x7F;
         }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        out
+        frame
     }
 
     fn parse_all(p: &mut FrameParser, mut input: &[u8]) -> Result<Vec<Event>, Violation> {
@@ -391,21 +300,6 @@ mod tests {
             }
         }
         Ok(events)
-    }
-
-    #[test]
-    fn encodes_all_length_forms() {
-        assert_eq!(&encode_frame(OP_TEXT, b"hi")[..], b"\x81\x02hi");
-        let f = encode_frame(OP_BINARY, &[7; 300]);
-        assert_eq!(&f[..4], &[0x82, 126, 1, 44]);
-        assert_eq!(f.len(), 304);
-        let f = encode_frame(OP_BINARY, &vec![0; 70_000]);
-        assert_eq!(f[1], 127);
-        assert_eq!(f.len(), 70_010);
-        let c = encode_close(4001, "bye");
-        assert_eq!(&c[..], b"\x88\x05\x0f\xa1bye");
-        let long = "é".repeat(100);
-        assert!(encode_close(1000, &long).len() <= 127);
     }
 
     #[test]

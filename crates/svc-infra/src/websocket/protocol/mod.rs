@@ -1,0 +1,32 @@
+//! The WebSocket protocol (RFC 6455) as plain functions on bytes, shared by every role:
+//! the server's sockets, the `svc-ws bench` load generator and the tests' raw peers.
+//!
+//! Each rule lives here once: how a frame is encoded (unmasked by a server, masked by a
+//! client), how a header is read, which close codes may be sent and received, how long a
+//! close reason may be, and the handshake's accept key. Most applications never need this
+//! module: [`ConnectionManager`](crate::websocket::ConnectionManager) and
+//! [`WebSocketClient`](crate::websocket::WebSocketClient) use it for them.
+//!
+//! | file | what it owns |
+//! |---|---|
+//! | `frame.rs` | opcodes, [`encode_frame`], [`encode_masked_frame`], [`FrameHeader`], [`apply_mask`] |
+//! | `close.rs` | [`is_valid_close_code`], [`close_reason`], [`encode_close`], [`parse_close`] |
+//! | `handshake.rs` | [`accept_key`] |
+//! | `parser.rs` | the incremental frame parser of the server's read path (crate-private) |
+
+mod close;
+mod frame;
+#[cfg(any(feature = "client", feature = "server"))]
+mod handshake;
+#[cfg(feature = "server")]
+pub(crate) mod parser;
+
+pub use close::{
+    CloseError, MAX_CLOSE_REASON, close_reason, encode_close, is_valid_close_code, parse_close,
+};
+pub use frame::{
+    FrameHeader, HeaderError, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
+    apply_mask, encode_frame, encode_masked_frame, is_control,
+};
+#[cfg(any(feature = "client", feature = "server"))]
+pub use handshake::accept_key;
