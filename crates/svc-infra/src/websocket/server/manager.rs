@@ -18,10 +18,10 @@ use tokio_util::task::TaskTracker;
 
 use super::{
     backplane::{Backplane, BackplaneStatus, Envelope, Inbox, Presence, PresenceChange, Topic},
-    socket::{
-        Deferred, FlushQueue, Outbound, Push, SlowConsumerPolicy, WebSocket, now_ms, now_us,
-        ping_frame,
-    },
+    clock::{now_ms, now_us},
+    flush::{Deferred, FlushQueue},
+    outbound::{Outbound, Push, SlowConsumerPolicy, ping_frame},
+    socket::WebSocket,
 };
 use crate::websocket::protocol::{self, OP_BINARY, OP_TEXT};
 use crate::websocket::{

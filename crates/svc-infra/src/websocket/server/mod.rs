@@ -2,8 +2,11 @@
 //! [`ConnectionManager`], and the axum integration.
 
 pub mod backplane;
+mod clock;
+mod flush;
 mod integration;
 mod manager;
+mod outbound;
 mod socket;
 mod upgrade;
 
@@ -15,5 +18,6 @@ pub use manager::{
     Connection, ConnectionHooks, ConnectionManager, IntoMessage, Json, ManagerStats, Metadata,
     PreparedMessage, easy_websocket_manager,
 };
-pub use socket::{SlowConsumerPolicy, WebSocket};
+pub use outbound::SlowConsumerPolicy;
+pub use socket::WebSocket;
 pub use upgrade::{WsUpgrade, WsUpgradeRejection};

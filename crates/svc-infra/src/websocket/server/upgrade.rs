@@ -13,7 +13,8 @@ use tokio::net::TcpStream;
 
 use super::{
     manager::ConnectionManager,
-    socket::{BoxRead, BoxWrite, SlowConsumerPolicy, WebSocket},
+    outbound::{BoxWrite, SlowConsumerPolicy},
+    socket::{BoxRead, WebSocket},
 };
 use crate::websocket::WebSocketConfig;
 

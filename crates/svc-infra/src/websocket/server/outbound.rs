@@ -1,0 +1,611 @@
+//! The sending side of a connection ([`Outbound`]): frames are written straight to the
+//! socket when nothing is queued, so a broadcast needs no writer task and no wake-up per
+//! recipient; what the socket does not take at once waits in a bounded queue, which a
+//! flusher task (see [`super::flush`]) writes out. A full queue applies the
+//! [`SlowConsumerPolicy`].
+
+use std::{
+    borrow::Cow,
+    collections::VecDeque,
+    io::{self, IoSlice},
+    pin::Pin,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll, Waker, ready},
+    time::Duration,
+};
+
+use bytes::{Buf, Bytes};
+use tokio::io::AsyncWrite;
+
+use super::{
+    clock::{now_ms, now_us},
+    flush::Deferred,
+};
+use crate::websocket::{WebSocketConfig, protocol};
+
+pub(crate) type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// At most this many queued frames go into one vectored write.
+const MAX_IOVECS: usize = 64;
+
+/// What to do with a message for a connection whose outgoing queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SlowConsumerPolicy {
+    /// Close the connection with 1013 (Try Again Later). The default: a client that cannot
+    /// keep up learns so, and reconnects when it can.
+    #[default]
+    Disconnect,
+    /// Drop the message that does not fit; the client misses it.
+    DropNewest,
+    /// Drop the oldest queued message to make room; the client misses that one.
+    DropOldest,
+}
+
+/// The result of handing a frame to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Push {
+    /// Written to the socket (or queued behind earlier frames).
+    Accepted,
+    /// The queue was full and the policy dropped a message (this one or an older one).
+    Dropped,
+    /// The queue was full and the connection is being closed with 1013.
+    Overflow,
+    /// The connection is closing or gone.
+    Closed,
+}
+
+/// The sending side of a connection, shared by its reader, its flusher, the manager and
+/// anyone who sends to it; also where keepalive keeps its timestamps.
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    state: Mutex<OutState>,
+    pub(super) max_queue: usize,
+    pub(super) policy: SlowConsumerPolicy,
+    pub(crate) max_message_size: usize,
+    pub(super) close_timeout: Duration,
+    /// The subprotocol selected in the handshake.
+    pub(super) protocol: Option<Box<str>>,
+    /// Milliseconds since [`clock_origin`] of the last frame received from the peer.
+    pub(crate) last_seen: AtomicU64,
+    /// When our outstanding keepalive ping went out (µs since origin), 0 if none is.
+    pub(crate) ping_sent: AtomicU64,
+    /// Round trip of the last answered ping, microseconds.
+    pub(crate) latency_us: AtomicU64,
+}
+
+pub(super) struct OutState {
+    writer: Option<BoxWrite>,
+    queue: VecDeque<Bytes>,
+    /// The reading task, woken for a kill, or when the flusher is done (closing waits).
+    waker: Option<Waker>,
+    /// A flusher task is writing the queue (the socket was full); others only append.
+    flushing: bool,
+    /// The reader waits for the queue to drain (closing): the flusher wakes it when done.
+    drain_waiter: bool,
+    /// The writer supports vectored writes (asked once: behind `tokio::io::split` asking
+    /// takes a lock).
+    vectored: bool,
+    /// The flusher's waker, to end it when the connection is released.
+    pub(super) flusher: Option<Waker>,
+    /// A close frame went into the queue; nothing else may follow it.
+    close_queued: bool,
+    /// Set by others (manager disconnect, keepalive, overflow, shutdown): close with this.
+    kill: Option<(u16, Cow<'static, str>)>,
+    /// The write side failed; the connection is dead.
+    pub(super) broken: bool,
+}
+
+impl std::fmt::Debug for OutState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutState")
+            .field("queued", &self.queue.len())
+            .field("close_queued", &self.close_queued)
+            .field("kill", &self.kill)
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Outbound {
+    pub(crate) fn new(
+        writer: BoxWrite,
+        config: &WebSocketConfig,
+        policy: SlowConsumerPolicy,
+        protocol: Option<String>,
+    ) -> Self {
+        let vectored = writer.is_write_vectored();
+        Self {
+            state: Mutex::new(OutState {
+                writer: Some(writer),
+                queue: VecDeque::new(),
+                waker: None,
+                flushing: false,
+                drain_waiter: false,
+                vectored,
+                flusher: None,
+                close_queued: false,
+                kill: None,
+                broken: false,
+            }),
+            max_queue: config.max_queue_size,
+            policy,
+            max_message_size: config.max_message_size,
+            close_timeout: config.close_timeout,
+            protocol: protocol.map(String::into_boxed_str),
+            last_seen: AtomicU64::new(now_ms()),
+            ping_sent: AtomicU64::new(0),
+            latency_us: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, OutState> {
+        // A panic while holding this lock cannot leave the state half-updated in a way that
+        // matters more than losing the connection, so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands a complete frame to the connection without ever waiting: written now if
+    /// nothing is queued and the socket takes it, else queued behind the frames the
+    /// flusher is writing. A full queue (the socket took nothing for `max_queue` frames)
+    /// applies the slow-consumer policy.
+    pub(crate) fn push(self: &Arc<Self>, frame: Bytes) -> Push {
+        self.push_deferred(frame, &mut Deferred::default())
+    }
+
+    /// [`push`](Self::push) for one of many recipients: a frame the socket does not take
+    /// at once joins `deferred`, which the caller spawns once for all of them.
+    pub(crate) fn push_deferred(self: &Arc<Self>, frame: Bytes, deferred: &mut Deferred) -> Push {
+        let mut st = self.lock();
+        if st.close_queued || st.broken || st.kill.is_some() {
+            return Push::Closed;
+        }
+        if !st.flushing {
+            return match st.write_now(frame, self, deferred) {
+                Ok(()) => Push::Accepted,
+                Err(()) => Push::Closed,
+            };
+        }
+        if st.queue.len() >= self.max_queue {
+            match self.policy {
+                SlowConsumerPolicy::DropNewest => return Push::Dropped,
+                SlowConsumerPolicy::DropOldest => {
+                    // The front frame may be partly written: it must go out whole.
+                    if st.queue.len() > 1 {
+                        st.queue.remove(1);
+                    }
+                    st.queue.push_back(frame);
+                    return Push::Dropped;
+                }
+                SlowConsumerPolicy::Disconnect => {
+                    st.kill = Some((1013, Cow::Borrowed("slow consumer")));
+                    st.wake();
+                    return Push::Overflow;
+                }
+            }
+        }
+        st.queue.push_back(frame);
+        Push::Accepted
+    }
+
+    /// Queues a control frame (pong, ping). When the queue is already full the frame is
+    /// skipped: RFC 6455 §5.5.3 lets us answer only the latest ping, and a peer that floods
+    /// pings without reading must not grow our memory. Returns false if closing.
+    pub(crate) fn push_control(self: &Arc<Self>, frame: Bytes, deferred: &mut Deferred) -> bool {
+        let mut st = self.lock();
+        if st.close_queued || st.broken {
+            return false;
+        }
+        if !st.flushing {
+            return st.write_now(frame, self, deferred).is_ok();
+        }
+        if st.queue.len() < self.max_queue {
+            st.queue.push_back(frame);
+        }
+        true
+    }
+
+    /// Asks the reading task to close the connection with `code`; the first request wins.
+    pub(crate) fn kill(&self, code: u16, reason: impl Into<Cow<'static, str>>) {
+        let mut st = self.lock();
+        if st.kill.is_none() && !st.close_queued {
+            st.kill = Some((code, reason.into()));
+        }
+        st.wake();
+    }
+
+    /// Queues the close frame, once; later calls do nothing.
+    pub(super) fn queue_close(self: &Arc<Self>, code: u16, reason: &str) {
+        self.queue_close_frame(protocol::encode_close(code, reason));
+    }
+
+    /// Queues a close frame without a status code (the reply to an empty close).
+    pub(super) fn queue_close_empty(self: &Arc<Self>) {
+        self.queue_close_frame(protocol::encode_frame(protocol::OP_CLOSE, &[]));
+    }
+
+    pub(super) fn queue_close_frame(self: &Arc<Self>, frame: Bytes) {
+        let mut deferred = Deferred::default();
+        let mut st = self.lock();
+        if st.close_queued || st.broken {
+            return;
+        }
+        st.close_queued = true;
+        if st.flushing {
+            st.queue.push_back(frame);
+        } else {
+            let _ = st.write_now(frame, self, &mut deferred);
+        }
+        drop(st); // before `deferred` starts the flusher
+    }
+
+    pub(super) fn take_kill(&self) -> Option<(u16, Cow<'static, str>)> {
+        self.lock().kill.take()
+    }
+
+    /// Registers the reading task, so kills and the flusher's completion wake it.
+    /// Returns whether the write side has failed.
+    pub(super) fn register_reader(&self, waker: &Waker) -> bool {
+        let mut st = self.lock();
+        match &st.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => st.waker = Some(waker.clone()),
+        }
+        st.broken
+    }
+
+    /// Ready once everything queued is written (or the write side failed: `Err`).
+    pub(super) fn poll_drained(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut st = self.lock();
+        if st.broken {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if st.flushing {
+            st.waker = Some(cx.waker().clone());
+            st.drain_waiter = true;
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends FIN after everything queued was written.
+    pub(super) fn poll_shutdown(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drained(cx))?;
+        let mut st = self.lock();
+        match st.writer.as_mut() {
+            Some(w) => Pin::new(w).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    /// Drops the write half: the socket closes once the read half is gone too.
+    pub(crate) fn release(&self) {
+        let mut st = self.lock();
+        st.writer = None;
+        st.queue = VecDeque::new();
+        st.broken = true;
+        if let Some(w) = st.flusher.take() {
+            w.wake();
+        }
+    }
+
+    /// Whether the connection has started closing or failed.
+    pub(crate) fn is_closing(&self) -> bool {
+        let st = self.lock();
+        st.close_queued || st.broken || st.kill.is_some()
+    }
+}
+
+impl Outbound {
+    /// Sends a keepalive ping (a shared, pre-built frame) unless one is outstanding.
+    pub(crate) fn send_ping(self: &Arc<Self>, frame: &Bytes, deferred: &mut Deferred) -> bool {
+        let now = now_us();
+        if self
+            .ping_sent
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return true; // still waiting for the last one
+        }
+        self.push_control(frame.clone(), deferred)
+    }
+
+    /// A pong arrived: the round trip of the outstanding ping, if any, is the latency.
+    pub(super) fn pong_received(&self) {
+        let sent = self.ping_sent.swap(0, Ordering::Relaxed);
+        if sent != 0 {
+            let rtt = now_us().saturating_sub(sent).max(1);
+            self.latency_us.store(rtt, Ordering::Relaxed);
+        }
+    }
+}
+
+impl OutState {
+    pub(super) fn wake(&mut self) {
+        if let Some(w) = &self.waker {
+            w.wake_by_ref();
+        }
+    }
+
+    /// The queue is written out (or the write side failed): senders write directly again.
+    /// Only a reader waiting for the drain (closing) or one that must learn of the failure
+    /// is woken; a wake-up per flush would cost a task poll per recipient of a broadcast.
+    pub(super) fn finish_flush(&mut self, failed: bool) {
+        self.flushing = false;
+        self.flusher = None;
+        if std::mem::take(&mut self.drain_waiter) || failed {
+            self.wake();
+        }
+    }
+
+    /// Writes `frame` now; whatever the socket does not take is queued and the connection
+    /// joins `deferred`, whose flusher task takes over until the queue is empty.
+    pub(super) fn write_now(
+        &mut self,
+        mut frame: Bytes,
+        out: &Arc<Outbound>,
+        deferred: &mut Deferred,
+    ) -> Result<(), ()> {
+        let Some(writer) = self.writer.as_mut() else {
+            self.broken = true;
+            return Err(());
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        while !frame.is_empty() {
+            match Pin::new(&mut *writer).poll_write(&mut cx, &frame) {
+                Poll::Ready(Ok(0) | Err(_)) => {
+                    self.broken = true;
+                    self.wake();
+                    return Err(());
+                }
+                Poll::Ready(Ok(n)) => frame.advance(n),
+                Poll::Pending => {
+                    self.queue.push_back(frame);
+                    self.flushing = true;
+                    deferred.push(out.clone());
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.broken {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let Some(writer) = self.writer.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        while !self.queue.is_empty() {
+            let result = if self.queue.len() == 1 || !self.vectored {
+                Pin::new(&mut *writer).poll_write(cx, &self.queue[0])
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let n = self.queue.len().min(MAX_IOVECS);
+                for (slot, frame) in slices.iter_mut().zip(self.queue.iter()) {
+                    *slot = IoSlice::new(frame);
+                }
+                Pin::new(&mut *writer).poll_write_vectored(cx, &slices[..n])
+            };
+            match result {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    self.broken = true;
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Err(e)) => {
+                    self.broken = true;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Ready(Ok(mut n)) => {
+                    while n > 0 {
+                        let front = &mut self.queue[0];
+                        if n >= front.len() {
+                            n -= front.len();
+                            self.queue.pop_front();
+                        } else {
+                            front.advance(n);
+                            n = 0;
+                        }
+                    }
+                }
+            }
+        }
+        if self.queue.capacity() > 16 {
+            self.queue = VecDeque::new(); // give a burst's memory back
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The keepalive ping frame every connection gets (empty payload), built once.
+pub(crate) fn ping_frame() -> Bytes {
+    protocol::encode_frame(protocol::OP_PING, &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::websocket::server::flush::FlushQueue;
+
+    /// An in-memory socket that takes `room` more bytes, then reports "not ready" until
+    /// the test gives it more room.
+    #[derive(Clone, Default)]
+    struct Pipe {
+        written: Arc<Mutex<Vec<u8>>>,
+        room: Arc<AtomicUsize>,
+        waker: Arc<Mutex<Option<Waker>>>,
+    }
+
+    impl Pipe {
+        fn with_room(room: usize) -> Self {
+            let pipe = Self::default();
+            pipe.room.store(room, Ordering::SeqCst);
+            pipe
+        }
+        fn open(&self) {
+            self.room.store(usize::MAX, Ordering::SeqCst);
+            if let Some(w) = self.waker.lock().unwrap().take() {
+                w.wake();
+            }
+        }
+        fn written(&self) -> Vec<u8> {
+            self.written.lock().unwrap().clone()
+        }
+    }
+
+    impl AsyncWrite for Pipe {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let room = self.room.load(Ordering::SeqCst);
+            if room == 0 {
+                *self.waker.lock().unwrap() = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let n = buf.len().min(room);
+            self.room.fetch_sub(n.min(room), Ordering::SeqCst);
+            self.written.lock().unwrap().extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn outbound(pipe: &Pipe, policy: SlowConsumerPolicy) -> Arc<Outbound> {
+        let config = WebSocketConfig {
+            max_queue_size: 2,
+            ..WebSocketConfig::default()
+        };
+        Arc::new(Outbound::new(Box::new(pipe.clone()), &config, policy, None))
+    }
+
+    fn frame(text: &str) -> Bytes {
+        protocol::encode_frame(protocol::OP_TEXT, text.as_bytes())
+    }
+
+    /// Runs the flush queue on `deferred` and waits until `pipe` holds `want`.
+    async fn flush_until(deferred: Deferred, pipe: &Pipe, want: &[u8]) {
+        Arc::new(FlushQueue::default()).extend(deferred);
+        pipe.open();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while pipe.written() != want {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the flusher wrote the queue");
+    }
+
+    #[test]
+    fn writes_straight_to_a_socket_that_takes_the_frame() {
+        let pipe = Pipe::with_room(usize::MAX);
+        let out = outbound(&pipe, SlowConsumerPolicy::Disconnect);
+        let mut deferred = Deferred::default();
+        for text in ["a", "b", "c", "d"] {
+            assert_eq!(
+                out.push_deferred(frame(text), &mut deferred),
+                Push::Accepted
+            );
+        }
+        assert_eq!(
+            pipe.written(),
+            [frame("a"), frame("b"), frame("c"), frame("d")].concat()
+        );
+        assert!(!out.lock().flushing && out.lock().queue.is_empty());
+    }
+
+    #[tokio::test]
+    async fn drop_oldest_keeps_a_partly_written_front_frame() {
+        let pipe = Pipe::with_room(3);
+        let out = outbound(&pipe, SlowConsumerPolicy::DropOldest);
+        let mut deferred = Deferred::default();
+        let first = frame("first frame, written in part");
+        assert_eq!(
+            out.push_deferred(first.clone(), &mut deferred),
+            Push::Accepted
+        );
+        assert_eq!(pipe.written().len(), 3, "the socket took 3 bytes");
+        assert_eq!(out.push_deferred(frame("b"), &mut deferred), Push::Accepted);
+        // The queue is full (2): the oldest whole frame ("b") goes, never the front one.
+        assert_eq!(out.push_deferred(frame("c"), &mut deferred), Push::Dropped);
+        assert_eq!(out.push_deferred(frame("d"), &mut deferred), Push::Dropped);
+        flush_until(deferred, &pipe, &[first, frame("d")].concat()).await;
+        assert!(!out.lock().flushing);
+    }
+
+    #[tokio::test]
+    async fn drop_newest_keeps_the_queue() {
+        let pipe = Pipe::with_room(0);
+        let out = outbound(&pipe, SlowConsumerPolicy::DropNewest);
+        let mut deferred = Deferred::default();
+        assert_eq!(out.push_deferred(frame("a"), &mut deferred), Push::Accepted);
+        assert_eq!(out.push_deferred(frame("b"), &mut deferred), Push::Accepted);
+        assert_eq!(out.push_deferred(frame("c"), &mut deferred), Push::Dropped);
+        flush_until(deferred, &pipe, &[frame("a"), frame("b")].concat()).await;
+    }
+
+    #[test]
+    fn disconnect_closes_with_1013_on_overflow() {
+        let pipe = Pipe::with_room(0);
+        let out = outbound(&pipe, SlowConsumerPolicy::Disconnect);
+        let mut deferred = Deferred::default();
+        assert_eq!(out.push_deferred(frame("a"), &mut deferred), Push::Accepted);
+        assert_eq!(out.push_deferred(frame("b"), &mut deferred), Push::Accepted);
+        assert_eq!(out.push_deferred(frame("c"), &mut deferred), Push::Overflow);
+        assert_eq!(out.lock().kill.as_ref().map(|k| k.0), Some(1013));
+        assert_eq!(out.push_deferred(frame("d"), &mut deferred), Push::Closed);
+        assert!(out.is_closing());
+        // A control frame is skipped, not queued, once the queue is full.
+        assert!(out.push_control(frame("pong"), &mut deferred));
+        assert_eq!(out.lock().queue.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_flush_queue_drains_every_connection_in_order() {
+        let pipes: Vec<Pipe> = (0..5).map(|_| Pipe::with_room(1)).collect();
+        let outs: Vec<_> = pipes
+            .iter()
+            .map(|p| outbound(p, SlowConsumerPolicy::Disconnect))
+            .collect();
+        let queue = Arc::new(FlushQueue::default());
+        let mut deferred = Deferred::default();
+        for out in &outs {
+            assert_eq!(
+                out.push_deferred(frame("one"), &mut deferred),
+                Push::Accepted
+            );
+            assert_eq!(
+                out.push_deferred(frame("two"), &mut deferred),
+                Push::Accepted
+            );
+        }
+        queue.extend(deferred);
+        for pipe in &pipes {
+            pipe.open();
+        }
+        let want = [frame("one"), frame("two")].concat();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while pipes.iter().any(|p| p.written() != want) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("every queue written, in order");
+        for out in &outs {
+            assert!(!out.lock().flushing, "senders write directly again");
+        }
+    }
+}
