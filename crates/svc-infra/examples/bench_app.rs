@@ -101,16 +101,17 @@ async fn main() -> std::io::Result<()> {
     let config = WebSocketConfig::from_env()
         .map_err(std::io::Error::other)?
         .with_max_queue_size(64);
-    let manager = ConnectionManager::new(config);
+    let builder = ConnectionManager::builder(config);
     // REDIS_URL makes this a node of a cluster (docs/scaling.md); unset, a single node.
     #[cfg(feature = "redis")]
-    let manager = match std::env::var("REDIS_URL") {
-        Ok(url) => manager.with_backplane(
+    let builder = match std::env::var("REDIS_URL") {
+        Ok(url) => builder.backplane(
             svc_infra::websocket::backplane::RedisBackplane::new(&url)
                 .map_err(std::io::Error::other)?,
         ),
-        Err(_) => manager,
+        Err(_) => builder,
     };
+    let manager = builder.build();
     let app = app(manager.clone());
     let addr = SocketAddr::from(([127, 0, 0, 1], port()));
     let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -32,9 +32,10 @@ const HEARTBEAT: Duration = Duration::from_millis(100);
 
 /// A manager on `backplane`, served on 127.0.0.1:0.
 async fn node(backplane: impl Backplane) -> (ConnectionManager, SocketAddr) {
-    let manager = ConnectionManager::new(WebSocketConfig::default())
-        .with_backplane(backplane)
-        .with_presence_heartbeat(HEARTBEAT);
+    let manager = ConnectionManager::builder(WebSocketConfig::default())
+        .backplane(backplane)
+        .presence_heartbeat(HEARTBEAT)
+        .build();
     let app =
         add_websocket_manager_with(Router::new().route("/ws/{user}", get(ws)), manager.clone());
     (manager, serve(app).await)
@@ -137,12 +138,14 @@ async fn two_nodes_act_as_one(
 #[tokio::test]
 async fn a_silent_node_is_forgotten() {
     let hub = InMemoryBackplane::new();
-    let a = ConnectionManager::default()
-        .with_backplane(hub.clone())
-        .with_presence_heartbeat(HEARTBEAT);
-    let b = ConnectionManager::default()
-        .with_backplane(hub.clone())
-        .with_presence_heartbeat(HEARTBEAT * 4);
+    let a = ConnectionManager::builder(WebSocketConfig::default())
+        .backplane(hub.clone())
+        .presence_heartbeat(HEARTBEAT)
+        .build();
+    let b = ConnectionManager::builder(WebSocketConfig::default())
+        .backplane(hub.clone())
+        .presence_heartbeat(HEARTBEAT * 4)
+        .build();
     b.join_room("zed", "attic").await; // a member need not be connected
     assert_eq!(a.get_room_users("attic"), ["zed"]);
     assert_eq!(a.room_count(), 1);

@@ -219,9 +219,10 @@ impl ConnectionHooks for CountingHooks {
 
 #[tokio::test]
 async fn hooks_fire_exactly_once_under_a_connect_disconnect_storm() {
-    let manager = ConnectionManager::default();
     let counts = Arc::new(Counting::default());
-    manager.set_hooks(CountingHooks(counts.clone()));
+    let manager = ConnectionManager::builder(WebSocketConfig::default())
+        .hooks(CountingHooks(counts.clone()))
+        .build();
     let addr = start(manager.clone()).await;
 
     let mut tasks = Vec::new();
@@ -268,9 +269,10 @@ async fn hooks_fire_exactly_once_under_a_connect_disconnect_storm() {
 
 #[tokio::test]
 async fn failing_on_connect_rolls_back_and_closes_1011() {
-    let manager = ConnectionManager::default();
     let counts = Arc::new(Counting::default());
-    manager.set_hooks(CountingHooks(counts.clone()));
+    let manager = ConnectionManager::builder(WebSocketConfig::default())
+        .hooks(CountingHooks(counts.clone()))
+        .build();
     let addr = start(manager.clone()).await;
 
     let mut ws = connect(addr, "/ws/rejected").await;
@@ -292,24 +294,25 @@ async fn failing_on_connect_rolls_back_and_closes_1011() {
 
 #[tokio::test]
 async fn closure_hooks() {
-    let manager = ConnectionManager::default();
     let joined = Arc::new(AtomicUsize::new(0));
     let left = Arc::new(AtomicUsize::new(0));
     let (j, l) = (joined.clone(), left.clone());
-    manager.on_connect(move |_, _| {
-        let j = j.clone();
-        async move {
-            j.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    });
-    manager.on_disconnect(move |_, info| {
-        let l = l.clone();
-        async move {
-            assert_eq!(info.user_id, "erin");
-            l.fetch_add(1, Ordering::SeqCst);
-        }
-    });
+    let manager = ConnectionManager::builder(WebSocketConfig::default())
+        .on_connect(move |_, _| {
+            let j = j.clone();
+            async move {
+                j.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .on_disconnect(move |_, info| {
+            let l = l.clone();
+            async move {
+                assert_eq!(info.user_id, "erin");
+                l.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .build();
     let addr = start(manager.clone()).await;
     let ws = connect(addr, "/ws/erin").await;
     connected(&manager, 1).await;
@@ -356,7 +359,9 @@ async fn flood_until(
 #[tokio::test]
 async fn slow_consumer_is_disconnected_with_1013_and_counted() {
     let config = WebSocketConfig::default().with_max_queue_size(4);
-    let manager = ConnectionManager::with_policy(config, SlowConsumerPolicy::Disconnect);
+    let manager = ConnectionManager::builder(config)
+        .slow_consumer_policy(SlowConsumerPolicy::Disconnect)
+        .build();
     let addr = start(manager.clone()).await;
     let mut fast = connect(addr, "/ws/fast").await;
     let _slow = connect(addr, "/ws/slow").await; // never reads
@@ -376,7 +381,9 @@ async fn slow_consumer_drop_policies_keep_the_connection_and_count_drops() {
         SlowConsumerPolicy::DropOldest,
     ] {
         let config = WebSocketConfig::default().with_max_queue_size(4);
-        let manager = ConnectionManager::with_policy(config, policy);
+        let manager = ConnectionManager::builder(config)
+            .slow_consumer_policy(policy)
+            .build();
         let addr = start(manager.clone()).await;
         let mut fast = connect(addr, "/ws/fast").await;
         let _slow = connect(addr, "/ws/slow").await;
@@ -425,9 +432,10 @@ async fn dead_peer_reaped_by_keepalive() {
 
 #[tokio::test]
 async fn shutdown_says_goodbye_with_1001_and_refuses_new_connections() {
-    let manager = ConnectionManager::default();
     let counts = Arc::new(Counting::default());
-    manager.set_hooks(CountingHooks(counts.clone()));
+    let manager = ConnectionManager::builder(WebSocketConfig::default())
+        .hooks(CountingHooks(counts.clone()))
+        .build();
     let addr = start(manager.clone()).await;
     let mut a = connect(addr, "/ws/a").await;
     let mut b = connect(addr, "/ws/b").await;
@@ -573,7 +581,9 @@ async fn busy_handler_does_not_make_a_reading_client_a_slow_consumer() {
     let config = WebSocketConfig::default()
         .with_max_queue_size(2)
         .with_max_message_size(64 << 20);
-    let manager = ConnectionManager::with_policy(config, SlowConsumerPolicy::Disconnect);
+    let manager = ConnectionManager::builder(config)
+        .slow_consumer_policy(SlowConsumerPolicy::Disconnect)
+        .build();
     let app = add_websocket_manager_with(Router::new().route("/busy", get(busy)), manager.clone());
     let addr = serve(app).await;
     let (mut client, _) = within(
@@ -646,7 +656,9 @@ async fn connection_send_to_a_stuck_client_follows_the_policy_and_is_counted() {
         }),
     ] {
         let config = WebSocketConfig::default().with_max_queue_size(4);
-        let manager = ConnectionManager::with_policy(config, policy);
+        let manager = ConnectionManager::builder(config)
+            .slow_consumer_policy(policy)
+            .build();
         let app =
             add_websocket_manager_with(Router::new().route("/spam", get(spam)), manager.clone());
         let addr = serve(app).await;
@@ -687,7 +699,9 @@ async fn broadcasts_to_hundreds_arrive_in_order_while_one_socket_is_full() {
     const MESSAGES: u32 = 40;
     const SIZE: usize = 16 * 1024;
     let config = WebSocketConfig::default().with_max_queue_size(64);
-    let manager = ConnectionManager::with_policy(config, SlowConsumerPolicy::Disconnect);
+    let manager = ConnectionManager::builder(config)
+        .slow_consumer_policy(SlowConsumerPolicy::Disconnect)
+        .build();
     // Small, fixed send buffers on the server's sockets (loopback ones otherwise grow to
     // megabytes), so that sockets really fill: the stuck one for good, the others often.
     let listener = within("bind", tokio::net::TcpListener::bind("127.0.0.1:0"))

@@ -81,11 +81,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or(!auth_config.has_jwt_keys() && !production);
     let auth = auth_config.build().context("AUTH_JWT_* configuration")?;
 
-    let mut manager = ConnectionManager::new(config);
+    let mut builder = ConnectionManager::builder(config);
     let backplane = args.redis_url.is_some();
     if let Some(url) = &args.redis_url {
-        manager = manager.with_backplane(RedisBackplane::new(url).context("REDIS_URL")?);
+        builder = builder.backplane(RedisBackplane::new(url).context("REDIS_URL")?);
     }
+    let manager = builder.build();
     let metrics = PrometheusBuilder::new()
         .install_recorder()
         .inspect_err(|e| tracing::warn!("no /metrics: {e}"))

@@ -10,7 +10,7 @@
 //! | `easy_websocket_client` | [`easy_websocket_client`]; feature `client` |
 //! | `ConnectionManager`, `easy_websocket_manager` | `ConnectionManager`, `easy_websocket_manager` (feature `server`) |
 //! | `add_websocket_manager`, `get_ws_manager` | `add_websocket_manager` (returns router and manager), the `WsManager` extractor and `get_ws_manager` (feature `server`) |
-//! | Redis scaling ("planned" in the seed) | `backplane` (`InMemoryBackplane`; `RedisBackplane` with feature `redis`) and `ConnectionManager::with_backplane` |
+//! | Redis scaling ("planned" in the seed) | `backplane` (`InMemoryBackplane`; `RedisBackplane` with feature `redis`) and `ManagerBuilder::backplane` |
 
 #[cfg(feature = "client")]
 mod client;
@@ -40,8 +40,8 @@ pub use server::backplane;
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub use server::{
-    Connection, ConnectionHooks, ConnectionManager, IntoMessage, Json, ManagerNotInstalled,
-    ManagerStats, Metadata, PreparedMessage, SlowConsumerPolicy, WebSocket, WsManager, WsUpgrade,
-    WsUpgradeRejection, add_websocket_manager, add_websocket_manager_with, easy_websocket_manager,
-    get_ws_manager,
+    Connection, ConnectionHooks, ConnectionManager, IntoMessage, Json, ManagerBuilder,
+    ManagerNotInstalled, ManagerStats, Metadata, PreparedMessage, SlowConsumerPolicy, WebSocket,
+    WsManager, WsUpgrade, WsUpgradeRejection, add_websocket_manager, add_websocket_manager_with,
+    easy_websocket_manager, get_ws_manager,
 };

@@ -17,8 +17,9 @@
 //! # async fn demo() -> Result<(), svc_infra::websocket::WebSocketError> {
 //! use svc_infra::websocket::{ConnectionManager, WebSocketConfig, backplane::RedisBackplane};
 //!
-//! let manager = ConnectionManager::new(WebSocketConfig::from_env()?)
-//!     .with_backplane(RedisBackplane::new("redis://127.0.0.1:6379")?);
+//! let manager = ConnectionManager::builder(WebSocketConfig::from_env()?)
+//!     .backplane(RedisBackplane::new("redis://127.0.0.1:6379")?)
+//!     .build();
 //! // Reaches the connections of every node on this Redis, this one's included.
 //! manager.broadcast("hello, cluster").await?;
 //! # Ok(())
@@ -30,12 +31,10 @@
 use std::{
     collections::HashMap,
     fmt,
-    sync::{Arc, Mutex, Weak},
+    sync::{Arc, Mutex},
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
-
-use super::manager::Inner;
 
 #[cfg(feature = "redis")]
 mod redis_pubsub;
@@ -307,12 +306,21 @@ impl Reader<'_> {
     }
 }
 
-/// Where a backplane hands envelopes from other nodes: the manager that attached it. Holds
-/// the manager weakly, so a backplane never keeps a dropped manager alive.
+/// What a node does with what arrives from the others. The manager implements it; it is
+/// declared here so that the backplane depends on nothing of the manager.
+pub(crate) trait Receiver: Send + Sync + 'static {
+    /// Delivers an envelope to this node's connections; returns how many were reached.
+    fn deliver(&self, envelope: &Envelope) -> usize;
+    /// Records what another node says about its users and rooms.
+    fn presence(&self, presence: &Presence);
+}
+
+/// Where a backplane hands envelopes from other nodes: the manager that attached it, held
+/// weakly, so a backplane never keeps a dropped manager alive.
 #[derive(Clone)]
 pub struct Inbox {
-    pub(super) node: u64,
-    pub(super) manager: Weak<Inner>,
+    node: u64,
+    receiver: Arc<dyn Receiver>,
 }
 
 impl fmt::Debug for Inbox {
@@ -322,6 +330,10 @@ impl fmt::Debug for Inbox {
 }
 
 impl Inbox {
+    pub(crate) fn new(node: u64, receiver: Arc<dyn Receiver>) -> Self {
+        Self { node, receiver }
+    }
+
     /// The id of the node (manager) this inbox belongs to.
     pub fn node(&self) -> u64 {
         self.node
@@ -330,11 +342,8 @@ impl Inbox {
     /// Records what another node says about its users and rooms (this node's own presence
     /// is ignored).
     pub fn presence(&self, presence: &Presence) {
-        if presence.node == self.node {
-            return;
-        }
-        if let Some(inner) = self.manager.upgrade() {
-            super::manager::remote_presence(&inner, presence);
+        if presence.node != self.node {
+            self.receiver.presence(presence);
         }
     }
 
@@ -345,10 +354,53 @@ impl Inbox {
         if envelope.origin == self.node {
             return 0;
         }
-        match self.manager.upgrade() {
-            Some(inner) => super::manager::deliver_remote(&inner, envelope),
-            None => 0,
+        self.receiver.deliver(envelope)
+    }
+}
+
+/// How many times each topic (or channel) was subscribed and not yet unsubscribed: the
+/// bookkeeping every backplane needs, since a manager's subscribe and unsubscribe calls
+/// are balanced per topic but may nest.
+#[derive(Debug)]
+pub(crate) struct Interest<K>(HashMap<K, usize>);
+
+impl<K> Default for Interest<K> {
+    fn default() -> Self {
+        Self(HashMap::new())
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Interest<K> {
+    /// Counts one more subscription; true when `key` was not wanted before.
+    pub(crate) fn add(&mut self, key: K) -> bool {
+        let n = self.0.entry(key).or_default();
+        *n += 1;
+        *n == 1
+    }
+
+    /// Counts one fewer; true when `key` is no longer wanted.
+    pub(crate) fn remove(&mut self, key: &K) -> bool {
+        match self.0.get_mut(key) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                self.0.remove(key);
+                true
+            }
+            None => false,
         }
+    }
+
+    /// Whether `key` is wanted.
+    pub(crate) fn contains(&self, key: &K) -> bool {
+        self.0.contains_key(key)
+    }
+
+    /// Every wanted key.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &K> {
+        self.0.keys()
     }
 }
 
@@ -410,8 +462,7 @@ struct Hub {
 
 struct Node {
     inbox: Inbox,
-    /// Topic → how many subscribe calls are not yet balanced by unsubscribe.
-    topics: HashMap<Topic, usize>,
+    topics: Interest<Topic>,
 }
 
 impl fmt::Debug for InMemoryBackplane {
@@ -445,7 +496,7 @@ impl Backplane for InMemoryBackplane {
             inbox.node,
             Node {
                 inbox,
-                topics: HashMap::new(),
+                topics: Interest::default(),
             },
         );
     }
@@ -457,7 +508,7 @@ impl Backplane for InMemoryBackplane {
             .lock()
             .nodes
             .values()
-            .filter(|n| n.inbox.node != envelope.origin && n.topics.contains_key(&envelope.topic))
+            .filter(|n| n.inbox.node != envelope.origin && n.topics.contains(&envelope.topic))
             .map(|n| n.inbox.clone())
             .collect();
         for inbox in inboxes {
@@ -481,19 +532,14 @@ impl Backplane for InMemoryBackplane {
     fn subscribe(&self, topic: &Topic) {
         let Some(node) = self.node() else { return };
         if let Some(n) = self.lock().nodes.get_mut(&node) {
-            *n.topics.entry(topic.clone()).or_default() += 1;
+            n.topics.add(topic.clone());
         }
     }
 
     fn unsubscribe(&self, topic: &Topic) {
         let Some(node) = self.node() else { return };
-        if let Some(n) = self.lock().nodes.get_mut(&node)
-            && let Some(count) = n.topics.get_mut(topic)
-        {
-            *count -= 1;
-            if *count == 0 {
-                n.topics.remove(topic);
-            }
+        if let Some(n) = self.lock().nodes.get_mut(&node) {
+            n.topics.remove(topic);
         }
     }
 
@@ -505,6 +551,19 @@ impl Backplane for InMemoryBackplane {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interest_counts_nested_subscriptions() {
+        let mut interest = Interest::default();
+        assert!(interest.add("a"));
+        assert!(!interest.add("a"));
+        assert!(!interest.remove(&"a"));
+        assert!(interest.contains(&"a"));
+        assert!(interest.remove(&"a"));
+        assert!(!interest.contains(&"a"));
+        assert!(!interest.remove(&"a"), "an unbalanced remove is ignored");
+        assert_eq!(interest.keys().count(), 0);
+    }
 
     #[test]
     fn envelopes_round_trip() {

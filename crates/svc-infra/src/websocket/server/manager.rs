@@ -1,424 +1,53 @@
-//! [`ConnectionManager`]: who is connected, which rooms they are in, and delivery to them.
+//! [`ConnectionManager`]: registration and removal of connections, rooms, and delivery
+//! to them. What it is built from lives beside it: the registry (`registry.rs`), the
+//! cluster view (`cluster.rs`), hooks, counters, keepalive, the [`Connection`] handle, and
+//! the [`ManagerBuilder`].
 
 use std::{
-    collections::{HashMap, HashSet},
     fmt,
-    pin::Pin,
     sync::{
-        Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
+        Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
-use bytes::Bytes;
-use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
 use super::{
-    backplane::{Backplane, BackplaneStatus, Envelope, Inbox, Presence, PresenceChange, Topic},
-    clock::{now_ms, now_us},
+    backplane::{Backplane, BackplaneStatus, PresenceChange, Topic},
+    builder::ManagerBuilder,
+    cluster::Cluster,
+    connection::{Connection, refuse, run_connect_hook},
     flush::{Deferred, FlushQueue},
-    outbound::{Outbound, Push, SlowConsumerPolicy, ping_frame},
+    hooks::Hooks,
+    message::{IntoMessage, PreparedMessage},
+    outbound::{Push, SlowConsumerPolicy},
+    registry::{Conn, Metadata, Registry, unix_ms},
     socket::WebSocket,
+    stats::{Counters, ManagerStats},
 };
-use crate::websocket::protocol::{self, OP_BINARY, OP_TEXT};
-use crate::websocket::{
-    BoxError, ConnectionInfo, WebSocketConfig, WebSocketError, WebSocketMessage,
-};
+use crate::websocket::{ConnectionInfo, WebSocketConfig, WebSocketError};
 
-/// Application data attached to a connection at [`ConnectionManager::connect_with_metadata`].
-pub type Metadata = HashMap<String, serde_json::Value>;
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-/// A message encoded once, ready to go to any number of connections.
-///
-/// Server frames are not masked, so the bytes on the wire are the same for every recipient:
-/// a broadcast builds them once and every recipient gets a reference-counted clone.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PreparedMessage {
-    frame: Bytes,
-}
-
-impl fmt::Debug for PreparedMessage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PreparedMessage")
-            .field("frame_len", &self.frame.len())
-            .finish()
-    }
-}
-
-impl PreparedMessage {
-    /// A text message.
-    pub fn text(text: &str) -> Self {
-        Self {
-            frame: protocol::encode_frame(OP_TEXT, text.as_bytes()),
-        }
-    }
-
-    /// A binary message.
-    pub fn binary(data: &[u8]) -> Self {
-        Self {
-            frame: protocol::encode_frame(OP_BINARY, data),
-        }
-    }
-
-    /// A text message holding `value` as compact JSON.
-    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self, WebSocketError> {
-        Ok(Self::text(&serde_json::to_string(value)?))
-    }
-
-    /// Size of the frame on the wire, header included.
-    pub fn wire_len(&self) -> usize {
-        self.frame.len()
-    }
-}
-
-/// Anything the manager can send: text (`&str`, `String`), binary (`Vec<u8>`, `Bytes`,
-/// `&[u8]`), a [`WebSocketMessage`], JSON (`serde_json::Value` or [`Json`]`(value)` for any
-/// `Serialize`), or an already [`PreparedMessage`]. Whatever it is, it is encoded once per
-/// call, never once per recipient.
-pub trait IntoMessage {
-    /// Encodes the message into a frame.
-    fn prepare(self) -> Result<PreparedMessage, WebSocketError>;
-}
-
-/// Sends any `Serialize` value as compact JSON text: `manager.broadcast(Json(&event))`.
-#[derive(Debug, Clone, Copy)]
-pub struct Json<T>(pub T);
-
-impl<T: Serialize> IntoMessage for Json<T> {
-    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
-        PreparedMessage::json(&self.0)
-    }
-}
-impl IntoMessage for PreparedMessage {
-    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
-        Ok(self)
-    }
-}
-impl IntoMessage for &PreparedMessage {
-    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
-        Ok(self.clone())
-    }
-}
-impl IntoMessage for &str {
-    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
-        Ok(PreparedMessage::text(self))
-    }
-}
-impl IntoMessage for String {
-    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
-        Ok(PreparedMessage::text(&self))
-    }
-}
-impl IntoMessage for &String {
-    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
-        Ok(PreparedMessage::text(self))
-    }
-}
-impl IntoMessage for &[u8] {
-    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
-        Ok(PreparedMessage::binary(self))
-    }
-}
-impl IntoMessage for Vec<u8> {
-    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
-        Ok(PreparedMessage::binary(&self))
-    }
-}
-impl IntoMessage for Bytes {
-    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
-        Ok(PreparedMessage::binary(&self))
-    }
-}
-impl IntoMessage for WebSocketMessage {
-    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
-        (&self).prepare()
-    }
-}
-impl IntoMessage for &WebSocketMessage {
-    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
-        Ok(match self.as_text() {
-            Some(text) => PreparedMessage::text(text),
-            None => PreparedMessage::binary(self.as_bytes()),
-        })
-    }
-}
-impl IntoMessage for serde_json::Value {
-    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
-        PreparedMessage::json(&self)
-    }
-}
-impl IntoMessage for &serde_json::Value {
-    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
-        PreparedMessage::json(self)
-    }
-}
-
-/// Lifecycle hooks. Both methods default to doing nothing.
-///
-/// `on_connect` runs after the connection is registered (so a broadcast from inside it
-/// reaches the new connection too); if it fails, the registration is rolled back and the
-/// socket is closed with 1011. `on_disconnect` runs exactly once per registered connection,
-/// after it was removed, however it went (closed by either side, failed send, keepalive,
-/// [`ConnectionManager::disconnect_user`], shutdown).
-pub trait ConnectionHooks: Send + Sync + 'static {
-    /// A connection was registered.
-    fn on_connect(
-        &self,
-        manager: &ConnectionManager,
-        info: &ConnectionInfo,
-    ) -> impl Future<Output = Result<(), BoxError>> + Send {
-        let _ = (manager, info);
-        async { Ok(()) }
-    }
-
-    /// A connection was removed.
-    fn on_disconnect(
-        &self,
-        manager: &ConnectionManager,
-        info: &ConnectionInfo,
-    ) -> impl Future<Output = ()> + Send {
-        let _ = (manager, info);
-        async {}
-    }
-}
-
-type ConnectHook =
-    Arc<dyn Fn(ConnectionManager, ConnectionInfo) -> BoxFuture<Result<(), BoxError>> + Send + Sync>;
-type DisconnectHook = Arc<dyn Fn(ConnectionManager, ConnectionInfo) -> BoxFuture<()> + Send + Sync>;
-
-#[derive(Clone, Default)]
-struct Hooks {
-    on_connect: Option<ConnectHook>,
-    on_disconnect: Option<DisconnectHook>,
-}
-
-/// Counters of what the manager did, since it was created.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[non_exhaustive]
-pub struct ManagerStats {
-    /// Connections registered.
-    pub connects: u64,
-    /// Connections removed.
-    pub disconnects: u64,
-    /// Frames handed to connections (written or queued).
-    pub frames_sent: u64,
-    /// Messages dropped by the slow-consumer policy (`DropNewest` / `DropOldest`).
-    pub dropped: u64,
-    /// Connections closed with 1013 because their queue was full.
-    pub slow_consumer_disconnects: u64,
-    /// Connections closed with 1011 because they did not answer keepalive pings.
-    pub keepalive_timeouts: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    connects: AtomicU64,
-    disconnects: AtomicU64,
-    frames_sent: AtomicU64,
-    dropped: AtomicU64,
-    slow_consumer_disconnects: AtomicU64,
-    keepalive_timeouts: AtomicU64,
-}
-
-/// One registered connection, shared by the registry and its [`Connection`] handle.
-struct Conn {
-    id: u64,
-    user_id: Arc<str>,
-    out: Arc<Outbound>,
-    connected_at: SystemTime,
-    /// Milliseconds since the Unix epoch of the last message sent or received.
-    last_activity: AtomicU64,
-    metadata: Metadata,
-    registered: AtomicBool,
-}
-
-impl Conn {
-    fn info(&self) -> ConnectionInfo {
-        ConnectionInfo {
-            user_id: self.user_id.to_string(),
-            connection_id: self.id.to_string(),
-            connected_at: self.connected_at,
-            last_activity: UNIX_EPOCH
-                + Duration::from_millis(self.last_activity.load(Ordering::Relaxed)),
-            metadata: self.metadata.clone(),
-        }
-    }
-
-    fn touch(&self, unix_ms: u64) {
-        self.last_activity.store(unix_ms, Ordering::Relaxed);
-    }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-#[derive(Default)]
-struct Registry {
-    /// user → their connections, in connection order.
-    users: HashMap<Arc<str>, Vec<Arc<Conn>>>,
-    /// room → its members (users).
-    rooms: HashMap<Arc<str>, HashSet<Arc<str>>>,
-    /// user → the rooms they are in (the reverse index, so leaving all rooms is cheap).
-    memberships: HashMap<Arc<str>, HashSet<Arc<str>>>,
-    connections: usize,
-    /// Every connection, rebuilt lazily after a change, so a broadcast costs one `Arc` clone.
-    snapshot: Option<Arc<[Arc<Conn>]>>,
-}
-
-impl Registry {
-    /// Takes `user` out of every room; returns each room left and whether it became empty
-    /// (and is gone).
-    fn leave_all_rooms(&mut self, user: &str) -> Vec<(Arc<str>, bool)> {
-        let mut left = Vec::new();
-        if let Some(rooms) = self.memberships.remove(user) {
-            for room in rooms {
-                let mut emptied = false;
-                if let Some(members) = self.rooms.get_mut(&room) {
-                    members.remove(user);
-                    if members.is_empty() {
-                        self.rooms.remove(&room);
-                        emptied = true;
-                    }
-                }
-                left.push((room, emptied));
-            }
-        }
-        left
-    }
-
-    /// This node's whole presence, for a heartbeat.
-    fn presence_snapshot(&self) -> Vec<PresenceChange> {
-        let mut changes: Vec<PresenceChange> = self
-            .users
-            .keys()
-            .map(|u| PresenceChange::Online(u.to_string()))
-            .collect();
-        for (user, rooms) in &self.memberships {
-            for room in rooms {
-                changes.push(PresenceChange::Joined {
-                    user: user.to_string(),
-                    room: room.to_string(),
-                });
-            }
-        }
-        changes
-    }
-}
-
-/// What this node knows of another node of the cluster (from its presence messages).
-#[derive(Debug)]
-struct RemoteNode {
-    users: HashSet<String>,
-    rooms: HashMap<String, HashSet<String>>,
-    connections: u64,
-    seen: std::time::Instant,
-    /// Forgotten when silent this long (three of its heartbeats).
-    ttl: Duration,
-}
-
-impl RemoteNode {
-    /// Heard from recently enough to count.
-    fn is_live(&self) -> bool {
-        self.seen.elapsed() < self.ttl
-    }
-
-    fn apply(&mut self, change: &PresenceChange) {
-        match change {
-            PresenceChange::Online(user) => {
-                self.users.insert(user.clone());
-            }
-            PresenceChange::Offline(user) => {
-                self.users.remove(user);
-            }
-            PresenceChange::Joined { user, room } => {
-                self.rooms
-                    .entry(room.clone())
-                    .or_default()
-                    .insert(user.clone());
-            }
-            PresenceChange::Left { user, room } => {
-                if let Some(members) = self.rooms.get_mut(room) {
-                    members.remove(user);
-                    if members.is_empty() {
-                        self.rooms.remove(room);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// How often a node tells the others its whole presence, unless set otherwise; a node not
-/// heard from for three of its own periods is forgotten.
-const PRESENCE_HEARTBEAT: Duration = Duration::from_secs(1);
-
+/// The manager's state, shared by its clones, its connections and its tasks.
 pub(crate) struct Inner {
-    config: WebSocketConfig,
+    pub(super) config: WebSocketConfig,
     policy: SlowConsumerPolicy,
-    registry: RwLock<Registry>,
-    hooks: RwLock<Hooks>,
+    pub(super) registry: RwLock<Registry>,
+    hooks: Hooks,
     next_id: AtomicU64,
     shutting_down: AtomicBool,
-    keepalive_started: AtomicBool,
-    counters: Counters,
+    pub(super) keepalive_started: AtomicBool,
+    pub(super) counters: Counters,
     /// Notified whenever a connection is removed (shutdown waits on it).
     removed: Notify,
     /// `on_disconnect` hooks in flight.
     hook_tasks: TaskTracker,
     /// Connections whose share of a broadcast or keepalive pass waits to be written.
-    flush_queue: Arc<FlushQueue>,
-    /// This manager's id among the nodes of a cluster (random).
-    node: u64,
-    /// Carries sends to the other nodes, once set.
-    backplane: OnceLock<Arc<dyn Backplane>>,
-    /// The other nodes, as their presence messages describe them.
-    remote: RwLock<HashMap<u64, RemoteNode>>,
-    /// Presence heartbeat period, milliseconds.
-    heartbeat_ms: AtomicU64,
-}
-
-impl Inner {
-    /// Tells the other nodes (if any) what changed here.
-    fn announce(&self, connections: usize, changes: impl FnOnce() -> Vec<PresenceChange>) {
-        if let Some(b) = self.backplane.get() {
-            b.publish_presence(Presence {
-                node: self.node,
-                snapshot: false,
-                connections: connections as u64,
-                heartbeat_ms: self.heartbeat().as_millis().min(u128::from(u32::MAX)) as u32,
-                changes: changes(),
-            });
-        }
-    }
-
-    fn heartbeat(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed).max(1))
-    }
-
-    /// What is known of the other nodes (callers skip those that are no longer live).
-    fn live_nodes(&self) -> RwLockReadGuard<'_, HashMap<u64, RemoteNode>> {
-        self.remote.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Tells the backplane (if any) about a change of local interest.
-    fn interest(&self, topic: impl FnOnce() -> Topic, subscribe: bool) {
-        if let Some(b) = self.backplane.get() {
-            let topic = topic();
-            if subscribe {
-                b.subscribe(&topic);
-            } else {
-                b.unsubscribe(&topic);
-            }
-        }
-    }
+    pub(super) flush_queue: Arc<FlushQueue>,
+    /// The other nodes, and how to reach them.
+    pub(super) cluster: Cluster,
 }
 
 /// Tracks server-side connections: many per user, rooms of users, broadcast, hooks.
@@ -443,7 +72,7 @@ impl Inner {
 /// ```
 #[derive(Clone)]
 pub struct ConnectionManager {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 impl fmt::Debug for ConnectionManager {
@@ -467,104 +96,51 @@ pub fn easy_websocket_manager() -> Result<ConnectionManager, WebSocketError> {
 }
 
 impl ConnectionManager {
-    /// A manager with `config` (limits, keepalive) and the default slow-consumer policy
-    /// ([`SlowConsumerPolicy::Disconnect`]).
+    /// A manager with `config` (limits, keepalive) and everything else at its default:
+    /// slow-consumer policy [`SlowConsumerPolicy::Disconnect`], no backplane, no hooks.
     pub fn new(config: WebSocketConfig) -> Self {
-        Self::with_policy(config, SlowConsumerPolicy::default())
+        Self::builder(config).build()
     }
 
-    /// A manager with `config` and the given slow-consumer policy.
-    pub fn with_policy(config: WebSocketConfig, policy: SlowConsumerPolicy) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                config,
-                policy,
-                registry: RwLock::new(Registry::default()),
-                hooks: RwLock::new(Hooks::default()),
-                next_id: AtomicU64::new(1),
-                shutting_down: AtomicBool::new(false),
-                keepalive_started: AtomicBool::new(false),
-                counters: Counters::default(),
-                removed: Notify::new(),
-                hook_tasks: TaskTracker::new(),
-                flush_queue: Arc::default(),
-                node: rand::random(),
-                backplane: OnceLock::new(),
-                remote: RwLock::new(HashMap::new()),
-                heartbeat_ms: AtomicU64::new(PRESENCE_HEARTBEAT.as_millis() as u64),
-            }),
-        }
+    /// A builder for a manager with `config`: slow-consumer policy, backplane, presence
+    /// heartbeat and hooks are set there, before the manager serves.
+    pub fn builder(config: WebSocketConfig) -> ManagerBuilder {
+        ManagerBuilder::new(config)
     }
 
-    /// Makes this manager a node of a cluster: every broadcast, room message and message to
-    /// a user also reaches the connections of the other managers on `backplane` (see
-    /// [`Backplane`]). Sends still return how many of *this* node's connections they
-    /// reached. Set it before serving; a manager keeps its first backplane (a second call
-    /// is ignored).
-    pub fn with_backplane(self, backplane: impl Backplane) -> Self {
-        let backplane: Arc<dyn Backplane> = Arc::new(backplane);
-        // Under the registry's lock, so that each user and room already here is subscribed
-        // exactly once: by this, or by the registration that follows it.
-        let reg = self.write();
-        if self.inner.backplane.set(backplane.clone()).is_err() {
-            tracing::warn!("ConnectionManager::with_backplane: a backplane is already set");
-            drop(reg);
-            return self;
-        }
-        backplane.attach(Inbox {
-            node: self.inner.node,
-            manager: Arc::downgrade(&self.inner),
+    pub(super) fn from_parts(
+        config: WebSocketConfig,
+        policy: SlowConsumerPolicy,
+        hooks: Hooks,
+        backplane: Option<Arc<dyn Backplane>>,
+        heartbeat: Duration,
+    ) -> Self {
+        let inner = Arc::new(Inner {
+            config,
+            policy,
+            registry: RwLock::new(Registry::default()),
+            hooks,
+            next_id: AtomicU64::new(1),
+            shutting_down: AtomicBool::new(false),
+            keepalive_started: AtomicBool::new(false),
+            counters: Counters::default(),
+            removed: Notify::new(),
+            hook_tasks: TaskTracker::new(),
+            flush_queue: Arc::default(),
+            cluster: Cluster::new(backplane, heartbeat),
         });
-        backplane.subscribe(&Topic::All);
-        for user in reg.users.keys() {
-            backplane.subscribe(&Topic::User(user.to_string()));
-        }
-        for room in reg.rooms.keys() {
-            backplane.subscribe(&Topic::Room(room.to_string()));
-        }
-        drop(reg);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(presence_heartbeat(Arc::downgrade(&self.inner)));
-        } else {
-            tracing::warn!("with_backplane outside a tokio runtime: no presence heartbeat");
-        }
-        self
-    }
-
-    /// How often this node tells the others who is connected to it (default 1 s); a node
-    /// not heard from for three periods is forgotten, its users no longer count.
-    pub fn with_presence_heartbeat(self, period: Duration) -> Self {
-        self.inner
-            .heartbeat_ms
-            .store(period.as_millis().max(1) as u64, Ordering::Relaxed);
-        self
+        Cluster::attach(&inner);
+        Self { inner }
     }
 
     /// Whether this node reaches the others: `None` without a backplane (a single node).
     pub fn backplane_status(&self) -> Option<BackplaneStatus> {
-        self.inner.backplane.get().map(|b| b.status())
+        self.inner.cluster.status()
     }
 
     /// This manager's id among the nodes of a cluster.
     pub fn node_id(&self) -> u64 {
-        self.inner.node
-    }
-
-    /// Hands `message` to the other nodes (no-op without a backplane).
-    fn publish(
-        &self,
-        topic: impl FnOnce() -> Topic,
-        exclude_user: Option<&str>,
-        message: &PreparedMessage,
-    ) {
-        if let Some(b) = self.inner.backplane.get() {
-            b.publish(Envelope {
-                origin: self.inner.node,
-                topic: topic(),
-                exclude_user: exclude_user.map(str::to_owned),
-                frame: message.frame.clone(),
-            });
-        }
+        self.inner.cluster.node
     }
 
     /// The configuration connections get (used by [`WsUpgrade`](super::WsUpgrade)).
@@ -577,55 +153,7 @@ impl ConnectionManager {
         self.inner.policy
     }
 
-    /// Installs lifecycle hooks, replacing earlier ones.
-    pub fn set_hooks<H: ConnectionHooks>(&self, hooks: H) {
-        let hooks = Arc::new(hooks);
-        let on_connect = hooks.clone();
-        let connect: ConnectHook = Arc::new(move |m, info| {
-            let h = on_connect.clone();
-            Box::pin(async move { h.on_connect(&m, &info).await })
-        });
-        let disconnect: DisconnectHook = Arc::new(move |m, info| {
-            let h = hooks.clone();
-            Box::pin(async move { h.on_disconnect(&m, &info).await })
-        });
-        *self.hooks_mut() = Hooks {
-            on_connect: Some(connect),
-            on_disconnect: Some(disconnect),
-        };
-    }
-
-    /// Sets the `on_connect` hook from a closure, replacing an earlier one.
-    pub fn on_connect<F, Fut>(&self, hook: F)
-    where
-        F: Fn(ConnectionManager, ConnectionInfo) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
-    {
-        self.hooks_mut().on_connect = Some(Arc::new(move |m, i| Box::pin(hook(m, i))));
-    }
-
-    /// Sets the `on_disconnect` hook from a closure, replacing an earlier one.
-    pub fn on_disconnect<F, Fut>(&self, hook: F)
-    where
-        F: Fn(ConnectionManager, ConnectionInfo) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        self.hooks_mut().on_disconnect = Some(Arc::new(move |m, i| Box::pin(hook(m, i))));
-    }
-
-    fn hooks(&self) -> Hooks {
-        self.inner
-            .hooks
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    fn hooks_mut(&self) -> std::sync::RwLockWriteGuard<'_, Hooks> {
-        self.inner.hooks.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn read(&self) -> RwLockReadGuard<'_, Registry> {
+    pub(super) fn read(&self) -> RwLockReadGuard<'_, Registry> {
         self.inner
             .registry
             .read()
@@ -663,7 +191,7 @@ impl ConnectionManager {
         // running a hook) are boxed. The future lives inside every connection's task for
         // its whole life, so it is kept to a few words.
         let registered = self.register(user_id, socket, metadata);
-        let hook = self.hooks().on_connect;
+        let hook = self.inner.hooks.on_connect.clone();
         async move {
             match registered {
                 Err(socket) => Box::pin(refuse(socket)).await,
@@ -700,8 +228,9 @@ impl ConnectionManager {
                 Some((k, _)) => k.clone(),
                 None => {
                     self.inner
+                        .cluster
                         .interest(|| Topic::User(user_id.to_owned()), true);
-                    self.inner.announce(reg.connections + 1, || {
+                    self.inner.cluster.announce(reg.connections + 1, || {
                         vec![PresenceChange::Online(user_id.to_owned())]
                     });
                     conn.user_id.clone()
@@ -711,8 +240,7 @@ impl ConnectionManager {
             reg.connections += 1;
             reg.snapshot = None;
         }
-        self.inner.counters.connects.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("svc_ws_connects_total").increment(1);
+        self.inner.counters.connected();
         Ok(Connection {
             socket,
             conn,
@@ -722,7 +250,7 @@ impl ConnectionManager {
 
     /// Removes `conn` from the registry if it is still there (exactly once), and runs
     /// `on_disconnect` for it when `notify`.
-    fn remove(&self, conn: &Arc<Conn>, notify: bool) -> bool {
+    pub(super) fn remove(&self, conn: &Arc<Conn>, notify: bool) -> bool {
         if !conn.registered.swap(false, Ordering::AcqRel) {
             return false;
         }
@@ -733,10 +261,11 @@ impl ConnectionManager {
                 if list.is_empty() {
                     reg.users.remove(&*conn.user_id);
                     self.inner
+                        .cluster
                         .interest(|| Topic::User(conn.user_id.to_string()), false);
                     let left = reg.leave_all_rooms(&conn.user_id);
                     self.unsubscribe_emptied(&left);
-                    self.inner.announce(reg.connections - 1, || {
+                    self.inner.cluster.announce(reg.connections - 1, || {
                         let mut changes = vec![PresenceChange::Offline(conn.user_id.to_string())];
                         changes.extend(left.iter().map(|(room, _)| PresenceChange::Left {
                             user: conn.user_id.to_string(),
@@ -749,13 +278,9 @@ impl ConnectionManager {
             reg.connections -= 1;
             reg.snapshot = None;
         }
-        self.inner
-            .counters
-            .disconnects
-            .fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("svc_ws_disconnects_total").increment(1);
+        self.inner.counters.disconnected();
         self.inner.removed.notify_waiters();
-        if notify && let Some(hook) = self.hooks().on_disconnect {
+        if notify && let Some(hook) = &self.inner.hooks.on_disconnect {
             let fut = hook(self.clone(), conn.info());
             self.inner.hook_tasks.spawn(fut);
         }
@@ -766,7 +291,9 @@ impl ConnectionManager {
     fn unsubscribe_emptied(&self, left: &[(Arc<str>, bool)]) {
         for (room, emptied) in left {
             if *emptied {
-                self.inner.interest(|| Topic::Room(room.to_string()), false);
+                self.inner
+                    .cluster
+                    .interest(|| Topic::Room(room.to_string()), false);
             }
         }
     }
@@ -806,7 +333,7 @@ impl ConnectionManager {
             let left = reg.leave_all_rooms(user_id);
             self.unsubscribe_emptied(&left);
             if !left.is_empty() {
-                self.inner.announce(reg.connections, || {
+                self.inner.cluster.announce(reg.connections, || {
                     left.iter()
                         .map(|(room, _)| PresenceChange::Left {
                             user: user_id.to_owned(),
@@ -826,9 +353,11 @@ impl ConnectionManager {
         message: impl IntoMessage,
     ) -> Result<usize, WebSocketError> {
         let message = message.prepare()?;
-        let conns = self.read().users.get(user_id).cloned().unwrap_or_default();
+        let conns = self.read().user_connections(user_id);
         let reached = self.deliver(conns.iter(), &message);
-        self.publish(|| Topic::User(user_id.to_owned()), None, &message);
+        self.inner
+            .cluster
+            .publish(|| Topic::User(user_id.to_owned()), None, message.frame());
         Ok(reached)
     }
 
@@ -837,7 +366,9 @@ impl ConnectionManager {
         let message = message.prepare()?;
         let all = self.snapshot();
         let reached = self.deliver(all.iter(), &message);
-        self.publish(|| Topic::All, None, &message);
+        self.inner
+            .cluster
+            .publish(|| Topic::All, None, message.frame());
         Ok(reached)
     }
 
@@ -850,7 +381,9 @@ impl ConnectionManager {
         let message = message.prepare()?;
         let all = self.snapshot();
         let reached = self.deliver(all.iter().filter(|c| &*c.user_id != exclude_user), &message);
-        self.publish(|| Topic::All, Some(exclude_user), &message);
+        self.inner
+            .cluster
+            .publish(|| Topic::All, Some(exclude_user), message.frame());
         Ok(reached)
     }
 
@@ -861,9 +394,11 @@ impl ConnectionManager {
         message: impl IntoMessage,
     ) -> Result<usize, WebSocketError> {
         let message = message.prepare()?;
-        let conns = self.room_connections(room, None);
+        let conns = self.read().room_connections(room, None);
         let reached = self.deliver(conns.iter(), &message);
-        self.publish(|| Topic::Room(room.to_owned()), None, &message);
+        self.inner
+            .cluster
+            .publish(|| Topic::Room(room.to_owned()), None, message.frame());
         Ok(reached)
     }
 
@@ -875,31 +410,17 @@ impl ConnectionManager {
         exclude_user: &str,
     ) -> Result<usize, WebSocketError> {
         let message = message.prepare()?;
-        let conns = self.room_connections(room, Some(exclude_user));
+        let conns = self.read().room_connections(room, Some(exclude_user));
         let reached = self.deliver(conns.iter(), &message);
-        self.publish(
+        self.inner.cluster.publish(
             || Topic::Room(room.to_owned()),
             Some(exclude_user),
-            &message,
+            message.frame(),
         );
         Ok(reached)
     }
 
-    fn room_connections(&self, room: &str, exclude: Option<&str>) -> Vec<Arc<Conn>> {
-        let reg = self.read();
-        let Some(members) = reg.rooms.get(room) else {
-            return Vec::new();
-        };
-        members
-            .iter()
-            .filter(|u| exclude != Some(&***u))
-            .filter_map(|u| reg.users.get(u))
-            .flatten()
-            .cloned()
-            .collect()
-    }
-
-    fn snapshot(&self) -> Arc<[Arc<Conn>]> {
+    pub(super) fn snapshot(&self) -> Arc<[Arc<Conn>]> {
         if let Some(s) = &self.read().snapshot {
             return s.clone();
         }
@@ -923,7 +444,7 @@ impl ConnectionManager {
     /// (docs/benchmarks.md), writing every socket from this loop is several times slower
     /// (p99 0.28–0.47 s against 3.3–4.2 s), and a flusher task per connection or per
     /// broadcast costs more than this queue (see the table there).
-    fn deliver<'a>(
+    pub(super) fn deliver<'a>(
         &self,
         conns: impl Iterator<Item = &'a Arc<Conn>>,
         message: &PreparedMessage,
@@ -934,7 +455,10 @@ impl ConnectionManager {
         let (mut dropped, mut overflowed) = (0, 0);
         let mut deferred = Deferred::default();
         for conn in conns {
-            match conn.out.push_deferred(message.frame.clone(), &mut deferred) {
+            match conn
+                .out
+                .push_deferred(message.frame().clone(), &mut deferred)
+            {
                 Push::Accepted => {
                     conn.touch(now);
                     reached += 1;
@@ -948,28 +472,14 @@ impl ConnectionManager {
             }
         }
         self.inner.flush_queue.extend(deferred);
-        self.count_sends(reached as u64, dropped, overflowed);
+        self.inner
+            .counters
+            .sends(reached as u64, dropped, overflowed);
         for conn in dead {
             // A failed send removes the dead connection.
             self.remove(&conn, true);
         }
         reached
-    }
-
-    /// Records what sends did, in [`ManagerStats`] and the `metrics` counters: one place
-    /// for broadcasts and [`Connection::send`] alike.
-    fn count_sends(&self, sent: u64, dropped: u64, overflowed: u64) {
-        let c = &self.inner.counters;
-        c.frames_sent.fetch_add(sent, Ordering::Relaxed);
-        if dropped > 0 {
-            c.dropped.fetch_add(dropped, Ordering::Relaxed);
-            metrics::counter!("svc_ws_messages_dropped_total").increment(dropped);
-        }
-        if overflowed > 0 {
-            c.slow_consumer_disconnects
-                .fetch_add(overflowed, Ordering::Relaxed);
-            metrics::counter!("svc_ws_slow_consumer_disconnects_total").increment(overflowed);
-        }
     }
 
     /// Adds `user_id` to `room` (idempotent). The user need not be connected yet; a user
@@ -980,7 +490,9 @@ impl ConnectionManager {
         let room_key: Arc<str> = match reg.rooms.get_key_value(room) {
             Some((k, _)) => k.clone(),
             None => {
-                self.inner.interest(|| Topic::Room(room.to_owned()), true);
+                self.inner
+                    .cluster
+                    .interest(|| Topic::Room(room.to_owned()), true);
                 Arc::from(room)
             }
         };
@@ -991,7 +503,7 @@ impl ConnectionManager {
             .insert(user.clone());
         reg.memberships.entry(user).or_default().insert(room_key);
         if joined {
-            self.inner.announce(reg.connections, || {
+            self.inner.cluster.announce(reg.connections, || {
                 vec![PresenceChange::Joined {
                     user: user_id.to_owned(),
                     room: room.to_owned(),
@@ -1007,10 +519,12 @@ impl ConnectionManager {
             let was_member = members.remove(user_id);
             if members.is_empty() {
                 reg.rooms.remove(room);
-                self.inner.interest(|| Topic::Room(room.to_owned()), false);
+                self.inner
+                    .cluster
+                    .interest(|| Topic::Room(room.to_owned()), false);
             }
             if was_member {
-                self.inner.announce(reg.connections, || {
+                self.inner.cluster.announce(reg.connections, || {
                     vec![PresenceChange::Left {
                         user: user_id.to_owned(),
                         room: room.to_owned(),
@@ -1035,14 +549,9 @@ impl ConnectionManager {
             .unwrap_or_default()
     }
 
-    /// Whether `user_id` has at least one connection.
+    /// Whether `user_id` has at least one connection; with a backplane, on any node.
     pub fn is_user_connected(&self, user_id: &str) -> bool {
-        self.read().users.contains_key(user_id)
-            || self
-                .inner
-                .live_nodes()
-                .values()
-                .any(|n| n.is_live() && n.users.contains(user_id))
+        self.read().users.contains_key(user_id) || self.inner.cluster.has_user(user_id)
     }
 
     /// The members of `room` (empty for an unknown room), sorted; with a backplane, on
@@ -1054,13 +563,7 @@ impl ConnectionManager {
             .get(room)
             .map(|m| m.iter().map(|u| u.to_string()).collect())
             .unwrap_or_default();
-        for node in self.inner.live_nodes().values() {
-            if node.is_live()
-                && let Some(members) = node.rooms.get(room)
-            {
-                users.extend(members.iter().cloned());
-            }
-        }
+        self.inner.cluster.room_users(room, &mut users);
         users.sort_unstable();
         users.dedup();
         users
@@ -1069,11 +572,7 @@ impl ConnectionManager {
     /// The users with at least one connection, sorted; with a backplane, on every node.
     pub fn active_users(&self) -> Vec<String> {
         let mut users: Vec<String> = self.read().users.keys().map(|u| u.to_string()).collect();
-        for node in self.inner.live_nodes().values() {
-            if node.is_live() {
-                users.extend(node.users.iter().cloned());
-            }
-        }
+        self.inner.cluster.users(&mut users);
         users.sort_unstable();
         users.dedup();
         users
@@ -1082,14 +581,7 @@ impl ConnectionManager {
     /// Number of connections; with a backplane, on every node (another node's count is as
     /// of its last presence message: at most one heartbeat old).
     pub fn connection_count(&self) -> usize {
-        let remote: u64 = self
-            .inner
-            .live_nodes()
-            .values()
-            .filter(|n| n.is_live())
-            .map(|n| n.connections)
-            .sum();
-        self.local_connection_count() + remote as usize
+        self.local_connection_count() + self.inner.cluster.connections()
     }
 
     /// Number of connections to this node.
@@ -1100,30 +592,16 @@ impl ConnectionManager {
     /// Number of rooms with at least one member; with a backplane, on every node.
     pub fn room_count(&self) -> usize {
         let reg = self.read();
-        let nodes = self.inner.live_nodes();
-        let mut remote: HashSet<&str> = HashSet::new();
-        for node in nodes.values().filter(|n| n.is_live()) {
-            remote.extend(
-                node.rooms
-                    .keys()
-                    .map(String::as_str)
-                    .filter(|r| !reg.rooms.contains_key(*r)),
-            );
-        }
-        reg.rooms.len() + remote.len()
+        reg.rooms.len()
+            + self
+                .inner
+                .cluster
+                .rooms_beyond(|r| reg.rooms.contains_key(r))
     }
 
     /// Counters since the manager was created.
     pub fn stats(&self) -> ManagerStats {
-        let c = &self.inner.counters;
-        ManagerStats {
-            connects: c.connects.load(Ordering::Relaxed),
-            disconnects: c.disconnects.load(Ordering::Relaxed),
-            frames_sent: c.frames_sent.load(Ordering::Relaxed),
-            dropped: c.dropped.load(Ordering::Relaxed),
-            slow_consumer_disconnects: c.slow_consumer_disconnects.load(Ordering::Relaxed),
-            keepalive_timeouts: c.keepalive_timeouts.load(Ordering::Relaxed),
-        }
+        self.inner.counters.snapshot()
     }
 
     /// Whether [`shutdown`](Self::shutdown) has begun.
@@ -1159,263 +637,5 @@ impl ConnectionManager {
         }
         self.inner.hook_tasks.close();
         let _ = tokio::time::timeout(drain_timeout, self.inner.hook_tasks.wait()).await;
-    }
-
-    /// Starts the one keepalive task of this manager (a single timer for all connections).
-    fn start_keepalive(&self) {
-        let Some(interval) = self.inner.config.ping_interval else {
-            return;
-        };
-        if self.inner.keepalive_started.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let weak = Arc::downgrade(&self.inner);
-        let timeout = self.inner.config.ping_timeout;
-        tokio::spawn(keepalive(weak, interval, timeout));
-    }
-}
-
-/// A connect during shutdown: close the socket with 1001.
-async fn refuse(mut socket: Box<WebSocket>) -> Result<Connection, WebSocketError> {
-    socket.close(1001, "server shutting down").await;
-    Err(WebSocketError::closed(1001, "server shutting down"))
-}
-
-/// Runs `on_connect`; if it fails, rolls the registration back (without `on_disconnect`:
-/// the connection never completed) and closes with 1011.
-async fn run_connect_hook(
-    mut connection: Connection,
-    hook: ConnectHook,
-) -> Result<Connection, WebSocketError> {
-    let manager = connection.manager.clone();
-    if let Err(e) = hook(manager.clone(), connection.conn.info()).await {
-        tracing::warn!(user_id = %connection.conn.user_id, error = %e, "on_connect hook failed; closing with 1011");
-        manager.remove(&connection.conn, false);
-        connection.socket.close(1011, "connect hook failed").await;
-        return Err(WebSocketError::closed(1011, "connect hook failed"));
-    }
-    Ok(connection)
-}
-
-/// Pings connections that have been quiet for `interval`, and closes with 1011 those that
-/// did not answer within `timeout`. One task per manager; it ends with the manager.
-async fn keepalive(inner: Weak<Inner>, interval: Duration, timeout: Option<Duration>) {
-    let tick = timeout
-        .map_or(interval, |t| t.min(interval))
-        .div_f64(4.0)
-        .max(Duration::from_millis(5));
-    let ping = ping_frame();
-    let mut ticker = tokio::time::interval(tick);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let Some(inner) = inner.upgrade() else { return };
-        let manager = ConnectionManager { inner };
-        let now = now_ms();
-        let now_micros = now_us();
-        let mut deferred = Deferred::default();
-        for conn in manager.snapshot().iter() {
-            let sent = conn.out.ping_sent.load(Ordering::Relaxed);
-            if let Some(t) = timeout
-                && sent != 0
-                && now_micros.saturating_sub(sent) > t.as_micros() as u64
-            {
-                manager
-                    .inner
-                    .counters
-                    .keepalive_timeouts
-                    .fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("svc_ws_keepalive_timeouts_total").increment(1);
-                conn.out.kill(1011, "keepalive ping timeout");
-                manager.remove(conn, true);
-                continue;
-            }
-            let quiet = now.saturating_sub(conn.out.last_seen.load(Ordering::Relaxed));
-            if sent == 0 && quiet >= interval.as_millis() as u64 {
-                conn.out.send_ping(&ping, &mut deferred);
-            }
-        }
-        manager.inner.flush_queue.extend(deferred);
-    }
-}
-
-/// A registered connection: receive from it, send to it, close it.
-///
-/// Dropping it (or the peer going away) removes the connection from the manager exactly
-/// once, and `on_disconnect` runs exactly once.
-pub struct Connection {
-    socket: WebSocket,
-    conn: Arc<Conn>,
-    manager: ConnectionManager,
-}
-
-impl fmt::Debug for Connection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Connection")
-            .field("id", &self.conn.id)
-            .field("user_id", &self.conn.user_id)
-            .field("socket", &self.socket)
-            .finish()
-    }
-}
-
-impl Connection {
-    /// The connection id (what [`ConnectionInfo::connection_id`] holds).
-    pub fn id(&self) -> String {
-        self.conn.id.to_string()
-    }
-
-    /// The user this connection belongs to.
-    pub fn user_id(&self) -> &str {
-        &self.conn.user_id
-    }
-
-    /// What the manager knows about this connection.
-    pub fn info(&self) -> ConnectionInfo {
-        self.conn.info()
-    }
-
-    /// The manager this connection is registered with.
-    pub fn manager(&self) -> &ConnectionManager {
-        &self.manager
-    }
-
-    /// The underlying socket (close code, latency, subprotocol).
-    pub fn socket(&self) -> &WebSocket {
-        &self.socket
-    }
-
-    /// Receives the next message; `None` once the connection is closed (it is then removed
-    /// from the manager). See [`WebSocket::recv`].
-    pub async fn recv(&mut self) -> Option<Result<WebSocketMessage, WebSocketError>> {
-        let item = self.socket.recv().await;
-        match &item {
-            Some(Ok(_)) => self.conn.touch(unix_ms()),
-            Some(Err(_)) | None => {
-                self.manager.remove(&self.conn, true);
-            }
-        }
-        item
-    }
-
-    /// Sends a message to this connection only. Never waits: written now or queued. A full
-    /// queue applies the manager's slow-consumer policy, counted in [`ManagerStats`] like a
-    /// broadcast's: `Disconnect` gives an error (the connection closes with 1013), the drop
-    /// policies give `Ok` and count the dropped message.
-    pub fn send(&self, message: impl IntoMessage) -> Result<(), WebSocketError> {
-        let message = message.prepare()?;
-        match self.socket.send_frame(message.frame) {
-            Ok(true) => {
-                self.conn.touch(unix_ms());
-                self.manager.count_sends(1, 0, 0);
-            }
-            Ok(false) => self.manager.count_sends(0, 1, 0),
-            Err(e) => {
-                if e.close_code() == Some(1013) {
-                    self.manager.count_sends(0, 0, 1);
-                }
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
-    /// Closes the connection with `code` and `reason` and removes it from the manager.
-    pub async fn close(mut self, code: u16, reason: &str) {
-        self.socket.close(code, reason).await;
-        self.manager.remove(&self.conn, true);
-    }
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.manager.remove(&self.conn, true);
-    }
-}
-
-/// Delivers an envelope from another node to this node's connections (see
-/// [`Inbox::deliver`]). Never waits. Returns how many connections were reached.
-pub(crate) fn deliver_remote(inner: &Arc<Inner>, envelope: &Envelope) -> usize {
-    let manager = ConnectionManager {
-        inner: inner.clone(),
-    };
-    let message = PreparedMessage {
-        frame: envelope.frame.clone(),
-    };
-    let exclude = envelope.exclude_user.as_deref();
-    let skip = |c: &&Arc<Conn>| exclude != Some(&*c.user_id);
-    let reached = match &envelope.topic {
-        Topic::All => {
-            let all = manager.snapshot();
-            manager.deliver(all.iter().filter(skip), &message)
-        }
-        Topic::Room(room) => {
-            let conns = manager.room_connections(room, exclude);
-            manager.deliver(conns.iter(), &message)
-        }
-        Topic::User(user) => {
-            let conns = manager
-                .read()
-                .users
-                .get(user.as_str())
-                .cloned()
-                .unwrap_or_default();
-            manager.deliver(conns.iter().filter(skip), &message)
-        }
-    };
-    metrics::counter!("svc_ws_backplane_received_total").increment(1);
-    reached
-}
-
-/// Records another node's presence message (see [`Inbox::presence`]).
-pub(crate) fn remote_presence(inner: &Inner, presence: &Presence) {
-    let mut nodes = inner.remote.write().unwrap_or_else(|p| p.into_inner());
-    let node = nodes.entry(presence.node).or_insert_with(|| RemoteNode {
-        users: HashSet::new(),
-        rooms: HashMap::new(),
-        connections: 0,
-        seen: std::time::Instant::now(),
-        ttl: Duration::ZERO,
-    });
-    if presence.snapshot {
-        node.users.clear();
-        node.rooms.clear();
-    }
-    for change in &presence.changes {
-        node.apply(change);
-    }
-    node.connections = presence.connections;
-    node.seen = std::time::Instant::now();
-    node.ttl = Duration::from_millis(u64::from(presence.heartbeat_ms.max(1))) * 3;
-}
-
-/// Tells the other nodes this node's whole presence every heartbeat, and forgets the nodes
-/// not heard from for three; ends with the manager.
-async fn presence_heartbeat(inner: Weak<Inner>) {
-    loop {
-        let Some(period) = inner.upgrade().map(|i| i.heartbeat()) else {
-            return;
-        };
-        tokio::time::sleep(period).await;
-        let Some(inner) = inner.upgrade() else { return };
-        let Some(backplane) = inner.backplane.get() else {
-            return;
-        };
-        let (connections, changes) = {
-            let reg = inner.registry.read().unwrap_or_else(|p| p.into_inner());
-            (reg.connections, reg.presence_snapshot())
-        };
-        backplane.publish_presence(Presence {
-            node: inner.node,
-            snapshot: true,
-            connections: connections as u64,
-            heartbeat_ms: inner.heartbeat().as_millis().min(u128::from(u32::MAX)) as u32,
-            changes,
-        });
-        inner
-            .remote
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, n| n.seen.elapsed() < n.ttl);
     }
 }

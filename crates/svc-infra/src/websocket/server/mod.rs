@@ -2,22 +2,33 @@
 //! [`ConnectionManager`], and the axum integration.
 
 pub mod backplane;
+mod builder;
 mod clock;
+mod cluster;
+mod connection;
 mod flush;
+mod hooks;
 mod integration;
+mod keepalive;
 mod manager;
+mod message;
 mod outbound;
+mod registry;
 mod socket;
+mod stats;
 mod upgrade;
 
+pub use builder::ManagerBuilder;
+pub use connection::Connection;
+pub use hooks::ConnectionHooks;
 pub use integration::{
     ManagerNotInstalled, WsManager, add_websocket_manager, add_websocket_manager_with,
     get_ws_manager,
 };
-pub use manager::{
-    Connection, ConnectionHooks, ConnectionManager, IntoMessage, Json, ManagerStats, Metadata,
-    PreparedMessage, easy_websocket_manager,
-};
+pub use manager::{ConnectionManager, easy_websocket_manager};
+pub use message::{IntoMessage, Json, PreparedMessage};
 pub use outbound::SlowConsumerPolicy;
+pub use registry::Metadata;
 pub use socket::WebSocket;
+pub use stats::ManagerStats;
 pub use upgrade::{WsUpgrade, WsUpgradeRejection};

@@ -1,7 +1,7 @@
 //! [`RedisBackplane`]: the nodes of a cluster meet on a Redis server's pub/sub channels.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     fmt,
     sync::{Arc, Mutex, OnceLock},
     time::Duration,
@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{Notify, mpsc, watch};
 
-use super::{Backplane, BackplaneStatus, Envelope, Inbox, Presence, Topic};
+use super::{Backplane, BackplaneStatus, Envelope, Inbox, Interest, Presence, Topic};
 use crate::websocket::WebSocketError;
 
 /// How long one Redis operation (connect, subscribe, publish, ping) may take.
@@ -49,8 +49,8 @@ pub struct RedisBackplane {
 struct Shared {
     client: redis::Client,
     prefix: String,
-    /// Channel → how many subscribe calls are not yet balanced by unsubscribe.
-    wanted: Mutex<HashMap<String, usize>>,
+    /// The channels this node's connections need.
+    wanted: Mutex<Interest<String>>,
     /// The wanted set changed.
     changed: Notify,
     connected: watch::Sender<bool>,
@@ -69,7 +69,7 @@ impl fmt::Debug for RedisBackplane {
 impl RedisBackplane {
     /// A backplane for the Redis server at `url` (`redis://host:port/db`, `rediss://` with
     /// TLS is not enabled in this build). Nothing connects until a manager attaches it
-    /// ([`ConnectionManager::with_backplane`](crate::websocket::ConnectionManager::with_backplane),
+    /// ([`ManagerBuilder::backplane`](crate::websocket::ManagerBuilder::backplane),
     /// inside a tokio runtime); a Redis server that is not there yet is waited for.
     pub fn new(url: &str) -> Result<Self, WebSocketError> {
         let client = redis::Client::open(url).map_err(|e| {
@@ -84,7 +84,7 @@ impl RedisBackplane {
             shared: Arc::new(Shared {
                 client,
                 prefix: "svc-ws".to_owned(),
-                wanted: Mutex::new(HashMap::new()),
+                wanted: Mutex::new(Interest::default()),
                 changed: Notify::new(),
                 connected: watch::Sender::new(false),
                 inbox: OnceLock::new(),
@@ -145,7 +145,7 @@ impl Backplane for RedisBackplane {
             .wanted
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(presence_channel(&self.shared.prefix), 1);
+            .add(presence_channel(&self.shared.prefix));
         let rx = self.start.lock().unwrap_or_else(|p| p.into_inner()).take();
         match (rx, tokio::runtime::Handle::try_current()) {
             (Some(rx), Ok(runtime)) => drop(runtime.spawn(run(self.shared.clone(), rx))),
@@ -166,26 +166,21 @@ impl Backplane for RedisBackplane {
 
     fn subscribe(&self, topic: &Topic) {
         let channel = self.channel(topic);
-        *self
-            .shared
+        self.shared
             .wanted
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(channel)
-            .or_default() += 1;
+            .add(channel);
         self.shared.changed.notify_one();
     }
 
     fn unsubscribe(&self, topic: &Topic) {
         let channel = self.channel(topic);
-        let mut wanted = self.shared.wanted.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = wanted.get_mut(&channel) {
-            *n -= 1;
-            if *n == 0 {
-                wanted.remove(&channel);
-            }
-        }
-        drop(wanted);
+        self.shared
+            .wanted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&channel);
         self.shared.changed.notify_one();
     }
 

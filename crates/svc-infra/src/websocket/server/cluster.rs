@@ -1,0 +1,327 @@
+//! The cluster view: what this node knows of the others (their users, rooms and
+//! connection counts, from their presence messages), what it tells them, and delivery of
+//! what they send to this node's connections. Without a backplane it is empty and every
+//! call here does nothing.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, RwLock, Weak},
+    time::Duration,
+};
+
+use bytes::Bytes;
+
+use super::{
+    backplane::{
+        Backplane, BackplaneStatus, Envelope, Inbox, Presence, PresenceChange, Receiver, Topic,
+    },
+    manager::{ConnectionManager, Inner},
+    message::PreparedMessage,
+    registry::Conn,
+};
+
+/// What this node knows of another node of the cluster (from its presence messages).
+#[derive(Debug)]
+struct RemoteNode {
+    users: HashSet<String>,
+    rooms: HashMap<String, HashSet<String>>,
+    connections: u64,
+    seen: std::time::Instant,
+    /// Forgotten when silent this long (three of its heartbeats).
+    ttl: Duration,
+}
+
+impl RemoteNode {
+    /// Heard from recently enough to count.
+    fn is_live(&self) -> bool {
+        self.seen.elapsed() < self.ttl
+    }
+
+    fn apply(&mut self, change: &PresenceChange) {
+        match change {
+            PresenceChange::Online(user) => {
+                self.users.insert(user.clone());
+            }
+            PresenceChange::Offline(user) => {
+                self.users.remove(user);
+            }
+            PresenceChange::Joined { user, room } => {
+                self.rooms
+                    .entry(room.clone())
+                    .or_default()
+                    .insert(user.clone());
+            }
+            PresenceChange::Left { user, room } => {
+                if let Some(members) = self.rooms.get_mut(room) {
+                    members.remove(user);
+                    if members.is_empty() {
+                        self.rooms.remove(room);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How often a node tells the others its whole presence, unless set otherwise; a node not
+/// heard from for three of its own periods is forgotten.
+pub(super) const PRESENCE_HEARTBEAT: Duration = Duration::from_secs(1);
+
+type LiveNodes<'a> = std::iter::Filter<
+    std::collections::hash_map::Values<'a, u64, RemoteNode>,
+    fn(&&RemoteNode) -> bool,
+>;
+
+/// This node's place in the cluster: its id, its backplane (if any), and the other nodes.
+pub(super) struct Cluster {
+    /// This manager's id among the nodes of a cluster (random).
+    pub(super) node: u64,
+    /// Carries sends to the other nodes.
+    backplane: Option<Arc<dyn Backplane>>,
+    /// The other nodes, as their presence messages describe them.
+    remote: RwLock<HashMap<u64, RemoteNode>>,
+    /// How often this node sends its whole presence.
+    heartbeat: Duration,
+}
+
+impl Cluster {
+    pub(super) fn new(backplane: Option<Arc<dyn Backplane>>, heartbeat: Duration) -> Self {
+        Self {
+            node: rand::random(),
+            backplane,
+            remote: RwLock::new(HashMap::new()),
+            heartbeat: heartbeat.max(Duration::from_millis(1)),
+        }
+    }
+
+    /// Starts the backplane's part: hands it this node's inbox, subscribes to broadcasts,
+    /// and starts the presence heartbeat. Called once, by the builder, before any
+    /// connection exists.
+    pub(super) fn attach(inner: &Arc<Inner>) {
+        let Some(backplane) = &inner.cluster.backplane else {
+            return;
+        };
+        let weak: Weak<Inner> = Arc::downgrade(inner);
+        backplane.attach(Inbox::new(
+            inner.cluster.node,
+            Arc::new(Arrivals(weak.clone())),
+        ));
+        backplane.subscribe(&Topic::All);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(presence_heartbeat(weak))),
+            Err(_) => {
+                tracing::warn!("backplane set outside a tokio runtime: no presence heartbeat")
+            }
+        }
+    }
+
+    /// Whether this node reaches the others: `None` without a backplane.
+    pub(super) fn status(&self) -> Option<BackplaneStatus> {
+        self.backplane.as_ref().map(|b| b.status())
+    }
+
+    fn heartbeat_ms(&self) -> u32 {
+        self.heartbeat.as_millis().min(u128::from(u32::MAX)) as u32
+    }
+
+    /// Tells the other nodes (if any) what changed here.
+    pub(super) fn announce(
+        &self,
+        connections: usize,
+        changes: impl FnOnce() -> Vec<PresenceChange>,
+    ) {
+        if let Some(b) = &self.backplane {
+            b.publish_presence(Presence {
+                node: self.node,
+                snapshot: false,
+                connections: connections as u64,
+                heartbeat_ms: self.heartbeat_ms(),
+                changes: changes(),
+            });
+        }
+    }
+
+    /// Tells the backplane (if any) about a change of local interest.
+    pub(super) fn interest(&self, topic: impl FnOnce() -> Topic, subscribe: bool) {
+        if let Some(b) = &self.backplane {
+            let topic = topic();
+            if subscribe {
+                b.subscribe(&topic);
+            } else {
+                b.unsubscribe(&topic);
+            }
+        }
+    }
+
+    /// Hands a frame to the other nodes (no-op without a backplane).
+    pub(super) fn publish(
+        &self,
+        topic: impl FnOnce() -> Topic,
+        exclude_user: Option<&str>,
+        frame: &Bytes,
+    ) {
+        if let Some(b) = &self.backplane {
+            b.publish(Envelope {
+                origin: self.node,
+                topic: topic(),
+                exclude_user: exclude_user.map(str::to_owned),
+                frame: frame.clone(),
+            });
+        }
+    }
+
+    /// Whether another node has a connection of `user`.
+    pub(super) fn has_user(&self, user: &str) -> bool {
+        self.with_live(|mut nodes| nodes.any(|n| n.users.contains(user)))
+    }
+
+    /// Adds the members of `room` on other nodes to `users`.
+    pub(super) fn room_users(&self, room: &str, users: &mut Vec<String>) {
+        self.with_live(|nodes| {
+            for members in nodes.filter_map(|n| n.rooms.get(room)) {
+                users.extend(members.iter().cloned());
+            }
+        });
+    }
+
+    /// Adds the users connected to other nodes to `users`.
+    pub(super) fn users(&self, users: &mut Vec<String>) {
+        self.with_live(|nodes| {
+            for node in nodes {
+                users.extend(node.users.iter().cloned());
+            }
+        });
+    }
+
+    /// Connections on the other nodes (as of their last presence message).
+    pub(super) fn connections(&self) -> usize {
+        self.with_live(|nodes| nodes.map(|n| n.connections).sum::<u64>()) as usize
+    }
+
+    /// Rooms with members on other nodes that `is_local` does not count already.
+    pub(super) fn rooms_beyond(&self, is_local: impl Fn(&str) -> bool) -> usize {
+        self.with_live(|nodes| {
+            let mut remote: HashSet<&str> = HashSet::new();
+            for node in nodes {
+                remote.extend(
+                    node.rooms
+                        .keys()
+                        .map(String::as_str)
+                        .filter(|r| !is_local(r)),
+                );
+            }
+            remote.len()
+        })
+    }
+
+    /// Runs `f` over the other nodes still heard from, under the read lock.
+    fn with_live<T>(&self, f: impl FnOnce(LiveNodes<'_>) -> T) -> T {
+        fn live(node: &&RemoteNode) -> bool {
+            node.is_live()
+        }
+        let nodes = self.remote.read().unwrap_or_else(|p| p.into_inner());
+        f(nodes.values().filter(live))
+    }
+
+    /// Records another node's presence message.
+    fn record(&self, presence: &Presence) {
+        let mut nodes = self.remote.write().unwrap_or_else(|p| p.into_inner());
+        let node = nodes.entry(presence.node).or_insert_with(|| RemoteNode {
+            users: HashSet::new(),
+            rooms: HashMap::new(),
+            connections: 0,
+            seen: std::time::Instant::now(),
+            ttl: Duration::ZERO,
+        });
+        if presence.snapshot {
+            node.users.clear();
+            node.rooms.clear();
+        }
+        for change in &presence.changes {
+            node.apply(change);
+        }
+        node.connections = presence.connections;
+        node.seen = std::time::Instant::now();
+        node.ttl = Duration::from_millis(u64::from(presence.heartbeat_ms.max(1))) * 3;
+    }
+
+    /// Forgets the nodes not heard from for three of their heartbeats.
+    fn forget_silent(&self) {
+        self.remote
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, n| n.is_live());
+    }
+}
+
+/// What the backplane hands this node: the manager, held weakly, so a backplane never
+/// keeps a dropped manager alive.
+struct Arrivals(Weak<Inner>);
+
+impl Receiver for Arrivals {
+    fn deliver(&self, envelope: &Envelope) -> usize {
+        match self.0.upgrade() {
+            Some(inner) => ConnectionManager { inner }.deliver_remote(envelope),
+            None => 0,
+        }
+    }
+
+    fn presence(&self, presence: &Presence) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.cluster.record(presence);
+        }
+    }
+}
+
+impl ConnectionManager {
+    /// Delivers an envelope from another node to this node's connections. Never waits.
+    /// Returns how many connections were reached.
+    fn deliver_remote(&self, envelope: &Envelope) -> usize {
+        let message = PreparedMessage::from_frame(envelope.frame.clone());
+        let exclude = envelope.exclude_user.as_deref();
+        let skip = |c: &&Arc<Conn>| exclude != Some(&*c.user_id);
+        let reached = match &envelope.topic {
+            Topic::All => {
+                let all = self.snapshot();
+                self.deliver(all.iter().filter(skip), &message)
+            }
+            Topic::Room(room) => {
+                let conns = self.read().room_connections(room, exclude);
+                self.deliver(conns.iter(), &message)
+            }
+            Topic::User(user) => {
+                let conns = self.read().user_connections(user);
+                self.deliver(conns.iter().filter(skip), &message)
+            }
+        };
+        metrics::counter!("svc_ws_backplane_received_total").increment(1);
+        reached
+    }
+}
+
+/// Tells the other nodes this node's whole presence every heartbeat, and forgets the nodes
+/// not heard from for three; ends with the manager.
+async fn presence_heartbeat(inner: Weak<Inner>) {
+    loop {
+        let Some(period) = inner.upgrade().map(|i| i.cluster.heartbeat) else {
+            return;
+        };
+        tokio::time::sleep(period).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let Some(backplane) = &inner.cluster.backplane else {
+            return;
+        };
+        let (connections, changes) = {
+            let reg = inner.registry.read().unwrap_or_else(|p| p.into_inner());
+            (reg.connections, reg.presence_snapshot())
+        };
+        backplane.publish_presence(Presence {
+            node: inner.cluster.node,
+            snapshot: true,
+            connections: connections as u64,
+            heartbeat_ms: inner.cluster.heartbeat_ms(),
+            changes,
+        });
+        inner.cluster.forget_silent();
+    }
+}

@@ -1,0 +1,129 @@
+//! [`Connection`]: a registered connection's handle.
+
+use std::{fmt, sync::Arc};
+
+use super::{
+    hooks::ConnectHook,
+    manager::ConnectionManager,
+    message::IntoMessage,
+    registry::{Conn, unix_ms},
+    socket::WebSocket,
+};
+use crate::websocket::{ConnectionInfo, WebSocketError, WebSocketMessage};
+
+/// A registered connection: receive from it, send to it, close it.
+///
+/// Dropping it (or the peer going away) removes the connection from the manager exactly
+/// once, and `on_disconnect` runs exactly once.
+pub struct Connection {
+    pub(super) socket: WebSocket,
+    pub(super) conn: Arc<Conn>,
+    pub(super) manager: ConnectionManager,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.conn.id)
+            .field("user_id", &self.conn.user_id)
+            .field("socket", &self.socket)
+            .finish()
+    }
+}
+
+impl Connection {
+    /// The connection id (what [`ConnectionInfo::connection_id`] holds).
+    pub fn id(&self) -> String {
+        self.conn.id.to_string()
+    }
+
+    /// The user this connection belongs to.
+    pub fn user_id(&self) -> &str {
+        &self.conn.user_id
+    }
+
+    /// What the manager knows about this connection.
+    pub fn info(&self) -> ConnectionInfo {
+        self.conn.info()
+    }
+
+    /// The manager this connection is registered with.
+    pub fn manager(&self) -> &ConnectionManager {
+        &self.manager
+    }
+
+    /// The underlying socket (close code, latency, subprotocol).
+    pub fn socket(&self) -> &WebSocket {
+        &self.socket
+    }
+
+    /// Receives the next message; `None` once the connection is closed (it is then removed
+    /// from the manager). See [`WebSocket::recv`].
+    pub async fn recv(&mut self) -> Option<Result<WebSocketMessage, WebSocketError>> {
+        let item = self.socket.recv().await;
+        match &item {
+            Some(Ok(_)) => self.conn.touch(unix_ms()),
+            Some(Err(_)) | None => {
+                self.manager.remove(&self.conn, true);
+            }
+        }
+        item
+    }
+
+    /// Sends a message to this connection only. Never waits: written now or queued. A full
+    /// queue applies the manager's slow-consumer policy, counted in [`ManagerStats`] like a
+    /// broadcast's: `Disconnect` gives an error (the connection closes with 1013), the drop
+    /// policies give `Ok` and count the dropped message.
+    pub fn send(&self, message: impl IntoMessage) -> Result<(), WebSocketError> {
+        let message = message.prepare()?;
+        let counters = &self.manager.inner.counters;
+        match self.socket.send_frame(message.frame().clone()) {
+            Ok(true) => {
+                self.conn.touch(unix_ms());
+                counters.sends(1, 0, 0);
+            }
+            Ok(false) => counters.sends(0, 1, 0),
+            Err(e) => {
+                if e.close_code() == Some(1013) {
+                    counters.sends(0, 0, 1);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the connection with `code` and `reason` and removes it from the manager.
+    pub async fn close(mut self, code: u16, reason: &str) {
+        self.socket.close(code, reason).await;
+        self.manager.remove(&self.conn, true);
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.manager.remove(&self.conn, true);
+    }
+}
+
+/// A connect during shutdown: close the socket with 1001.
+pub(super) async fn refuse(mut socket: Box<WebSocket>) -> Result<Connection, WebSocketError> {
+    socket.close(1001, "server shutting down").await;
+    Err(WebSocketError::closed(1001, "server shutting down"))
+}
+
+/// Runs `on_connect`; if it fails, rolls the registration back (without `on_disconnect`:
+/// the connection never completed) and closes with 1011.
+pub(super) async fn run_connect_hook(
+    mut connection: Connection,
+    hook: ConnectHook,
+) -> Result<Connection, WebSocketError> {
+    let manager = connection.manager.clone();
+    if let Err(e) = hook(manager.clone(), connection.conn.info()).await {
+        tracing::warn!(user_id = %connection.conn.user_id, error = %e, "on_connect hook failed; closing with 1011");
+        manager.remove(&connection.conn, false);
+        connection.socket.close(1011, "connect hook failed").await;
+        return Err(WebSocketError::closed(1011, "connect hook failed"));
+    }
+    Ok(connection)
+}

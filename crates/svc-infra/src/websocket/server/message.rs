@@ -1,0 +1,147 @@
+//! What the manager sends: a message encoded once ([`PreparedMessage`]) from anything
+//! that can be a message ([`IntoMessage`]).
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::websocket::{
+    WebSocketError, WebSocketMessage,
+    protocol::{self, OP_BINARY, OP_TEXT},
+};
+
+/// A message encoded once, ready to go to any number of connections.
+///
+/// Server frames are not masked, so the bytes on the wire are the same for every recipient:
+/// a broadcast builds them once and every recipient gets a reference-counted clone.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PreparedMessage {
+    frame: Bytes,
+}
+
+impl fmt::Debug for PreparedMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedMessage")
+            .field("frame_len", &self.frame.len())
+            .finish()
+    }
+}
+
+impl PreparedMessage {
+    /// A text message.
+    pub fn text(text: &str) -> Self {
+        Self {
+            frame: protocol::encode_frame(OP_TEXT, text.as_bytes()),
+        }
+    }
+
+    /// A binary message.
+    pub fn binary(data: &[u8]) -> Self {
+        Self {
+            frame: protocol::encode_frame(OP_BINARY, data),
+        }
+    }
+
+    /// A text message holding `value` as compact JSON.
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self, WebSocketError> {
+        Ok(Self::text(&serde_json::to_string(value)?))
+    }
+
+    /// Size of the frame on the wire, header included.
+    pub fn wire_len(&self) -> usize {
+        self.frame.len()
+    }
+
+    /// A message whose frame another node encoded (it arrived on the backplane).
+    pub(crate) fn from_frame(frame: Bytes) -> Self {
+        Self { frame }
+    }
+
+    /// The complete frame, shared by every recipient.
+    pub(crate) fn frame(&self) -> &Bytes {
+        &self.frame
+    }
+}
+
+/// Anything the manager can send: text (`&str`, `String`), binary (`Vec<u8>`, `Bytes`,
+/// `&[u8]`), a [`WebSocketMessage`], JSON (`serde_json::Value` or [`Json`]`(value)` for any
+/// `Serialize`), or an already [`PreparedMessage`]. Whatever it is, it is encoded once per
+/// call, never once per recipient.
+pub trait IntoMessage {
+    /// Encodes the message into a frame.
+    fn prepare(self) -> Result<PreparedMessage, WebSocketError>;
+}
+
+/// Sends any `Serialize` value as compact JSON text: `manager.broadcast(Json(&event))`.
+#[derive(Debug, Clone, Copy)]
+pub struct Json<T>(pub T);
+
+impl<T: Serialize> IntoMessage for Json<T> {
+    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
+        PreparedMessage::json(&self.0)
+    }
+}
+impl IntoMessage for PreparedMessage {
+    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
+        Ok(self)
+    }
+}
+impl IntoMessage for &PreparedMessage {
+    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
+        Ok(self.clone())
+    }
+}
+impl IntoMessage for &str {
+    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
+        Ok(PreparedMessage::text(self))
+    }
+}
+impl IntoMessage for String {
+    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
+        Ok(PreparedMessage::text(&self))
+    }
+}
+impl IntoMessage for &String {
+    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
+        Ok(PreparedMessage::text(self))
+    }
+}
+impl IntoMessage for &[u8] {
+    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
+        Ok(PreparedMessage::binary(self))
+    }
+}
+impl IntoMessage for Vec<u8> {
+    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
+        Ok(PreparedMessage::binary(&self))
+    }
+}
+impl IntoMessage for Bytes {
+    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
+        Ok(PreparedMessage::binary(&self))
+    }
+}
+impl IntoMessage for WebSocketMessage {
+    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
+        (&self).prepare()
+    }
+}
+impl IntoMessage for &WebSocketMessage {
+    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
+        Ok(match self.as_text() {
+            Some(text) => PreparedMessage::text(text),
+            None => PreparedMessage::binary(self.as_bytes()),
+        })
+    }
+}
+impl IntoMessage for serde_json::Value {
+    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
+        PreparedMessage::json(&self)
+    }
+}
+impl IntoMessage for &serde_json::Value {
+    fn prepare(self) -> Result<PreparedMessage, WebSocketError> {
+        PreparedMessage::json(self)
+    }
+}

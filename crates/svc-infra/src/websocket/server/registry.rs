@@ -1,0 +1,129 @@
+//! The local registry: this node's connections, by user, and its rooms.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use super::{backplane::PresenceChange, outbound::Outbound};
+use crate::websocket::ConnectionInfo;
+
+/// Application data attached to a connection at
+/// [`ConnectionManager::connect_with_metadata`](super::ConnectionManager::connect_with_metadata).
+pub type Metadata = HashMap<String, serde_json::Value>;
+
+/// One registered connection, shared by the registry and its
+/// [`Connection`](super::Connection) handle.
+pub(super) struct Conn {
+    pub(super) id: u64,
+    pub(super) user_id: Arc<str>,
+    pub(super) out: Arc<Outbound>,
+    pub(super) connected_at: SystemTime,
+    /// Milliseconds since the Unix epoch of the last message sent or received.
+    pub(super) last_activity: AtomicU64,
+    pub(super) metadata: Metadata,
+    /// Still in the registry: cleared by the one removal that counts.
+    pub(super) registered: AtomicBool,
+}
+
+impl Conn {
+    pub(super) fn info(&self) -> ConnectionInfo {
+        ConnectionInfo {
+            user_id: self.user_id.to_string(),
+            connection_id: self.id.to_string(),
+            connected_at: self.connected_at,
+            last_activity: UNIX_EPOCH
+                + Duration::from_millis(self.last_activity.load(Ordering::Relaxed)),
+            metadata: self.metadata.clone(),
+        }
+    }
+
+    pub(super) fn touch(&self, unix_ms: u64) {
+        self.last_activity.store(unix_ms, Ordering::Relaxed);
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(super) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Who is connected to this node and which rooms they are in. Lives behind the manager's
+/// `RwLock`; every method here is synchronous and short.
+#[derive(Default)]
+pub(super) struct Registry {
+    /// user → their connections, in connection order.
+    pub(super) users: HashMap<Arc<str>, Vec<Arc<Conn>>>,
+    /// room → its members (users).
+    pub(super) rooms: HashMap<Arc<str>, HashSet<Arc<str>>>,
+    /// user → the rooms they are in (the reverse index, so leaving all rooms is cheap).
+    pub(super) memberships: HashMap<Arc<str>, HashSet<Arc<str>>>,
+    pub(super) connections: usize,
+    /// Every connection, rebuilt lazily after a change, so a broadcast costs one `Arc` clone.
+    pub(super) snapshot: Option<Arc<[Arc<Conn>]>>,
+}
+
+impl Registry {
+    /// Takes `user` out of every room; returns each room left and whether it became empty
+    /// (and is gone).
+    pub(super) fn leave_all_rooms(&mut self, user: &str) -> Vec<(Arc<str>, bool)> {
+        let mut left = Vec::new();
+        if let Some(rooms) = self.memberships.remove(user) {
+            for room in rooms {
+                let mut emptied = false;
+                if let Some(members) = self.rooms.get_mut(&room) {
+                    members.remove(user);
+                    if members.is_empty() {
+                        self.rooms.remove(&room);
+                        emptied = true;
+                    }
+                }
+                left.push((room, emptied));
+            }
+        }
+        left
+    }
+
+    /// This node's whole presence, for a heartbeat.
+    pub(super) fn presence_snapshot(&self) -> Vec<PresenceChange> {
+        let mut changes: Vec<PresenceChange> = self
+            .users
+            .keys()
+            .map(|u| PresenceChange::Online(u.to_string()))
+            .collect();
+        for (user, rooms) in &self.memberships {
+            for room in rooms {
+                changes.push(PresenceChange::Joined {
+                    user: user.to_string(),
+                    room: room.to_string(),
+                });
+            }
+        }
+        changes
+    }
+
+    /// The connections of `user` (empty if none).
+    pub(super) fn user_connections(&self, user: &str) -> Vec<Arc<Conn>> {
+        self.users.get(user).cloned().unwrap_or_default()
+    }
+
+    /// The connections of every member of `room`, skipping `exclude`'s.
+    pub(super) fn room_connections(&self, room: &str, exclude: Option<&str>) -> Vec<Arc<Conn>> {
+        let Some(members) = self.rooms.get(room) else {
+            return Vec::new();
+        };
+        members
+            .iter()
+            .filter(|u| exclude != Some(&***u))
+            .filter_map(|u| self.users.get(u))
+            .flatten()
+            .cloned()
+            .collect()
+    }
+}
