@@ -27,10 +27,7 @@ use self::{
 };
 use super::{ConnectionState, Result, WebSocketConfig, WebSocketError, WebSocketMessage};
 
-pub(crate) use self::{
-    actor::CloseOrigin,
-    handshake::{ConnectFailure, Target},
-};
+pub(crate) use self::{actor::CloseOrigin, handshake::Target};
 
 /// A connected WebSocket client.
 ///

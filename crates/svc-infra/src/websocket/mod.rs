@@ -28,7 +28,7 @@ pub use client::{
     ClientBuilder, RootCertificate, WebSocketClient, WebSocketSender, easy_websocket_client,
 };
 pub use config::{ConfigError, WebSocketConfig, get_default_config};
-pub use error::{BoxError, Result, WebSocketError};
+pub use error::{BoxError, ConnectFailure, Result, WebSocketError};
 pub use models::{ConnectionInfo, ConnectionState, WebSocketMessage};
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
