@@ -76,12 +76,6 @@ pub enum WebSocketError {
         limit: usize,
     },
 
-    /// The operation needs a connection and there is none yet.
-    ///
-    /// *What to do:* call `connect()` first.
-    #[error("Not connected")]
-    NotConnected,
-
     /// A configuration value is not allowed.
     ///
     /// *What to do:* fix the named variable; the message says what is accepted.
