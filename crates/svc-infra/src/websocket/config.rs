@@ -2,6 +2,8 @@
 
 use std::{fmt, time::Duration};
 
+use super::backoff::Backoff;
+
 /// Settings shared by the client and the server side.
 ///
 /// Build one with [`WebSocketConfig::default`] (the documented defaults), with
@@ -117,7 +119,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// A bad `value` of `variable`; `expected` says what is accepted.
-    pub(crate) fn new(
+    pub fn new(
         variable: &str,
         value: impl fmt::Display,
         expected: impl Into<String>,
@@ -130,7 +132,7 @@ impl ConfigError {
     }
 
     /// A bad value of `variable` that must not be shown (a secret, key material).
-    pub(crate) fn hidden(variable: &str, expected: impl Into<String>) -> Self {
+    pub fn hidden(variable: &str, expected: impl Into<String>) -> Self {
         Self {
             variable: variable.to_owned(),
             value: None,
@@ -320,28 +322,22 @@ impl WebSocketConfig {
     /// The delay before retry number `attempt` (0-based), before jitter:
     /// `min(base * 2^attempt, max)`.
     pub fn backoff_delay(&self, attempt: u32) -> Duration {
-        let factor = 2f64.powi(attempt.min(64) as i32);
-        let secs = self.reconnect_backoff_base.as_secs_f64() * factor;
-        secs_saturating(secs.min(self.reconnect_backoff_max.as_secs_f64()))
+        self.backoff().delay(attempt)
     }
 
     /// [`backoff_delay`](Self::backoff_delay) times a random factor in
     /// `[1 - jitter, 1 + jitter]`.
     pub fn jittered_backoff_delay(&self, attempt: u32) -> Duration {
-        let delay = self.backoff_delay(attempt).as_secs_f64();
-        let j = self.reconnect_jitter;
-        let factor = if j > 0.0 {
-            rand::random_range((1.0 - j)..=(1.0 + j))
-        } else {
-            1.0
-        };
-        secs_saturating(delay * factor)
+        self.backoff().jittered(attempt)
     }
-}
 
-/// `secs` as a `Duration`, saturating at `Duration::MAX` instead of panicking.
-fn secs_saturating(secs: f64) -> Duration {
-    Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
+    fn backoff(&self) -> Backoff {
+        Backoff::new(
+            self.reconnect_backoff_base,
+            self.reconnect_backoff_max,
+            self.reconnect_jitter,
+        )
+    }
 }
 
 fn parse_f64(raw: &str) -> Option<f64> {

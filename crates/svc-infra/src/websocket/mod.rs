@@ -12,6 +12,7 @@
 //! | `add_websocket_manager`, `get_ws_manager` | `add_websocket_manager` (returns router and manager), the `WsManager` extractor and `get_ws_manager` (feature `server`) |
 //! | Redis scaling ("planned" in the seed) | `backplane` (`InMemoryBackplane`; `RedisBackplane` with feature `redis`) and `ConnectionManager::with_backplane` |
 
+mod backoff;
 #[cfg(feature = "client")]
 mod client;
 mod config;

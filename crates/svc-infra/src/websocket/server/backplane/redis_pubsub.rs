@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::{Backplane, BackplaneStatus, Envelope, Inbox, Presence, Topic};
-use crate::websocket::WebSocketError;
+use crate::websocket::{WebSocketError, backoff::Backoff};
 
 /// How long one Redis operation (connect, subscribe, publish, ping) may take.
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -22,8 +22,8 @@ const QUEUE: usize = 16 * 1024;
 const PIPELINE: u64 = 512;
 /// A connection that has been quiet this long is pinged.
 const PING_EVERY: Duration = Duration::from_secs(5);
-const BACKOFF_BASE: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Reconnect delays: 100 ms doubling to 5 s, ±20%.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5), 0.2);
 
 /// A [`Backplane`] over Redis pub/sub (feature `redis`).
 ///
@@ -230,7 +230,7 @@ async fn run(shared: Arc<Shared>, mut publish: mpsc::Receiver<(String, Bytes)>) 
         }
         shared.connected.send_replace(false);
         metrics::gauge!("svc_ws_backplane_connected").set(0.0);
-        let delay = backoff(failures);
+        let delay = BACKOFF.jittered(failures);
         failures = failures.saturating_add(1);
         tracing::warn!(error = %lost, retry_in = ?delay, "Redis backplane disconnected");
         let sleep = tokio::time::sleep(delay);
@@ -362,13 +362,6 @@ async fn sync(
     }
     *subscribed = wanted;
     Ok(())
-}
-
-/// `min(base · 2ⁿ, max)`, ±20%.
-fn backoff(failures: u32) -> Duration {
-    let exp = BACKOFF_BASE.saturating_mul(1u32 << failures.min(16));
-    let delay = exp.min(BACKOFF_MAX);
-    delay.mul_f64(rand::random_range(0.8..1.2))
 }
 
 #[cfg(test)]
