@@ -119,11 +119,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// A bad `value` of `variable`; `expected` says what is accepted.
-    pub fn new(
-        variable: &str,
-        value: impl fmt::Display,
-        expected: impl Into<String>,
-    ) -> Self {
+    pub fn new(variable: &str, value: impl fmt::Display, expected: impl Into<String>) -> Self {
         Self {
             variable: variable.to_owned(),
             value: Some(value.to_string()),

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `WebSocketConfig`, `get_default_config` | [`WebSocketConfig`], [`get_default_config`] |
 //! | `ConnectionState`, `WebSocketMessage`, `ConnectionInfo` | [`ConnectionState`], [`WebSocketMessage`], [`ConnectionInfo`] |
-//! | `WebSocketError` and its subclasses | [`WebSocketError`] and its variants |
+//! | `WebSocketError` and its subclasses | [`WebSocketError`] and its variants ([`ConnectFailure`]: why a connect failed; [`ConfigError`]: a bad setting) |
 //! | `WebSocketClient` | [`WebSocketClient`] (+ [`ClientBuilder`], [`WebSocketSender`], [`RootCertificate`]); feature `client` |
 //! | `websocket_connect` | [`websocket_connect`] (a `Stream` of clients, [`Reconnect`]); feature `client` |
 //! | `easy_websocket_client` | [`easy_websocket_client`]; feature `client` |
