@@ -13,7 +13,8 @@ use client_common::{
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use svc_infra::websocket::{
-    ConnectionState, WebSocketClient, WebSocketConfig, WebSocketError, WebSocketMessage,
+    ConnectFailure, ConnectionState, WebSocketClient, WebSocketConfig, WebSocketError,
+    WebSocketMessage,
 };
 use tokio::{io::AsyncWriteExt, sync::oneshot};
 
@@ -673,6 +674,10 @@ async fn bad_input_gives_errors_not_panics() {
         panic!("{err:?}");
     };
     assert!(source.to_string().contains("HTTP 200"), "{source}");
+    assert!(
+        matches!(source, ConnectFailure::HttpStatus { status: 200, .. }),
+        "{source:?}"
+    );
     let err = step(WebSocketClient::builder(server.url("/unavailable")).connect())
         .await
         .unwrap_err();

@@ -5,7 +5,7 @@ use std::{fmt, time::Duration};
 use super::{
     api_key::ApiKey,
     error::AuthConfigError,
-    jwt::{JwtAlgorithm, PublicKey},
+    keys::{JwtAlgorithm, PublicKey},
 };
 
 /// A secret that never shows in `Debug` output or error messages.

@@ -1,5 +1,7 @@
 //! [`AuthConfigError`]: why a [`WsAuth`](super::WsAuth) could not be built.
 
+use crate::websocket::ConfigError;
+
 /// Why the authentication configuration could not be read or built. Raised at startup, never
 /// while serving a request (request failures are [`WsAuthRejection`](super::WsAuthRejection)s).
 #[derive(Debug, thiserror::Error)]
@@ -18,18 +20,13 @@ pub enum AuthConfigError {
         environment: String,
     },
 
-    /// A setting has a value that is not allowed. Secret values are never included.
+    /// A setting has a value that is not allowed: the variable (or field), the value when it
+    /// is not secret, and what is accepted. The same [`ConfigError`] as the WebSocket
+    /// configuration's.
     ///
     /// *What to do:* fix the named variable; the message says what is accepted.
-    #[error("invalid {variable}{}: expected {expected}", value.as_ref().map(|v| format!("={v:?}")).unwrap_or_default())]
-    Invalid {
-        /// The variable or field, e.g. `AUTH_JWT__LEEWAY`.
-        variable: String,
-        /// The value as given, when it is not secret.
-        value: Option<String>,
-        /// What would have been accepted.
-        expected: String,
-    },
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
 
     /// A key could not be loaded (bad PEM, unsupported key type).
     ///
@@ -56,10 +53,9 @@ impl AuthConfigError {
         value: Option<&str>,
         expected: impl Into<String>,
     ) -> Self {
-        Self::Invalid {
-            variable: variable.to_owned(),
-            value: value.map(str::to_owned),
-            expected: expected.into(),
-        }
+        Self::Invalid(match value {
+            Some(value) => ConfigError::new(variable, value, expected),
+            None => ConfigError::hidden(variable, expected),
+        })
     }
 }

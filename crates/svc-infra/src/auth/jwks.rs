@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::{
     error::AuthConfigError,
-    jwt::{Family, JwtAlgorithm, PublicKey, TokenError},
+    keys::{Family, JwtAlgorithm, PublicKey},
 };
 
 pub(crate) struct JwksSettings {
@@ -83,12 +83,8 @@ impl Jwks {
 
     /// The cached keys that match `kid` (or all keys when the token has none) and can verify
     /// `alg`, refreshing first when the cache is stale or the `kid` is unknown and the rate
-    /// limit allows.
-    pub(crate) async fn keys_for(
-        &self,
-        kid: Option<&str>,
-        alg: JwtAlgorithm,
-    ) -> Result<Selected, TokenError> {
+    /// limit allows. `None` when no key set has ever been fetched (the URL never answered).
+    pub(crate) async fn keys_for(&self, kid: Option<&str>, alg: JwtAlgorithm) -> Option<Selected> {
         if self.needs_fetch(kid) {
             // Single flight: whoever gets the lock fetches; the others re-check after.
             let wait = self.settings.timeout.saturating_mul(2);
@@ -99,9 +95,7 @@ impl Jwks {
             }
         }
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        if state.fetched_at.is_none() {
-            return Err(TokenError::KeysUnavailable);
-        }
+        state.fetched_at?;
         let all = Arc::clone(&state.keys);
         drop(state);
         let picks = all
@@ -114,7 +108,7 @@ impl Jwks {
             .filter(|(_, e)| e.key.family == alg.family() && e.key.algorithms.contains(&alg))
             .map(|(i, _)| i)
             .collect();
-        Ok(Selected { all, picks })
+        Some(Selected { all, picks })
     }
 
     fn needs_fetch(&self, kid: Option<&str>) -> bool {

@@ -1,203 +1,11 @@
-//! JWT verification on top of `jsonwebtoken` (RustCrypto backend).
-//!
-//! Algorithm confusion is impossible by construction: every key is bound to its algorithm
-//! family when it is loaded (an HMAC secret can only verify HS*, an RSA key only RS*/PS*, …),
-//! the token's `alg` picks the family, and only keys of that family are tried. `none` is not an
-//! algorithm here at all.
-
-use std::{collections::HashSet, fmt, str::FromStr, sync::Once};
+//! The token itself, on top of `jsonwebtoken` (RustCrypto backend): the cheap checks before
+//! any crypto ([`precheck`]), one signature check against one key ([`try_key`]), the claim
+//! checks `jsonwebtoken` does not do ([`finish`]), and why a token is refused
+//! ([`TokenError`]). Which keys to try is the [`verifier`](super::verifier)'s business.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation, errors::ErrorKind};
+use jsonwebtoken::{DecodingKey, Validation, errors::ErrorKind};
 use serde_json::{Map, Value};
-
-use super::{error::AuthConfigError, jwks::Jwks};
-
-/// A JWT signature algorithm that may be accepted. There is deliberately no `none`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-#[allow(clippy::upper_case_acronyms)]
-pub enum JwtAlgorithm {
-    /// HMAC with SHA-256 (shared secret).
-    HS256,
-    /// HMAC with SHA-384 (shared secret).
-    HS384,
-    /// HMAC with SHA-512 (shared secret).
-    HS512,
-    /// RSASSA-PKCS1-v1_5 with SHA-256.
-    RS256,
-    /// RSASSA-PKCS1-v1_5 with SHA-384.
-    RS384,
-    /// RSASSA-PKCS1-v1_5 with SHA-512.
-    RS512,
-    /// RSASSA-PSS with SHA-256.
-    PS256,
-    /// RSASSA-PSS with SHA-384.
-    PS384,
-    /// RSASSA-PSS with SHA-512.
-    PS512,
-    /// ECDSA with P-256 and SHA-256.
-    ES256,
-    /// ECDSA with P-384 and SHA-384.
-    ES384,
-    /// Ed25519.
-    EdDSA,
-}
-
-/// Every algorithm, in a stable order.
-const ALL: [JwtAlgorithm; 12] = [
-    JwtAlgorithm::HS256,
-    JwtAlgorithm::HS384,
-    JwtAlgorithm::HS512,
-    JwtAlgorithm::RS256,
-    JwtAlgorithm::RS384,
-    JwtAlgorithm::RS512,
-    JwtAlgorithm::PS256,
-    JwtAlgorithm::PS384,
-    JwtAlgorithm::PS512,
-    JwtAlgorithm::ES256,
-    JwtAlgorithm::ES384,
-    JwtAlgorithm::EdDSA,
-];
-
-impl JwtAlgorithm {
-    /// The name as in a JWT header (`"HS256"`, `"EdDSA"`, …).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::HS256 => "HS256",
-            Self::HS384 => "HS384",
-            Self::HS512 => "HS512",
-            Self::RS256 => "RS256",
-            Self::RS384 => "RS384",
-            Self::RS512 => "RS512",
-            Self::PS256 => "PS256",
-            Self::PS384 => "PS384",
-            Self::PS512 => "PS512",
-            Self::ES256 => "ES256",
-            Self::ES384 => "ES384",
-            Self::EdDSA => "EdDSA",
-        }
-    }
-
-    pub(crate) fn to_jwt(self) -> Algorithm {
-        match self {
-            Self::HS256 => Algorithm::HS256,
-            Self::HS384 => Algorithm::HS384,
-            Self::HS512 => Algorithm::HS512,
-            Self::RS256 => Algorithm::RS256,
-            Self::RS384 => Algorithm::RS384,
-            Self::RS512 => Algorithm::RS512,
-            Self::PS256 => Algorithm::PS256,
-            Self::PS384 => Algorithm::PS384,
-            Self::PS512 => Algorithm::PS512,
-            Self::ES256 => Algorithm::ES256,
-            Self::ES384 => Algorithm::ES384,
-            Self::EdDSA => Algorithm::EdDSA,
-        }
-    }
-
-    pub(crate) fn family(self) -> Family {
-        match self {
-            Self::HS256 | Self::HS384 | Self::HS512 => Family::Hmac,
-            Self::RS256 | Self::RS384 | Self::RS512 | Self::PS256 | Self::PS384 | Self::PS512 => {
-                Family::Rsa
-            }
-            Self::ES256 | Self::ES384 => Family::Ec,
-            Self::EdDSA => Family::Ed,
-        }
-    }
-}
-
-impl fmt::Display for JwtAlgorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// An unknown algorithm name (including `none`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown or unsupported JWT algorithm")]
-pub struct UnknownAlgorithm;
-
-impl FromStr for JwtAlgorithm {
-    type Err = UnknownAlgorithm;
-
-    /// Exact, case-sensitive names as in JWT headers.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ALL.into_iter()
-            .find(|a| a.as_str() == s)
-            .ok_or(UnknownAlgorithm)
-    }
-}
-
-/// The key family an algorithm needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Family {
-    Hmac,
-    Rsa,
-    Ec,
-    Ed,
-}
-
-impl Family {
-    pub(crate) fn algorithms(self) -> impl Iterator<Item = JwtAlgorithm> {
-        ALL.into_iter().filter(move |a| a.family() == self)
-    }
-
-    fn from_jwt(f: AlgorithmFamily) -> Self {
-        match f {
-            AlgorithmFamily::Hmac => Self::Hmac,
-            AlgorithmFamily::Rsa => Self::Rsa,
-            AlgorithmFamily::Ec => Self::Ec,
-            AlgorithmFamily::Ed => Self::Ed,
-        }
-    }
-}
-
-/// A verification key bound to the algorithms it may verify.
-#[derive(Clone)]
-pub(crate) struct PublicKey {
-    pub(crate) key: DecodingKey,
-    pub(crate) family: Family,
-    /// A subset of `family`'s algorithms.
-    pub(crate) algorithms: Vec<JwtAlgorithm>,
-}
-
-impl fmt::Debug for PublicKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PublicKey")
-            .field("family", &self.family)
-            .field("algorithms", &self.algorithms)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PublicKey {
-    /// Loads a PEM public key: RSA (PKCS#1 or SPKI), EC or Ed25519 (SPKI).
-    pub(crate) fn from_pem(variable: &str, pem: &[u8]) -> Result<Self, AuthConfigError> {
-        let key = DecodingKey::from_rsa_pem(pem)
-            .or_else(|_| DecodingKey::from_ec_pem(pem))
-            .or_else(|_| DecodingKey::from_ed_pem(pem))
-            .map_err(|_| AuthConfigError::InvalidKey {
-                variable: variable.to_owned(),
-                reason: "not a PEM RSA, EC or Ed25519 public key".to_owned(),
-            })?;
-        let family = Family::from_jwt(key.family());
-        Ok(Self {
-            key,
-            family,
-            algorithms: family.algorithms().collect(),
-        })
-    }
-
-    pub(crate) fn new(key: DecodingKey, algorithms: Vec<JwtAlgorithm>) -> Self {
-        Self {
-            family: Family::from_jwt(key.family()),
-            key,
-            algorithms,
-        }
-    }
-}
 
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,158 +18,9 @@ pub(crate) enum TokenError {
     KeysUnavailable,
 }
 
-/// The verifier: keys, rules, and the JWKS cache.
-pub(crate) struct JwtVerifier {
-    secrets: Vec<DecodingKey>,
-    public_keys: Vec<PublicKey>,
-    jwks: Option<Jwks>,
-    allowed: Vec<JwtAlgorithm>,
-    /// One `Validation` per allowed algorithm.
-    validations: Vec<(JwtAlgorithm, Validation)>,
-    leeway: u64,
-    max_token_bytes: usize,
-}
-
-impl fmt::Debug for JwtVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JwtVerifier")
-            .field("secrets", &self.secrets.len())
-            .field("public_keys", &self.public_keys)
-            .field("jwks", &self.jwks.is_some())
-            .field("allowed", &self.allowed)
-            .field("leeway", &self.leeway)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Selects the RustCrypto backend for `jsonwebtoken` once per process. If another crate in
-/// the build also enables `aws_lc_rs`, jsonwebtoken cannot infer one and would fail at first
-/// use; installing ours explicitly avoids that. If someone installed a provider before us,
-/// theirs stays.
-fn install_crypto_provider() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
-    });
-}
-
-pub(crate) struct VerifierParts {
-    pub(crate) secrets: Vec<Vec<u8>>,
-    pub(crate) public_keys: Vec<PublicKey>,
-    pub(crate) jwks: Option<Jwks>,
-    pub(crate) algorithms: Option<Vec<JwtAlgorithm>>,
-    pub(crate) audience: Vec<String>,
-    pub(crate) issuer: Vec<String>,
-    pub(crate) leeway: u64,
-    pub(crate) max_token_bytes: usize,
-}
-
-impl JwtVerifier {
-    pub(crate) fn new(parts: VerifierParts) -> Self {
-        install_crypto_provider();
-        let allowed: Vec<JwtAlgorithm> = match parts.algorithms {
-            Some(list) => list,
-            None => ALL.to_vec(),
-        };
-        let validations = allowed
-            .iter()
-            .map(|alg| {
-                let mut v = Validation::new(alg.to_jwt());
-                v.leeway = parts.leeway;
-                v.validate_exp = true;
-                v.validate_nbf = true;
-                let mut required: HashSet<String> = HashSet::from(["exp".to_owned()]);
-                if parts.audience.is_empty() {
-                    v.validate_aud = false;
-                } else {
-                    v.set_audience(&parts.audience);
-                    required.insert("aud".to_owned());
-                }
-                if !parts.issuer.is_empty() {
-                    v.set_issuer(&parts.issuer);
-                    required.insert("iss".to_owned());
-                }
-                v.required_spec_claims = required;
-                (*alg, v)
-            })
-            .collect();
-        Self {
-            secrets: parts
-                .secrets
-                .iter()
-                .map(|s| DecodingKey::from_secret(s))
-                .collect(),
-            public_keys: parts.public_keys,
-            jwks: parts.jwks,
-            allowed,
-            validations,
-            leeway: parts.leeway,
-            max_token_bytes: parts.max_token_bytes,
-        }
-    }
-
-    /// Verifies `token` and returns its claims, already checked: signature, `exp`, `nbf`,
-    /// `iat`, `aud`/`iss` when configured, `sub` a non-empty string, `jti` a string if present.
-    pub(crate) async fn verify(&self, token: &str) -> Result<Map<String, Value>, TokenError> {
-        let header = precheck(token, self.max_token_bytes)?;
-        let alg = JwtAlgorithm::from_str(&header.alg)
-            .ok()
-            .filter(|a| self.allowed.contains(a))
-            .ok_or(TokenError::Invalid(ALG_NOT_ALLOWED))?;
-        let validation = self
-            .validations
-            .iter()
-            .find(|(a, _)| *a == alg)
-            .map(|(_, v)| v)
-            .ok_or(TokenError::Invalid(ALG_NOT_ALLOWED))?;
-
-        let mut tried_any = false;
-        if alg.family() == Family::Hmac {
-            for key in &self.secrets {
-                tried_any = true;
-                if let Some(result) = try_key(token, key, validation) {
-                    return finish(result, self.leeway);
-                }
-            }
-        } else {
-            for pk in self
-                .public_keys
-                .iter()
-                .filter(|k| k.family == alg.family() && k.algorithms.contains(&alg))
-            {
-                tried_any = true;
-                if let Some(result) = try_key(token, &pk.key, validation) {
-                    return finish(result, self.leeway);
-                }
-            }
-            if let Some(jwks) = &self.jwks {
-                let keys = jwks.keys_for(header.kid.as_deref(), alg).await?;
-                for pk in keys.iter() {
-                    tried_any = true;
-                    if let Some(result) = try_key(token, &pk.key, validation) {
-                        return finish(result, self.leeway);
-                    }
-                }
-                if !tried_any && header.kid.is_some() {
-                    return Err(TokenError::Invalid("Unknown key id (kid)"));
-                }
-            }
-        }
-        if tried_any {
-            Err(TokenError::Invalid("Signature verification failed"))
-        } else {
-            // No key of the family the token asks for: e.g. HS256 when only an RSA public
-            // key is configured (the classic confusion attack) lands here.
-            Err(TokenError::Invalid(ALG_NOT_ALLOWED))
-        }
-    }
-}
-
-const ALG_NOT_ALLOWED: &str = "The specified alg value is not allowed";
-
 /// `Some(result)` when this key decided the outcome (the signature verified, so any claim
 /// error is final), `None` to try the next key.
-fn try_key(
+pub(crate) fn try_key(
     token: &str,
     key: &DecodingKey,
     validation: &Validation,
@@ -420,7 +79,7 @@ fn claim_present(token: &str, name: &str) -> bool {
 }
 
 /// The claim checks `jsonwebtoken` does not do: `sub`, `iat`, `jti`.
-fn finish(
+pub(crate) fn finish(
     result: Result<Map<String, Value>, TokenError>,
     leeway: u64,
 ) -> Result<Map<String, Value>, TokenError> {
@@ -454,9 +113,9 @@ fn finish(
 /// The header fields we look at.
 #[derive(Debug, serde::Deserialize)]
 pub(crate) struct RawHeader {
-    alg: String,
+    pub(crate) alg: String,
     #[serde(default)]
-    kid: Option<String>,
+    pub(crate) kid: Option<String>,
 }
 
 /// Cheap checks before any crypto: size, alphabet, three segments, a decodable header with a
@@ -494,15 +153,6 @@ pub(crate) fn precheck(token: &str, max_bytes: usize) -> Result<RawHeader, Token
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn algorithm_names() {
-        for a in ALL {
-            assert_eq!(a.as_str().parse::<JwtAlgorithm>(), Ok(a));
-        }
-        assert!("none".parse::<JwtAlgorithm>().is_err());
-        assert!("hs256".parse::<JwtAlgorithm>().is_err());
-    }
 
     #[test]
     fn precheck_rejects_cheaply() {

@@ -111,10 +111,12 @@ mod extract;
 mod extractors;
 mod jwks;
 mod jwt;
+mod keys;
 mod layer;
 mod principal;
 mod rejection;
 mod router;
+mod verifier;
 mod ws_auth;
 
 pub use api_key::{ApiKey, ApiKeyParseError};
@@ -124,7 +126,7 @@ pub use extract::{API_KEY_HEADER, API_KEY_QUERY, TOKEN_QUERY};
 pub use extractors::{
     OptionalWsIdentity, RequireWsAnyScope, RequireWsScopes, ScopeSet, WsIdentity,
 };
-pub use jwt::{JwtAlgorithm, UnknownAlgorithm};
+pub use keys::{JwtAlgorithm, UnknownAlgorithm};
 pub use layer::{WsAuthLayer, WsAuthService};
 pub use principal::{TokenSource, WsPrincipal};
 pub use rejection::{

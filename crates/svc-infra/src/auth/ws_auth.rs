@@ -12,12 +12,13 @@ use super::{
     error::AuthConfigError,
     extract::{JwtCandidate, extract},
     jwks::{Jwks, JwksSettings},
-    jwt::{JwtVerifier, TokenError, VerifierParts},
+    jwt::TokenError,
     principal::{TokenSource, WsPrincipal},
     rejection::{
         InsufficientScope, InvalidApiKey, InvalidToken, KeysUnavailable, MissingCredentials,
         TokenExpired, WsAuthRejection,
     },
+    verifier::{JwtVerifier, VerifierParts},
 };
 
 /// The authenticator for WebSocket handshakes: JWT verifier, API keys and limits, built once

@@ -27,10 +27,7 @@ use self::{
 };
 use super::{ConnectionState, Result, WebSocketConfig, WebSocketError, WebSocketMessage, protocol};
 
-pub(crate) use self::{
-    actor::CloseOrigin,
-    handshake::{ConnectFailure, Target},
-};
+pub(crate) use self::{actor::CloseOrigin, handshake::Target};
 
 /// A connected WebSocket client.
 ///
@@ -140,11 +137,10 @@ impl RootCertificate {
 }
 
 fn pem_error(why: String) -> WebSocketError {
-    WebSocketError::Config(super::ConfigError {
-        variable: "root certificate (PEM)".to_owned(),
-        value: "<PEM text>".to_owned(),
-        expected: format!("PEM with at least one CERTIFICATE section ({why})"),
-    })
+    WebSocketError::Config(super::ConfigError::hidden(
+        "root certificate (PEM)",
+        format!("PEM with at least one CERTIFICATE section ({why})"),
+    ))
 }
 
 /// Options for opening a [`WebSocketClient`]; made by [`WebSocketClient::builder`].

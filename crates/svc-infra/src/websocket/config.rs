@@ -2,6 +2,8 @@
 
 use std::{fmt, time::Duration};
 
+use super::backoff::Backoff;
+
 /// Settings shared by the client and the server side.
 ///
 /// Build one with [`WebSocketConfig::default`] (the documented defaults), with
@@ -96,36 +98,40 @@ pub fn get_default_config() -> Result<WebSocketConfig, ConfigError> {
     WebSocketConfig::from_env()
 }
 
-/// A configuration value that is not allowed.
+/// A configuration value that is not allowed: the one "bad setting" error of the crate, used by
+/// [`WebSocketConfig`] and, wrapped in `AuthConfigError::Invalid`, by the auth configuration.
 ///
-/// Displays as ``invalid WS_PING_TIMEOUT="-1": expected a finite number > 0 (seconds)``.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Displays as ``invalid WS_PING_TIMEOUT="-1": expected a finite number > 0 (seconds)``, or
+/// without the value (``invalid AUTH_JWT__OLD_SECRETS: expected …``) when it is secret.
+/// `variable` is an environment variable only when the value came from the environment
+/// (`from_env`, `from_vars`); otherwise it names the field or argument (`reconnect_jitter`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {variable}{}: expected {expected}", value.as_ref().map(|v| format!("={v:?}")).unwrap_or_default())]
+#[non_exhaustive]
 pub struct ConfigError {
-    /// The variable (or field) that holds the bad value, e.g. `WS_PING_TIMEOUT`.
+    /// The variable, field or argument that holds the bad value, e.g. `WS_PING_TIMEOUT`.
     pub variable: String,
-    /// The value as given.
-    pub value: String,
+    /// The value as given; `None` when it is secret (or not text, like a PEM bundle).
+    pub value: Option<String>,
     /// What would have been accepted.
     pub expected: String,
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid {}={:?}: expected {}",
-            self.variable, self.value, self.expected
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
 impl ConfigError {
-    fn new(variable: &str, value: impl fmt::Display, expected: impl Into<String>) -> Self {
+    /// A bad `value` of `variable`; `expected` says what is accepted.
+    pub fn new(variable: &str, value: impl fmt::Display, expected: impl Into<String>) -> Self {
         Self {
             variable: variable.to_owned(),
-            value: value.to_string(),
+            value: Some(value.to_string()),
+            expected: expected.into(),
+        }
+    }
+
+    /// A bad value of `variable` that must not be shown (a secret, key material).
+    pub fn hidden(variable: &str, expected: impl Into<String>) -> Self {
+        Self {
+            variable: variable.to_owned(),
+            value: None,
             expected: expected.into(),
         }
     }
@@ -312,28 +318,22 @@ impl WebSocketConfig {
     /// The delay before retry number `attempt` (0-based), before jitter:
     /// `min(base * 2^attempt, max)`.
     pub fn backoff_delay(&self, attempt: u32) -> Duration {
-        let factor = 2f64.powi(attempt.min(64) as i32);
-        let secs = self.reconnect_backoff_base.as_secs_f64() * factor;
-        secs_saturating(secs.min(self.reconnect_backoff_max.as_secs_f64()))
+        self.backoff().delay(attempt)
     }
 
     /// [`backoff_delay`](Self::backoff_delay) times a random factor in
     /// `[1 - jitter, 1 + jitter]`.
     pub fn jittered_backoff_delay(&self, attempt: u32) -> Duration {
-        let delay = self.backoff_delay(attempt).as_secs_f64();
-        let j = self.reconnect_jitter;
-        let factor = if j > 0.0 {
-            rand::random_range((1.0 - j)..=(1.0 + j))
-        } else {
-            1.0
-        };
-        secs_saturating(delay * factor)
+        self.backoff().jittered(attempt)
     }
-}
 
-/// `secs` as a `Duration`, saturating at `Duration::MAX` instead of panicking.
-fn secs_saturating(secs: f64) -> Duration {
-    Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
+    fn backoff(&self) -> Backoff {
+        Backoff::new(
+            self.reconnect_backoff_base,
+            self.reconnect_backoff_max,
+            self.reconnect_jitter,
+        )
+    }
 }
 
 fn parse_f64(raw: &str) -> Option<f64> {
@@ -522,7 +522,7 @@ mod tests {
         for (var, raw) in cases {
             let e = env(&[(var, raw)]).expect_err(&format!("{var}={raw:?} must fail"));
             assert_eq!(e.variable, var);
-            assert_eq!(e.value, raw);
+            assert_eq!(e.value.as_deref(), Some(raw));
             let shown = e.to_string();
             assert!(shown.contains(var) && shown.contains("expected"), "{shown}");
         }

@@ -36,18 +36,20 @@ pub enum WebSocketError {
         reason: String,
     },
 
-    /// The connection could not be established: DNS, TCP, TLS, timeout or a handshake
-    /// rejected with a status other than 401/403.
+    /// The connection could not be established: a bad URL or header, DNS, TCP, TLS, or a
+    /// handshake answered with a status other than 101 and 401/403. (A connect that takes
+    /// longer than `open_timeout` is a [`Timeout`](Self::Timeout).)
     ///
-    /// *What to do:* retry later (see [`is_retryable`](Self::is_retryable)), or fix the URL
-    /// or TLS settings if the cause says so.
+    /// *What to do:* look at `source` (each [`ConnectFailure`] variant says what to do), or
+    /// just ask [`is_retryable`](Self::is_retryable): network trouble and 5xx are worth a
+    /// retry later, a bad URL, a TLS failure or another 4xx are not.
     #[error("Failed to connect to {url}: {source}")]
     ConnectionFailed {
         /// The URL we tried to reach.
         url: String,
         /// What went wrong.
         #[source]
-        source: BoxError,
+        source: ConnectFailure,
     },
 
     /// The server refused the handshake with HTTP 401 or 403.
@@ -73,12 +75,6 @@ pub enum WebSocketError {
         /// The configured limit.
         limit: usize,
     },
-
-    /// The operation needs a connection and there is none yet.
-    ///
-    /// *What to do:* call `connect()` first.
-    #[error("Not connected")]
-    NotConnected,
 
     /// A configuration value is not allowed.
     ///
@@ -118,6 +114,77 @@ pub enum WebSocketError {
     Io(#[from] std::io::Error),
 }
 
+/// Why a connection could not be opened: the `source` of
+/// [`WebSocketError::ConnectionFailed`]. Each variant says what the caller should do;
+/// [`is_retryable`](Self::is_retryable) sums it up (it is what `websocket_connect` asks).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectFailure {
+    /// The URL, a header or a subprotocol cannot be used (not `ws://`/`wss://`, no host,
+    /// credentials in the URL, a reserved or malformed header, a subprotocol with spaces).
+    ///
+    /// *What to do:* fix the request; retrying the same one cannot help.
+    #[error("{0}")]
+    InvalidRequest(String),
+
+    /// The server answered the upgrade request with an HTTP status other than 101 (401 and
+    /// 403 are [`WebSocketError::Authentication`] instead).
+    ///
+    /// *What to do:* a 4xx other than 408 and 429 (404, 400, …) will not change by itself:
+    /// fix the URL or ask the server's operator; `body` holds what the server said. 5xx, 408,
+    /// 429 and anything else (a 2xx or 3xx page from a proxy, say) may: retry later.
+    #[error("server answered HTTP {status} {reason} instead of 101 Switching Protocols{}", body_suffix(truncate(.body, 200)))]
+    HttpStatus {
+        /// The HTTP status code.
+        status: u16,
+        /// The reason phrase, possibly empty.
+        reason: String,
+        /// The response body, possibly empty (truncated to 1 KiB).
+        body: String,
+    },
+
+    /// DNS or TCP failed, or the connection dropped during the TLS or HTTP handshake.
+    ///
+    /// *What to do:* retry later; the network or the server may come back.
+    #[error("{0}")]
+    Io(#[source] std::io::Error),
+
+    /// TLS failed for a reason a retry cannot fix: no root certificates, a bad server name,
+    /// an untrusted or invalid certificate, a TLS protocol error.
+    ///
+    /// *What to do:* fix the trust roots (`ClientBuilder::root_certificates`, native roots)
+    /// or the server's certificate; retrying cannot help.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+impl ConnectFailure {
+    /// Whether trying the same request again later may succeed: network errors, and any
+    /// HTTP status but a 4xx other than 408 (timeout) and 429 (too many requests). Not a bad
+    /// request or a TLS failure.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Io(_) => true,
+            Self::HttpStatus { status, .. } => {
+                !(400..500).contains(status) || matches!(status, 408 | 429)
+            }
+            Self::InvalidRequest(_) | Self::Tls(_) => false,
+        }
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 fn closed_message(code: u16, reason: &str) -> String {
     format!("Connection closed: {code} {reason}")
         .trim()
@@ -142,10 +209,10 @@ impl WebSocketError {
     }
 
     /// Shorthand for [`ConnectionFailed`](Self::ConnectionFailed).
-    pub fn failed(url: impl Into<String>, source: impl Into<BoxError>) -> Self {
+    pub fn failed(url: impl Into<String>, source: ConnectFailure) -> Self {
         Self::ConnectionFailed {
             url: url.into(),
-            source: source.into(),
+            source,
         }
     }
 
@@ -157,12 +224,15 @@ impl WebSocketError {
         }
     }
 
-    /// Whether reconnecting may help: network failures, timeouts, HTTP 5xx at the handshake,
+    /// Whether reconnecting may help: network failures, timeouts, a handshake answered with
+    /// 5xx (or 408, 429, or another non-4xx status; see [`ConnectFailure::is_retryable`]),
     /// and abnormal closes (1001, 1006, 1011, 1012, 1013, 1014). Never authentication
-    /// failures, configuration errors, or a normal close.
+    /// failures, a bad URL or header, a TLS failure, another 4xx, configuration errors, or a
+    /// normal close. `websocket_connect` retries exactly these connect errors.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::ConnectionFailed { .. } | Self::Timeout { .. } | Self::Io(_) => true,
+            Self::ConnectionFailed { source, .. } => source.is_retryable(),
+            Self::Timeout { .. } | Self::Io(_) => true,
             Self::ConnectionClosed { code, .. } => {
                 matches!(code, 1001 | 1006 | 1011 | 1012 | 1013 | 1014)
             }
@@ -206,7 +276,12 @@ mod tests {
             }
             .is_retryable()
         );
-        assert!(WebSocketError::failed("ws://x", "refused").is_retryable());
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(WebSocketError::failed("ws://x", ConnectFailure::Io(refused)).is_retryable());
+        let bad = ConnectFailure::InvalidRequest("no host".into());
+        assert!(!WebSocketError::failed("ws://", bad).is_retryable());
+        let tls = ConnectFailure::Tls("invalid peer certificate: UnknownIssuer".into());
+        assert!(!WebSocketError::failed("wss://x", tls).is_retryable());
     }
 
     #[test]

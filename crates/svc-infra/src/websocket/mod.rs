@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `WebSocketConfig`, `get_default_config` | [`WebSocketConfig`], [`get_default_config`] |
 //! | `ConnectionState`, `WebSocketMessage`, `ConnectionInfo` | [`ConnectionState`], [`WebSocketMessage`], [`ConnectionInfo`] |
-//! | `WebSocketError` and its subclasses | [`WebSocketError`] and its variants |
+//! | `WebSocketError` and its subclasses | [`WebSocketError`] and its variants ([`ConnectFailure`]: why a connect failed; [`ConfigError`]: a bad setting) |
 //! | `WebSocketClient` | [`WebSocketClient`] (+ [`ClientBuilder`], [`WebSocketSender`], [`RootCertificate`]); feature `client` |
 //! | `websocket_connect` | [`websocket_connect`] (a `Stream` of clients, [`Reconnect`]); feature `client` |
 //! | `easy_websocket_client` | [`easy_websocket_client`]; feature `client` |
@@ -12,6 +12,7 @@
 //! | `add_websocket_manager`, `get_ws_manager` | `add_websocket_manager` (returns router and manager), the `WsManager` extractor and `get_ws_manager` (feature `server`) |
 //! | Redis scaling ("planned" in the seed) | `backplane` (`InMemoryBackplane`; `RedisBackplane` with feature `redis`) and `ManagerBuilder::backplane` |
 
+mod backoff;
 #[cfg(feature = "client")]
 mod client;
 mod config;
@@ -29,7 +30,7 @@ pub use client::{
     ClientBuilder, RootCertificate, WebSocketClient, WebSocketSender, easy_websocket_client,
 };
 pub use config::{ConfigError, WebSocketConfig, get_default_config};
-pub use error::{BoxError, Result, WebSocketError};
+pub use error::{BoxError, ConnectFailure, Result, WebSocketError};
 pub use models::{ConnectionInfo, ConnectionState, WebSocketMessage};
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]

@@ -8,12 +8,13 @@ use serde::{Serialize, Serializer};
 use tungstenite::Utf8Bytes;
 
 /// Where a connection is in its life.
+///
+/// There is no `Connecting`: a `WebSocketClient` exists only once its opening handshake has
+/// succeeded, so it starts [`Open`](Self::Open).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum ConnectionState {
-    /// The opening handshake is under way.
-    Connecting,
     /// Messages can flow both ways.
     Open,
     /// A close frame was sent or received; waiting for the other side.
@@ -26,7 +27,6 @@ impl ConnectionState {
     /// The lowercase name, as the Python enum's value (`"open"`, …).
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Connecting => "connecting",
             Self::Open => "open",
             Self::Closing => "closing",
             Self::Closed => "closed",

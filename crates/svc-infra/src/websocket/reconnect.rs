@@ -11,7 +11,7 @@ use futures_util::{Stream, stream};
 
 use super::{
     Result, WebSocketClient, WebSocketConfig, WebSocketError,
-    client::{ClientBuilder, ClientWatch, CloseOrigin, ConnectFailure, Target},
+    client::{ClientBuilder, ClientWatch, CloseOrigin, Target},
 };
 
 /// Connects to a URL and keeps reconnecting: a [`Stream`] of connected
@@ -123,18 +123,6 @@ struct Reconnector {
     done: bool,
 }
 
-/// Whether a failed connection attempt is worth repeating.
-fn retryable(error: &WebSocketError) -> bool {
-    if let WebSocketError::ConnectionFailed { source, .. } = error
-        && source
-            .downcast_ref::<ConnectFailure>()
-            .is_some_and(ConnectFailure::is_permanent)
-    {
-        return false;
-    }
-    error.is_retryable()
-}
-
 impl Reconnector {
     /// The builder's target, with the config from `WS_*` if the builder has none.
     fn prepare(&self) -> Result<Arc<Target>> {
@@ -220,7 +208,7 @@ impl Reconnector {
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     let exhausted = max > 0 && failures >= max;
-                    if !config.reconnect_enabled || exhausted || !retryable(&e) {
+                    if !config.reconnect_enabled || exhausted || !e.is_retryable() {
                         tracing::warn!(
                             url = %target.url,
                             attempts = failures,

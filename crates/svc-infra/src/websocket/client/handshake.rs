@@ -21,7 +21,7 @@ use tokio::{
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite};
 use tungstenite::protocol::{Role, WebSocketConfig as WireConfig};
 
-use crate::websocket::{Result, WebSocketConfig, WebSocketError};
+use crate::websocket::{ConnectFailure, Result, WebSocketConfig, WebSocketError};
 
 /// The stream a connected client talks over.
 pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -36,74 +36,6 @@ const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(1);
 const READ_BUFFER: usize = 32 * 1024;
 /// Frames are buffered up to this many bytes before they are written out.
 pub(crate) const WRITE_BUFFER: usize = 64 * 1024;
-
-/// Why a connection could not be opened, as the `source` of
-/// [`WebSocketError::ConnectionFailed`]. Private: callers see its message, and the reconnect
-/// loop looks at [`ConnectFailure::is_permanent`].
-#[derive(Debug)]
-pub(crate) enum ConnectFailure {
-    /// The URL, a header or a subprotocol cannot be used; retrying cannot help.
-    InvalidRequest(String),
-    /// The server answered the upgrade request with a status other than 101.
-    HttpStatus {
-        status: u16,
-        reason: String,
-        body: String,
-    },
-    /// DNS or TCP failed, or the connection dropped during the (TLS or HTTP) handshake.
-    Io(std::io::Error),
-    /// TLS failed for a reason a retry cannot fix: no roots, a bad server name, an
-    /// untrusted or invalid certificate, a TLS protocol error.
-    Tls(String),
-}
-
-impl fmt::Display for ConnectFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::InvalidRequest(why) => f.write_str(why),
-            Self::HttpStatus {
-                status,
-                reason,
-                body,
-            } => {
-                write!(
-                    f,
-                    "server answered HTTP {status} {reason} instead of 101 Switching Protocols"
-                )?;
-                if !body.is_empty() {
-                    write!(f, ": {}", truncate(body, 200))?;
-                }
-                Ok(())
-            }
-            Self::Io(e) => write!(f, "{e}"),
-            Self::Tls(why) => write!(f, "TLS: {why}"),
-        }
-    }
-}
-
-impl std::error::Error for ConnectFailure {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Io(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-impl ConnectFailure {
-    /// Whether retrying the same request cannot succeed: a bad URL or header, a TLS
-    /// failure (untrusted certificate, no roots, …), or an HTTP 4xx other than 408
-    /// (timeout) and 429 (too many requests).
-    pub(crate) fn is_permanent(&self) -> bool {
-        match self {
-            Self::InvalidRequest(_) | Self::Tls(_) => true,
-            Self::HttpStatus { status, .. } => {
-                (400..500).contains(status) && *status != 408 && *status != 429
-            }
-            Self::Io(_) => false,
-        }
-    }
-}
 
 /// Everything needed to open connections to one URL, checked once.
 #[derive(Clone)]
@@ -442,17 +374,6 @@ fn is_token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 /// Reads until the end of the response head; returns the head and any bytes after it.
 async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
     let mut buf = Vec::with_capacity(1024);
@@ -630,8 +551,11 @@ mod tests {
             let WebSocketError::ConnectionFailed { source, .. } = &err else {
                 panic!("{url:?}: {err:?}");
             };
-            let cause = source.downcast_ref::<ConnectFailure>().unwrap();
-            assert!(cause.is_permanent(), "{url:?}");
+            assert!(
+                matches!(source, ConnectFailure::InvalidRequest(_)),
+                "{url:?}: {source:?}"
+            );
+            assert!(!err.is_retryable(), "{url:?}");
         }
     }
 
@@ -668,8 +592,8 @@ mod tests {
             reason: String::new(),
             body: String::new(),
         };
-        assert!(status(404).is_permanent());
-        assert!(!status(503).is_permanent());
-        assert!(!status(429).is_permanent());
+        assert!(!status(404).is_retryable());
+        assert!(status(503).is_retryable());
+        assert!(status(429).is_retryable());
     }
 }

@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::{Backplane, BackplaneStatus, Envelope, Inbox, Interest, Presence, Topic};
-use crate::websocket::WebSocketError;
+use crate::websocket::{WebSocketError, backoff::Backoff};
 
 /// How long one Redis operation (connect, subscribe, publish, ping) may take.
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -22,8 +22,8 @@ const QUEUE: usize = 16 * 1024;
 const PIPELINE: u64 = 512;
 /// A connection that has been quiet this long is pinged.
 const PING_EVERY: Duration = Duration::from_secs(5);
-const BACKOFF_BASE: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Reconnect delays: 100 ms doubling to 5 s, ±20%.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5), 0.2);
 
 /// A [`Backplane`] over Redis pub/sub (feature `redis`).
 ///
@@ -73,10 +73,13 @@ impl RedisBackplane {
     /// inside a tokio runtime); a Redis server that is not there yet is waited for.
     pub fn new(url: &str) -> Result<Self, WebSocketError> {
         let client = redis::Client::open(url).map_err(|e| {
-            WebSocketError::Config(crate::websocket::ConfigError {
-                variable: "REDIS_URL".to_owned(),
-                value: url.to_owned(),
-                expected: format!("a redis:// URL ({e})"),
+            // Names the argument, not REDIS_URL: the URL may come from anywhere (svc-ws adds
+            // the variable's name). A URL with credentials is not repeated.
+            let expected = format!("a redis://host:port/db URL for the Redis backplane ({e})");
+            WebSocketError::Config(if has_userinfo(url) {
+                crate::websocket::ConfigError::hidden("url", expected)
+            } else {
+                crate::websocket::ConfigError::new("url", url, expected)
             })
         })?;
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -121,6 +124,14 @@ impl RedisBackplane {
             metrics::counter!("svc_ws_backplane_dropped_total").increment(1);
         }
     }
+}
+
+/// Whether `url` carries a user or password (`redis://:secret@host`), which must not be logged.
+fn has_userinfo(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split(['/', '?', '#'])
+        .next()
+        .is_some_and(|authority| authority.contains('@'))
 }
 
 fn presence_channel(prefix: &str) -> String {
@@ -214,7 +225,7 @@ async fn run(shared: Arc<Shared>, mut publish: mpsc::Receiver<(String, Bytes)>) 
         }
         shared.connected.send_replace(false);
         metrics::gauge!("svc_ws_backplane_connected").set(0.0);
-        let delay = backoff(failures);
+        let delay = BACKOFF.jittered(failures);
         failures = failures.saturating_add(1);
         tracing::warn!(error = %lost, retry_in = ?delay, "Redis backplane disconnected");
         let sleep = tokio::time::sleep(delay);
@@ -348,9 +359,25 @@ async fn sync(
     Ok(())
 }
 
-/// `min(base · 2ⁿ, max)`, ±20%.
-fn backoff(failures: u32) -> Duration {
-    let exp = BACKOFF_BASE.saturating_mul(1u32 << failures.min(16));
-    let delay = exp.min(BACKOFF_MAX);
-    delay.mul_f64(rand::random_range(0.8..1.2))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_url_is_named_as_the_argument_and_credentials_stay_hidden() {
+        let e = RedisBackplane::new("http://127.0.0.1:6379").unwrap_err();
+        let WebSocketError::Config(c) = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(c.variable, "url");
+        assert_eq!(c.value.as_deref(), Some("http://127.0.0.1:6379"));
+        let shown = e.to_string();
+        assert!(!shown.contains("REDIS_URL"), "{shown}");
+        assert!(shown.contains("redis://"), "{shown}");
+
+        let e = RedisBackplane::new("http://:hunter2@127.0.0.1/").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(has_userinfo("redis://user:pw@h:1/0"));
+        assert!(!has_userinfo("redis://h:1/0?x=a@b"));
+    }
 }
