@@ -11,6 +11,7 @@
 //! | `server` | yes | [`websocket::ConnectionManager`] and the axum integration |
 //! | `auth` | yes | [`auth`]: JWT / API-key authentication and the `ws_*_router` factories |
 //! | `redis` | no | The Redis pub/sub backplane for multi-instance deployments |
+//! | `gateway` | no | [`gateway`]: the gateway of `svc-ws serve` (`/ws` with a JSON protocol, `POST /api/publish`, `/health`, `/ws/stats`, `/metrics`, a demo page) as an axum `Router` or `serve(listener, shutdown)`; enables `server`, `auth`, `redis` |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod websocket;
@@ -18,3 +19,7 @@ pub mod websocket;
 #[cfg(feature = "auth")]
 #[cfg_attr(docsrs, doc(cfg(feature = "auth")))]
 pub mod auth;
+
+#[cfg(feature = "gateway")]
+#[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
+pub mod gateway;

@@ -1,0 +1,303 @@
+//! [`GatewayConfig`]: what the gateway serves, who may connect, and which cluster it joins.
+
+use std::time::Duration;
+
+use super::GatewayError;
+use crate::{auth::WsAuthConfig, websocket::WebSocketConfig};
+
+/// The settings of a [`Gateway`](super::Gateway).
+///
+/// Start from [`from_env`](Self::from_env) (the usual way: every variable is in the table
+/// there), from [`from_vars`](Self::from_vars) (tests), or from [`GatewayConfig::default`] and
+/// the `with_*` setters:
+///
+/// ```
+/// use svc_infra::{auth::WsAuthConfig, gateway::GatewayConfig, websocket::WebSocketConfig};
+///
+/// let config = GatewayConfig::default()
+///     .with_websocket(WebSocketConfig::default().with_max_message_size(64 * 1024))
+///     .with_auth(WsAuthConfig::default().with_secret("a-long-random-secret-of-at-least-32-bytes"))
+///     .with_redis_url("redis://127.0.0.1:6379")
+///     .with_broadcast_scope("announce");
+/// config.validate()?;
+/// # Ok::<(), svc_infra::gateway::GatewayError>(())
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct GatewayConfig {
+    /// Limits and keepalive of the connections (`WS_*`). Default
+    /// [`WebSocketConfig::default`].
+    pub websocket: WebSocketConfig,
+    /// Token and API-key verification (`AUTH_JWT_*`, `WS_API_KEYS`, `APP_ENV`). Default
+    /// [`WsAuthConfig::default`]: no key, so anonymous connections are allowed (see
+    /// [`anonymous`](Self::anonymous)) and every token is refused.
+    pub auth: WsAuthConfig,
+    /// The Redis server whose pub/sub joins several gateways into one cluster
+    /// (`redis://host:port/db`). Default `None`: a single node, in memory.
+    pub redis_url: Option<String>,
+    /// Whether `/ws` accepts connections without credentials (the user id then comes from
+    /// `?user=`, else a random `anon-…`). Default `None`: only when [`auth`](Self::auth) has
+    /// no JWT key and is not production-like. A token that is given must be valid either way.
+    pub anonymous: Option<bool>,
+    /// The scope a user needs for the `broadcast` request. Default `"broadcast"`.
+    pub broadcast_scope: String,
+    /// The scope a JWT needs for `POST /api/publish` (API keys need none). Default `"admin"`.
+    pub admin_scope: String,
+    /// Whether `GET /metrics` serves Prometheus text. The first gateway built in a process
+    /// installs the process-wide `metrics` recorder; if the application already installed
+    /// another one, `/metrics` answers 404 (with a warning in the log). `false`: no recorder is
+    /// installed and `/metrics` answers 404. Default `true`.
+    pub metrics: bool,
+    /// On shutdown, how long the connections get to finish the closing handshake after the
+    /// close frame (1001 "server shutting down") before they are dropped. Default 5 s.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            websocket: WebSocketConfig::default(),
+            auth: WsAuthConfig::default(),
+            redis_url: None,
+            anonymous: None,
+            broadcast_scope: "broadcast".to_owned(),
+            admin_scope: "admin".to_owned(),
+            metrics: true,
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The configuration from the process environment. Library code reads the environment
+    /// here (and in the two `from_env` it calls) and nowhere else.
+    ///
+    /// | Variable | Default | Meaning |
+    /// |---|---|---|
+    /// | `WS_*` | see [`WebSocketConfig`] | Message size, queue, keepalive ([`websocket`](Self::websocket), read by [`WebSocketConfig::from_env`]) |
+    /// | `AUTH_JWT_*`, `WS_API_KEYS`, `APP_ENV` | see [`WsAuthConfig::from_env`] | Token verification ([`auth`](Self::auth)) |
+    /// | `REDIS_URL` | unset | Join the other gateways on this Redis ([`redis_url`](Self::redis_url)) |
+    /// | `WS_GATEWAY_ANONYMOUS` | unset (see [`anonymous`](Self::anonymous)) | `true` or `false` (also `1/0/yes/no/on/off`, any case): accept connections without credentials |
+    /// | `WS_GATEWAY_BROADCAST_SCOPE` | `broadcast` | The scope `broadcast` needs |
+    /// | `WS_GATEWAY_ADMIN_SCOPE` | `admin` | The scope a JWT needs for `POST /api/publish` |
+    ///
+    /// Empty values count as unset. The address to listen on is not here: the caller binds
+    /// the listener it hands to [`Gateway::serve`](super::Gateway::serve) (`svc-ws serve`
+    /// reads `HOST` and `PORT`).
+    pub fn from_env() -> Result<Self, GatewayError> {
+        Self::from_vars(std::env::vars_os().filter_map(|(k, v)| {
+            // Non-UTF-8 names cannot be ours; a non-UTF-8 value of ours is reported as invalid.
+            let k = k.into_string().ok()?;
+            Some((k, v.to_string_lossy().into_owned()))
+        }))
+    }
+
+    /// Like [`from_env`](Self::from_env), from the given `(name, value)` pairs instead of the
+    /// process environment. Names are matched exactly (upper case).
+    pub fn from_vars<K, V>(vars: impl IntoIterator<Item = (K, V)>) -> Result<Self, GatewayError>
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let vars: Vec<(String, String)> = vars
+            .into_iter()
+            .map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned()))
+            .collect();
+        let get = |name: &str| {
+            vars.iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.trim())
+                .filter(|v| !v.is_empty())
+        };
+        let mut config = Self {
+            websocket: WebSocketConfig::from_vars(vars.iter().map(|(k, v)| (k, v)))
+                .map_err(GatewayError::WebSocket)?,
+            auth: WsAuthConfig::from_vars(vars.iter().map(|(k, v)| (k, v)))
+                .map_err(GatewayError::Auth)?,
+            ..Self::default()
+        };
+        config.redis_url = get("REDIS_URL").map(str::to_owned);
+        if let Some(raw) = get("WS_GATEWAY_ANONYMOUS") {
+            config.anonymous = Some(parse_bool(raw).ok_or_else(|| {
+                GatewayError::invalid("WS_GATEWAY_ANONYMOUS", raw, "true or false")
+            })?);
+        }
+        if let Some(scope) = get("WS_GATEWAY_BROADCAST_SCOPE") {
+            config.broadcast_scope = scope.to_owned();
+        }
+        if let Some(scope) = get("WS_GATEWAY_ADMIN_SCOPE") {
+            config.admin_scope = scope.to_owned();
+        }
+        Ok(config)
+    }
+
+    /// Checks every setting that can be checked without connecting anywhere; the error names
+    /// the part that is wrong. [`Gateway::new`](super::Gateway::new) calls it.
+    ///
+    /// The WebSocket and auth settings must pass their own `validate`, the scopes must not be
+    /// empty and the shutdown timeout must not be zero.
+    pub fn validate(&self) -> Result<(), GatewayError> {
+        self.websocket.validate().map_err(GatewayError::WebSocket)?;
+        self.auth.validate().map_err(GatewayError::Auth)?;
+        for (field, scope) in [
+            ("broadcast_scope", &self.broadcast_scope),
+            ("admin_scope", &self.admin_scope),
+        ] {
+            if scope.trim().is_empty() {
+                return Err(GatewayError::invalid(
+                    field,
+                    scope,
+                    "a non-empty scope name",
+                ));
+            }
+        }
+        if self.shutdown_timeout.is_zero() {
+            return Err(GatewayError::invalid(
+                "shutdown_timeout",
+                "0s",
+                "a duration > 0",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `/ws` will accept connections without credentials: [`anonymous`](Self::anonymous)
+    /// if set, else whether [`auth`](Self::auth) has no JWT key and is not production-like.
+    pub fn allows_anonymous(&self) -> bool {
+        self.anonymous
+            .unwrap_or(!self.auth.has_jwt_keys() && !self.auth.production)
+    }
+
+    /// Sets [`websocket`](Self::websocket).
+    pub fn with_websocket(mut self, websocket: WebSocketConfig) -> Self {
+        self.websocket = websocket;
+        self
+    }
+
+    /// Sets [`auth`](Self::auth).
+    pub fn with_auth(mut self, auth: WsAuthConfig) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Sets [`redis_url`](Self::redis_url): join the other gateways on this Redis.
+    pub fn with_redis_url(mut self, url: impl Into<String>) -> Self {
+        self.redis_url = Some(url.into());
+        self
+    }
+
+    /// Sets [`anonymous`](Self::anonymous), overriding the default that depends on the keys.
+    pub fn with_anonymous(mut self, anonymous: bool) -> Self {
+        self.anonymous = Some(anonymous);
+        self
+    }
+
+    /// Sets [`broadcast_scope`](Self::broadcast_scope).
+    pub fn with_broadcast_scope(mut self, scope: impl Into<String>) -> Self {
+        self.broadcast_scope = scope.into();
+        self
+    }
+
+    /// Sets [`admin_scope`](Self::admin_scope).
+    pub fn with_admin_scope(mut self, scope: impl Into<String>) -> Self {
+        self.admin_scope = scope.into();
+        self
+    }
+
+    /// Sets [`metrics`](Self::metrics).
+    pub fn with_metrics(mut self, metrics: bool) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Sets [`shutdown_timeout`](Self::shutdown_timeout).
+    pub fn with_shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+}
+
+fn parse_bool(raw: &str) -> Option<bool> {
+    match raw.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = GatewayConfig::default();
+        assert_eq!(c.redis_url, None);
+        assert_eq!(c.anonymous, None);
+        assert_eq!(c.broadcast_scope, "broadcast");
+        assert_eq!(c.admin_scope, "admin");
+        assert!(c.metrics);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+        assert!(c.allows_anonymous(), "no key, not production");
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn from_vars_reads_every_variable() {
+        let c = GatewayConfig::from_vars([
+            ("WS_MAX_QUEUE_SIZE", "7"),
+            (
+                "AUTH_JWT__SECRET",
+                "a-long-random-secret-of-at-least-32-bytes",
+            ),
+            ("REDIS_URL", "redis://127.0.0.1:1"),
+            ("WS_GATEWAY_ANONYMOUS", "TRUE"),
+            ("WS_GATEWAY_BROADCAST_SCOPE", "announce"),
+            ("WS_GATEWAY_ADMIN_SCOPE", " ops "),
+        ])
+        .unwrap();
+        assert_eq!(c.websocket.max_queue_size, 7);
+        assert!(c.auth.has_jwt_keys());
+        assert_eq!(c.redis_url.as_deref(), Some("redis://127.0.0.1:1"));
+        assert_eq!(c.anonymous, Some(true));
+        assert!(c.allows_anonymous(), "explicitly, despite the key");
+        assert_eq!((&*c.broadcast_scope, &*c.admin_scope), ("announce", "ops"));
+    }
+
+    #[test]
+    fn empty_values_are_unset_and_a_key_means_credentials() {
+        let c = GatewayConfig::from_vars([
+            (
+                "AUTH_JWT__SECRET",
+                "a-long-random-secret-of-at-least-32-bytes",
+            ),
+            ("REDIS_URL", ""),
+            ("WS_GATEWAY_ANONYMOUS", " "),
+            ("WS_GATEWAY_ADMIN_SCOPE", ""),
+        ])
+        .unwrap();
+        assert_eq!(c.redis_url, None);
+        assert_eq!(c.anonymous, None);
+        assert_eq!(c.admin_scope, "admin");
+        assert!(!c.allows_anonymous());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let e = GatewayConfig::from_vars([("WS_GATEWAY_ANONYMOUS", "maybe")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"invalid WS_GATEWAY_ANONYMOUS="maybe": expected true or false"#
+        );
+        let e = GatewayConfig::from_vars([("WS_PING_TIMEOUT", "-1")]).unwrap_err();
+        assert!(matches!(e, GatewayError::WebSocket(_)), "{e:?}");
+        let e = GatewayConfig::from_vars([("AUTH_JWT__LEEWAY", "x")]).unwrap_err();
+        assert!(matches!(e, GatewayError::Auth(_)), "{e:?}");
+        let e = GatewayConfig::default()
+            .with_broadcast_scope("")
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("broadcast_scope"), "{e}");
+    }
+}

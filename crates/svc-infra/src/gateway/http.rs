@@ -1,0 +1,198 @@
+//! The plain HTTP routes: `POST /api/publish`, `GET /health`, `GET /ws/stats`, `GET /metrics`
+//! and the demo page.
+
+use std::sync::OnceLock;
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode, Uri},
+    response::{Html, IntoResponse, Response},
+};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::Gateway;
+use crate::{
+    auth::{AuthPolicy, TokenSource},
+    websocket::backplane::BackplaneStatus,
+};
+
+/// The handle of the process-wide Prometheus recorder, installed by the first gateway that
+/// asks for it; `None` when another recorder was installed first.
+///
+/// `metrics` has one global recorder per process, so every gateway of a process (tests start
+/// several) shares it and its counters.
+pub(super) fn prometheus() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .install_recorder()
+                .inspect_err(|e| tracing::warn!("no /metrics: {e}"))
+                .ok()
+        })
+        .clone()
+}
+
+/// `GET /`: the demo page: connect, join a room, chat, watch presence and the counters.
+pub(super) async fn demo() -> Html<&'static str> {
+    Html(include_str!("demo.html"))
+}
+
+/// `GET /health`: `ok`, or `degraded` when a configured backplane is not connected. Always
+/// 200: a node without Redis still serves its own users.
+pub(super) async fn health(State(gw): State<Gateway>) -> Json<Value> {
+    let backplane = match gw.inner.manager.backplane_status() {
+        None => "none",
+        Some(BackplaneStatus::Connected) => "connected",
+        Some(_) => "disconnected",
+    };
+    let degraded = gw.inner.backplane && backplane != "connected";
+    Json(json!({
+        "status": if degraded { "degraded" } else { "ok" },
+        "backplane": backplane,
+        "connections": gw.inner.manager.local_connection_count(),
+    }))
+}
+
+/// `GET /ws/stats`: the manager's counters, this node's and the cluster's connections.
+pub(super) async fn stats(State(gw): State<Gateway>) -> Json<Value> {
+    let m = &gw.inner.manager;
+    let s = m.stats();
+    Json(json!({
+        "node": format!("{:016x}", m.node_id()),
+        "connections": m.connection_count(),
+        "local_connections": m.local_connection_count(),
+        "users": m.active_users().len(),
+        "rooms": m.room_count(),
+        "connects": s.connects,
+        "disconnects": s.disconnects,
+        "frames_sent": s.frames_sent,
+        "dropped": s.dropped,
+        "slow_consumer_disconnects": s.slow_consumer_disconnects,
+        "keepalive_timeouts": s.keepalive_timeouts,
+    }))
+}
+
+/// `GET /metrics`: Prometheus text, or 404 without a recorder.
+pub(super) async fn metrics(State(gw): State<Gateway>) -> Response {
+    match &gw.inner.metrics {
+        Some(handle) => (
+            [("content-type", "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
+    }
+}
+
+/// The body of `POST /api/publish`: `{"to": user}` or `{"room": room}` or neither
+/// (everyone), with `"data"` and optionally `"exclude"` (a user).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    to: Option<String>,
+    room: Option<String>,
+    exclude: Option<String>,
+    data: Value,
+}
+
+/// Why `POST /api/publish` refused a request. Each answers
+/// `{"error": <kind>, "reason": <text>}` with its status.
+#[derive(Debug)]
+enum PublishRejection {
+    /// 401: no credentials, or bad ones.
+    Unauthorized,
+    /// 403: a JWT without the admin scope.
+    Forbidden { admin_scope: String },
+    /// 400: a malformed body, an unknown field, both `to` and `room`, or a message the
+    /// manager refused.
+    BadRequest(String),
+}
+
+impl IntoResponse for PublishRejection {
+    fn into_response(self) -> Response {
+        let (status, error, reason) = match self {
+            Self::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Missing or invalid authentication".to_owned(),
+            ),
+            Self::Forbidden { admin_scope } => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("Insufficient scope: needs `{admin_scope}` or an API key"),
+            ),
+            Self::BadRequest(reason) => (StatusCode::BAD_REQUEST, "bad_request", reason),
+        };
+        (status, Json(json!({"error": error, "reason": reason}))).into_response()
+    }
+}
+
+/// `POST /api/publish`: other services push to a user, a room or everyone. An API key, or a
+/// JWT with the admin scope. Answers `{"delivered": n}`, this node's connections reached.
+pub(super) async fn publish(
+    State(gw): State<Gateway>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let principal = match gw
+        .inner
+        .auth
+        .authenticate(uri.query(), &headers, &AuthPolicy::required())
+        .await
+    {
+        Ok(Some(p)) => p,
+        Ok(None) => return PublishRejection::Unauthorized.into_response(),
+        Err(rejection) => return rejection.into_response(),
+    };
+    let admin_scope = gw.inner.admin_scope.as_str();
+    if principal.via != TokenSource::ApiKey && !principal.scopes.iter().any(|s| s == admin_scope) {
+        return PublishRejection::Forbidden {
+            admin_scope: admin_scope.to_owned(),
+        }
+        .into_response();
+    }
+    let body: PublishBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return PublishRejection::BadRequest(e.to_string()).into_response(),
+    };
+    let m = &gw.inner.manager;
+    let from = principal.id.as_str();
+    let exclude = body.exclude.as_deref();
+    let sent = match (&body.to, &body.room) {
+        (Some(_), Some(_)) => {
+            let why = "give `to` or `room`, not both".to_owned();
+            return PublishRejection::BadRequest(why).into_response();
+        }
+        (Some(to), None) => {
+            let out = json!({"type": "message", "from": from, "data": body.data});
+            m.send_to_user(to, out.to_string()).await
+        }
+        (None, Some(room)) => {
+            let out = json!({"type": "message", "room": room, "from": from, "data": body.data});
+            match exclude {
+                Some(user) => {
+                    m.broadcast_to_room_excluding(room, out.to_string(), user)
+                        .await
+                }
+                None => m.broadcast_to_room(room, out.to_string()).await,
+            }
+        }
+        (None, None) => {
+            let out = json!({"type": "message", "from": from, "data": body.data});
+            match exclude {
+                Some(user) => m.broadcast_excluding(out.to_string(), user).await,
+                None => m.broadcast(out.to_string()).await,
+            }
+        }
+    };
+    match sent {
+        Ok(n) => Json(json!({"delivered": n})).into_response(),
+        Err(e) => PublishRejection::BadRequest(e.to_string()).into_response(),
+    }
+}

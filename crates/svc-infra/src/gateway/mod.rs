@@ -1,0 +1,239 @@
+//! The gateway: WebSocket rooms, direct messages, broadcasts and presence over a small JSON
+//! protocol, for teams that do not write Rust. `svc-ws serve` is this module behind a command
+//! line.
+//!
+//! A [`Gateway`] is built from a [`GatewayConfig`] (usually [`GatewayConfig::from_env`]:
+//! `WS_*`, `AUTH_JWT_*`, `REDIS_URL`, `WS_GATEWAY_*`) and serves:
+//!
+//! - `GET /ws`: the WebSocket (token by `?token=`, `Authorization: Bearer` or the
+//!   `["bearer", token]` subprotocol, or an API key), speaking the protocol of
+//!   `docs/protocol.md`: `join`, `leave`, `publish`, `send`, `broadcast`, `echo`, `presence`;
+//!   an `id` on a request is answered with an `ack`, a bad request gets an `error` and the
+//!   connection stays open;
+//! - `POST /api/publish`: other services push to a user, a room or everyone (an API key or a
+//!   JWT with the admin scope);
+//! - `GET /health`, `GET /ws/stats`, `GET /metrics` (Prometheus);
+//! - `GET /`: a demo page (chat rooms and live stats) for a browser.
+//!
+//! In memory, a single node, by default; with a Redis URL every gateway on that Redis is one
+//! cluster (`docs/scaling.md`).
+//!
+//! # Serving it on its own
+//!
+//! [`Gateway::serve`] takes a bound listener and a shutdown future, so the caller picks the
+//! address (port 0 in tests) and the signal:
+//!
+//! ```no_run
+//! use svc_infra::gateway::{Gateway, GatewayConfig};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let gateway = Gateway::new(GatewayConfig::from_env()?)?;
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//!     let shutdown = async {
+//!         let _ = tokio::signal::ctrl_c().await;
+//!     };
+//!     // On Ctrl-C every connection gets close 1001 "server shutting down".
+//!     gateway.serve(listener, shutdown).await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Beside an application's own routes
+//!
+//! [`Gateway::router`] is a plain axum [`Router`]; merge it into the application's. The
+//! application then closes the gateway's connections on its own shutdown with
+//! [`Gateway::shutdown`], and can reach them through [`Gateway::manager`]:
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use svc_infra::gateway::{Gateway, GatewayConfig};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let gateway = Gateway::new(GatewayConfig::default().with_anonymous(true))?;
+//! let app = Router::new()
+//!     .route("/hello", get(|| async { "hello" }))
+//!     .merge(gateway.router());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//! axum::serve(listener, app)
+//!     .with_graceful_shutdown(async move {
+//!         let _ = tokio::signal::ctrl_c().await;
+//!         gateway.shutdown().await;
+//!     })
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::{future::Future, sync::Arc};
+
+use axum::{
+    Router,
+    routing::{get, post},
+};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+use crate::{
+    auth::{WsAuth, ws_optional_router, ws_protected_router},
+    websocket::{ConnectionManager, backplane::RedisBackplane},
+};
+
+mod config;
+mod error;
+mod http;
+mod protocol;
+
+pub use config::GatewayConfig;
+pub use error::GatewayError;
+
+/// The close code every connection gets on shutdown (1001, going away).
+const SHUTDOWN_CODE: u16 = 1001;
+/// The close reason every connection gets on shutdown.
+const SHUTDOWN_REASON: &str = "server shutting down";
+
+/// A gateway: its connections, its authenticator and its routes. Cheap to clone (the clones
+/// share everything).
+///
+/// Build it with [`new`](Self::new), then either [`serve`](Self::serve) it on a listener or
+/// mount its [`router`](Self::router) in an application.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    manager: ConnectionManager,
+    auth: WsAuth,
+    anonymous: bool,
+    broadcast_scope: String,
+    admin_scope: String,
+    /// Whether a backplane was configured (so that its absence is `degraded`).
+    backplane: bool,
+    metrics: Option<PrometheusHandle>,
+    shutdown_timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("manager", &self.inner.manager)
+            .field("anonymous", &self.inner.anonymous)
+            .field("backplane", &self.inner.backplane)
+            .field("metrics", &self.inner.metrics.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Validates `config` and builds the gateway: the authenticator, the connection manager
+    /// and, with a Redis URL, its backplane (which connects in the background; a Redis that is
+    /// not there yet is waited for, and `/health` says `degraded` meanwhile).
+    ///
+    /// Call it inside a tokio runtime when a Redis URL is set: the backplane's tasks start
+    /// here.
+    pub fn new(config: GatewayConfig) -> Result<Self, GatewayError> {
+        config.validate()?;
+        let anonymous = config.allows_anonymous();
+        let auth = config.auth.clone().build().map_err(GatewayError::Auth)?;
+        let manager = build_manager(&config)?;
+        let metrics = if config.metrics {
+            http::prometheus()
+        } else {
+            None
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                manager,
+                auth,
+                anonymous,
+                broadcast_scope: config.broadcast_scope,
+                admin_scope: config.admin_scope,
+                backplane: config.redis_url.is_some(),
+                metrics,
+                shutdown_timeout: config.shutdown_timeout,
+            }),
+        })
+    }
+
+    /// The routes: `GET /ws`, `POST /api/publish`, `GET /health`, `GET /ws/stats`,
+    /// `GET /metrics` and the demo page at `GET /`. Merge it into an application's router, or
+    /// nest it under a prefix (the demo page then connects to the wrong `/ws`: it assumes the
+    /// root).
+    pub fn router(&self) -> Router {
+        let ws_routes = if self.inner.anonymous {
+            ws_optional_router("", self.inner.auth.clone()).ws("/ws", protocol::ws)
+        } else {
+            ws_protected_router("", self.inner.auth.clone()).ws("/ws", protocol::ws)
+        };
+        Router::new()
+            .merge(ws_routes.into_router())
+            .route("/", get(http::demo))
+            .route("/api/publish", post(http::publish))
+            .route("/health", get(http::health))
+            .route("/ws/stats", get(http::stats))
+            .route("/metrics", get(http::metrics))
+            .with_state(self.clone())
+    }
+
+    /// Serves [`router`](Self::router) on `listener` until `shutdown` completes, then closes
+    /// every connection with 1001 "server shutting down" (after what is already queued for
+    /// it), waits up to [`shutdown_timeout`](GatewayConfig::shutdown_timeout) for the closing
+    /// handshakes, and returns once the HTTP connections are done.
+    ///
+    /// The listener is bound by the caller, so tests use `127.0.0.1:0` and read the port from
+    /// it. Returns an error only when the listener fails.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), GatewayError> {
+        let app = self.router();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                self.shutdown().await;
+            })
+            .await
+            .map_err(GatewayError::Serve)
+    }
+
+    /// Closes every connection with 1001 "server shutting down" and waits up to
+    /// [`shutdown_timeout`](GatewayConfig::shutdown_timeout) for the closing handshakes; new
+    /// connections are refused from now on. [`serve`](Self::serve) calls it; an application
+    /// that mounts [`router`](Self::router) itself calls it from its own shutdown.
+    pub async fn shutdown(&self) {
+        self.inner
+            .manager
+            .shutdown(SHUTDOWN_CODE, SHUTDOWN_REASON, self.inner.shutdown_timeout)
+            .await;
+    }
+
+    /// The connection manager behind `/ws`: send to its users and rooms from the
+    /// application's own code, read its stats, or add hooks.
+    pub fn manager(&self) -> &ConnectionManager {
+        &self.inner.manager
+    }
+
+    /// Whether `/ws` accepts connections without credentials
+    /// ([`GatewayConfig::allows_anonymous`]).
+    pub fn allows_anonymous(&self) -> bool {
+        self.inner.anonymous
+    }
+
+    /// Whether this gateway was configured with a backplane (a Redis URL), i.e. is a node of
+    /// a cluster rather than a single node in memory.
+    pub fn has_backplane(&self) -> bool {
+        self.inner.backplane
+    }
+}
+
+/// The gateway's connection manager, built in this one place: limits and keepalive from the
+/// config and, with a Redis URL, the backplane.
+fn build_manager(config: &GatewayConfig) -> Result<ConnectionManager, GatewayError> {
+    let mut builder = ConnectionManager::builder(config.websocket.clone());
+    if let Some(url) = &config.redis_url {
+        builder = builder.backplane(RedisBackplane::new(url).map_err(GatewayError::Redis)?);
+    }
+    Ok(builder.build())
+}

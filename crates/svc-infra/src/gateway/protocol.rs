@@ -1,0 +1,249 @@
+//! `GET /ws` and its JSON protocol (`docs/protocol.md`): the requests, and what each one
+//! does and answers.
+
+use axum::{
+    extract::{Query, State},
+    response::{IntoResponse, Response},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::Gateway;
+use crate::{
+    auth::OptionalWsIdentity,
+    websocket::{Connection, WebSocketMessage, WsUpgrade},
+};
+
+/// The longest user id (`?user=`) or room name accepted, in bytes.
+const MAX_NAME_BYTES: usize = 128;
+
+#[derive(Debug, Deserialize)]
+pub(super) struct WsQuery {
+    user: Option<String>,
+}
+
+/// `GET /ws`: the user is the credentials' subject or, for an anonymous connection, `?user=`
+/// (else a random `anon-…`); then the connection runs the protocol until it ends.
+pub(super) async fn ws(
+    ws: WsUpgrade,
+    OptionalWsIdentity(principal): OptionalWsIdentity,
+    Query(query): Query<WsQuery>,
+    State(gw): State<Gateway>,
+) -> Response {
+    let (user, scopes) = match principal {
+        Some(p) => (p.id, p.scopes),
+        None => {
+            let user = query
+                .user
+                .filter(|u| !u.trim().is_empty() && u.len() <= MAX_NAME_BYTES)
+                .unwrap_or_else(|| format!("anon-{:08x}", rand::random::<u32>()));
+            (user, Vec::new())
+        }
+    };
+    let can_broadcast = scopes.iter().any(|s| *s == gw.inner.broadcast_scope);
+    ws.on_upgrade(move |socket| async move {
+        let Ok(conn) = gw.inner.manager.connect(&user, socket).await else {
+            return;
+        };
+        Session {
+            gw,
+            user,
+            can_broadcast,
+        }
+        .run(conn)
+        .await;
+    })
+    .into_response()
+}
+
+/// One request of the `/ws` protocol (docs/protocol.md).
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum Request {
+    Join {
+        room: String,
+        #[serde(default)]
+        id: Option<Value>,
+    },
+    Leave {
+        room: String,
+        #[serde(default)]
+        id: Option<Value>,
+    },
+    Publish {
+        room: String,
+        data: Value,
+        #[serde(default)]
+        id: Option<Value>,
+    },
+    Send {
+        to: String,
+        data: Value,
+        #[serde(default)]
+        id: Option<Value>,
+    },
+    Broadcast {
+        data: Value,
+        #[serde(default)]
+        id: Option<Value>,
+    },
+    Echo {
+        data: Value,
+        #[serde(default)]
+        id: Option<Value>,
+    },
+    Presence {
+        #[serde(default)]
+        room: Option<String>,
+        #[serde(default)]
+        id: Option<Value>,
+    },
+}
+
+/// One connection of one user, running the protocol.
+struct Session {
+    gw: Gateway,
+    user: String,
+    can_broadcast: bool,
+}
+
+impl Session {
+    /// Answers requests until the connection ends or its queue refuses an answer.
+    async fn run(self, mut conn: Connection) {
+        while let Some(received) = conn.recv().await {
+            let Ok(message) = received else { break };
+            let reply = self.handle(&message).await;
+            if let Some(reply) = reply
+                && conn.send(reply.to_string()).is_err()
+            {
+                break;
+            }
+        }
+    }
+
+    /// What to answer `message` with, if anything.
+    async fn handle(&self, message: &WebSocketMessage) -> Option<Value> {
+        let Some(text) = message.as_text() else {
+            return Some(error(None, "binary messages are not part of the protocol"));
+        };
+        let request: Request = match serde_json::from_str(text) {
+            Ok(r) => r,
+            Err(e) => {
+                let id = serde_json::from_str::<Value>(text)
+                    .ok()
+                    .and_then(|v| v.get("id").cloned());
+                return Some(error(id, &format!("bad request: {e}")));
+            }
+        };
+        let m = &self.gw.inner.manager;
+        let user = self.user.as_str();
+        match request {
+            Request::Join { room, id } => {
+                if let Err(why) = check_name("room", &room) {
+                    return Some(error(id, &why));
+                }
+                m.join_room(user, &room).await;
+                id.map(ack)
+            }
+            Request::Leave { room, id } => {
+                m.leave_room(user, &room).await;
+                id.map(ack)
+            }
+            Request::Publish { room, data, id } => {
+                let out = json!({"type": "message", "room": room, "from": user, "data": data});
+                match m
+                    .broadcast_to_room_excluding(&room, out.to_string(), user)
+                    .await
+                {
+                    Ok(_) => id.map(ack),
+                    Err(e) => Some(error(id, &e.to_string())),
+                }
+            }
+            Request::Send { to, data, id } => {
+                let out = json!({"type": "message", "from": user, "data": data});
+                match m.send_to_user(&to, out.to_string()).await {
+                    Ok(_) => id.map(ack),
+                    Err(e) => Some(error(id, &e.to_string())),
+                }
+            }
+            Request::Broadcast { data, id } => {
+                if !self.can_broadcast {
+                    let scope = &self.gw.inner.broadcast_scope;
+                    return Some(error(id, &format!("broadcast needs the `{scope}` scope")));
+                }
+                let out = json!({"type": "message", "from": user, "data": data});
+                match m.broadcast(out.to_string()).await {
+                    Ok(_) => id.map(ack),
+                    Err(e) => Some(error(id, &e.to_string())),
+                }
+            }
+            Request::Echo { data, id } => Some(with_id(json!({"type": "echo", "data": data}), id)),
+            Request::Presence { room, id } => {
+                let users = match &room {
+                    Some(room) => m.get_room_users(room),
+                    None => m.active_users(),
+                };
+                Some(with_id(
+                    json!({"type": "presence", "room": room, "users": users}),
+                    id,
+                ))
+            }
+        }
+    }
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(format!("a {what} name has 1 to {MAX_NAME_BYTES} bytes"));
+    }
+    Ok(())
+}
+
+/// `{"type": "ack", "id": id}`.
+fn ack(id: Value) -> Value {
+    json!({"type": "ack", "id": id})
+}
+
+/// `{"type": "error", "error": why}`, with the request's `id` if it had one.
+fn error(id: Option<Value>, why: &str) -> Value {
+    with_id(json!({"type": "error", "error": why}), id)
+}
+
+fn with_id(mut v: Value, id: Option<Value>) -> Value {
+    if let (Some(id), Some(obj)) = (id, v.as_object_mut()) {
+        obj.insert("id".to_owned(), id);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_strictly() {
+        let r: Request = serde_json::from_str(r#"{"type":"join","room":"a","id":1}"#).unwrap();
+        assert!(matches!(r, Request::Join { room, id: Some(_) } if room == "a"));
+        for bad in [
+            r#"{"type":"fly"}"#,
+            r#"{"type":"join"}"#,
+            r#"{"type":"echo","data":1,"extra":2}"#,
+            r#"{"room":"a"}"#,
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn answers_carry_the_id() {
+        assert_eq!(ack(json!(7)), json!({"type": "ack", "id": 7}));
+        assert_eq!(error(None, "x"), json!({"type": "error", "error": "x"}));
+        assert_eq!(
+            error(Some(json!("a")), "x"),
+            json!({"type": "error", "error": "x", "id": "a"})
+        );
+        assert!(check_name("room", "").is_err());
+        assert!(check_name("room", &"r".repeat(129)).is_err());
+        assert!(check_name("room", &"r".repeat(128)).is_ok());
+    }
+}

@@ -1,0 +1,561 @@
+//! The gateway in process (`svc_infra::gateway`), served on 127.0.0.1:0 with
+//! `Gateway::serve(listener, shutdown)`: the `/ws` protocol (docs/protocol.md),
+//! authentication, the HTTP endpoints, graceful shutdown, the router beside an application's
+//! own routes, and two gateways joined by a private `redis-server` (without it on PATH that
+//! test fails when `CI` is set and is skipped, with a message, otherwise).
+//!
+//! What needs the real binary (signals, exit codes, the printed port, the flags) is in
+//! `crates/svc-ws/tests/serve.rs`.
+
+mod common;
+#[allow(dead_code)]
+#[path = "fixtures/redis_server.rs"]
+mod redis_server;
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{Router, routing::get};
+use common::{Client as Ws, assert_silent, next_close, within};
+use futures_util::{SinkExt, StreamExt};
+use redis_server::RedisServer;
+use serde_json::{Value, json};
+use svc_infra::{
+    auth::WsAuthConfig,
+    gateway::{Gateway, GatewayConfig, GatewayError},
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+const SECRET: &str = "a-test-secret-that-is-long-enough-32b";
+/// How long "nothing arrives" is watched for.
+const QUIET: Duration = Duration::from_millis(200);
+
+/// A gateway served on 127.0.0.1:0 until `stop` fires or this is dropped.
+struct Running {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    served: JoinHandle<Result<(), GatewayError>>,
+}
+
+/// Builds a gateway from `config` and serves it on a free port.
+async fn start(config: GatewayConfig) -> Running {
+    let gateway = Gateway::new(config).expect("gateway config");
+    let listener = within("bind", TcpListener::bind("127.0.0.1:0"))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = tokio::spawn(gateway.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    Running {
+        addr,
+        stop: Some(stop),
+        served,
+    }
+}
+
+async fn connect(gw: &Running, query: &str) -> Ws {
+    let url = format!("ws://{}/ws{query}", gw.addr);
+    within("connect", tokio_tungstenite::connect_async(&url))
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"))
+        .0
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    within("send", ws.send(Message::text(v.to_string())))
+        .await
+        .unwrap();
+}
+
+async fn next(ws: &mut Ws) -> Value {
+    serde_json::from_str(&common::next_text(ws).await).unwrap()
+}
+
+async fn silent(ws: &mut Ws) {
+    assert_silent(ws, QUIET).await;
+}
+
+/// One HTTP/1.1 request by hand; returns the status and the body.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = within("http", tokio::net::TcpStream::connect(addr))
+        .await
+        .unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    within("http request", tcp.write_all(req.as_bytes()))
+        .await
+        .unwrap();
+    let mut response = String::new();
+    within("http response", tcp.read_to_string(&mut response))
+        .await
+        .unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+async fn get_json(addr: SocketAddr, path: &str) -> Value {
+    let (status, body) = http(addr, "GET", path, "", "").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Waits until `n` connections are registered on `gw` (the handshake answer comes before
+/// the registration).
+async fn registered(gw: &Running, n: u64) {
+    within(&format!("{n} connections registered"), async {
+        while get_json(gw.addr, "/ws/stats").await["local_connections"] != n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+async fn publish(gw: &Running, headers: &str, body: Value) -> (u16, Value) {
+    let (status, body) = http(gw.addr, "POST", "/api/publish", headers, &body.to_string()).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// An HS256 token signed with [`SECRET`], as `svc-ws token` mints them.
+fn token(sub: &str, scopes: &[&str]) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({"sub": sub, "iat": now, "exp": now + 600, "scopes": scopes});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn with_secret() -> GatewayConfig {
+    GatewayConfig::default().with_auth(WsAuthConfig::default().with_secret(SECRET))
+}
+
+/// `svc_ws_connects_total` in the Prometheus text (0 before the first connect). The recorder
+/// is process-wide, so the tests of this file running beside each other all count in it.
+async fn connects_total(addr: SocketAddr) -> u64 {
+    let (status, text) = http(addr, "GET", "/metrics", "", "").await;
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("svc_ws_connects_total "))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn the_protocol_in_anonymous_mode() {
+    let gw = start(GatewayConfig::default()).await;
+    let mut alice = connect(&gw, "?user=alice").await;
+    let mut bob = connect(&gw, "?user=bob").await;
+    let mut bob2 = connect(&gw, "?user=bob").await;
+    registered(&gw, 3).await;
+
+    // join with an id is acknowledged; without, silently done.
+    send(
+        &mut alice,
+        json!({"type": "join", "room": "lobby", "id": 1}),
+    )
+    .await;
+    assert_eq!(next(&mut alice).await, json!({"type": "ack", "id": 1}));
+    send(&mut bob, json!({"type": "join", "room": "lobby"})).await;
+    send(
+        &mut bob,
+        json!({"type": "presence", "room": "lobby", "id": "p"}),
+    )
+    .await;
+    assert_eq!(
+        next(&mut bob).await,
+        json!({"type": "presence", "room": "lobby", "users": ["alice", "bob"], "id": "p"})
+    );
+
+    // publish reaches the room's other users (every connection of theirs), not the sender.
+    send(
+        &mut alice,
+        json!({"type": "publish", "room": "lobby", "data": {"text": "hi"}, "id": 2}),
+    )
+    .await;
+    assert_eq!(next(&mut alice).await, json!({"type": "ack", "id": 2}));
+    let expected =
+        json!({"type": "message", "room": "lobby", "from": "alice", "data": {"text": "hi"}});
+    assert_eq!(next(&mut bob).await, expected);
+    assert_eq!(next(&mut bob2).await, expected);
+
+    // send reaches every connection of one user.
+    send(&mut bob, json!({"type": "send", "to": "alice", "data": 42})).await;
+    assert_eq!(
+        next(&mut alice).await,
+        json!({"type": "message", "from": "bob", "data": 42})
+    );
+
+    // echo; presence of everyone.
+    send(&mut alice, json!({"type": "echo", "data": [1, 2]})).await;
+    assert_eq!(
+        next(&mut alice).await,
+        json!({"type": "echo", "data": [1, 2]})
+    );
+    send(&mut alice, json!({"type": "presence"})).await;
+    assert_eq!(
+        next(&mut alice).await,
+        json!({"type": "presence", "room": null, "users": ["alice", "bob"]})
+    );
+
+    // Bad requests get an error and the connection stays open.
+    send(
+        &mut alice,
+        json!({"type": "broadcast", "data": "x", "id": 3}),
+    )
+    .await;
+    assert_eq!(
+        next(&mut alice).await,
+        json!({"type": "error", "error": "broadcast needs the `broadcast` scope", "id": 3})
+    );
+    within("send", alice.send(Message::text("not json")))
+        .await
+        .unwrap();
+    let err = next(&mut alice).await;
+    assert_eq!(err["type"], "error");
+    assert!(
+        err["error"].as_str().unwrap().starts_with("bad request"),
+        "{err}"
+    );
+    send(&mut alice, json!({"type": "fly", "id": 4})).await;
+    let err = next(&mut alice).await;
+    assert_eq!(
+        (err["type"].as_str(), err["id"].as_i64()),
+        (Some("error"), Some(4))
+    );
+    send(
+        &mut alice,
+        json!({"type": "echo", "data": 1, "extra": 2, "id": 8}),
+    )
+    .await;
+    let err = next(&mut alice).await;
+    assert_eq!(
+        (err["type"].as_str(), err["id"].as_i64()),
+        (Some("error"), Some(8))
+    );
+    send(&mut alice, json!({"type": "join", "id": 5})).await;
+    assert_eq!(next(&mut alice).await["type"], "error"); // no room
+    send(&mut alice, json!({"type": "join", "room": "", "id": 6})).await;
+    assert_eq!(next(&mut alice).await["type"], "error");
+    within("send", alice.send(Message::binary(vec![1, 2])))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut alice).await["type"], "error");
+    send(&mut alice, json!({"type": "echo", "data": "still here"})).await;
+    assert_eq!(next(&mut alice).await["data"], "still here");
+
+    // leave: no more room messages.
+    send(&mut bob, json!({"type": "leave", "room": "lobby", "id": 7})).await;
+    assert_eq!(next(&mut bob).await, json!({"type": "ack", "id": 7}));
+    send(
+        &mut alice,
+        json!({"type": "publish", "room": "lobby", "data": "anyone?"}),
+    )
+    .await;
+    silent(&mut bob).await;
+    silent(&mut bob2).await;
+
+    let stats = get_json(gw.addr, "/ws/stats").await;
+    assert_eq!(stats["connections"], 3);
+    assert_eq!(stats["users"], 2);
+    // The demo page speaks the same protocol.
+    let (status, page) = http(gw.addr, "GET", "/", "", "").await;
+    assert_eq!(status, 200);
+    for needle in [
+        r#"type: "join""#,
+        r#"type: "publish""#,
+        r#"type: "presence""#,
+        r#"["bearer", token]"#,
+        "/ws/stats",
+    ] {
+        assert!(page.contains(needle), "demo page lacks {needle}");
+    }
+    let health = get_json(gw.addr, "/health").await;
+    assert_eq!(
+        health,
+        json!({"status": "ok", "backplane": "none", "connections": 3})
+    );
+}
+
+#[tokio::test]
+async fn with_a_jwt_key_credentials_are_required_and_scopes_count() {
+    let gw = start(with_secret()).await;
+    // No token: 401 before the upgrade.
+    let url = format!("ws://{}/ws?user=mallory", gw.addr);
+    match within("connect", tokio_tungstenite::connect_async(&url)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+    // The token's subject is the user, whatever `?user=` says; the scope allows broadcast.
+    let mut admin = connect(
+        &gw,
+        &format!("?token={}&user=mallory", token("root", &["broadcast"])),
+    )
+    .await;
+    let mut req = format!("ws://{}/ws", gw.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token("carol", &[])).parse().unwrap(),
+    );
+    let (mut carol, _) = within("connect", tokio_tungstenite::connect_async(req))
+        .await
+        .unwrap();
+    registered(&gw, 2).await;
+    send(&mut admin, json!({"type": "presence", "id": 1})).await;
+    assert_eq!(next(&mut admin).await["users"], json!(["carol", "root"]));
+    send(
+        &mut admin,
+        json!({"type": "broadcast", "data": "all hands", "id": 2}),
+    )
+    .await;
+    assert_eq!(
+        next(&mut admin).await,
+        json!({"type": "message", "from": "root", "data": "all hands"})
+    );
+    assert_eq!(next(&mut admin).await, json!({"type": "ack", "id": 2}));
+    assert_eq!(next(&mut carol).await["data"], "all hands");
+    send(
+        &mut carol,
+        json!({"type": "broadcast", "data": "me too", "id": 3}),
+    )
+    .await;
+    assert_eq!(next(&mut carol).await["type"], "error");
+}
+
+/// A custom broadcast scope, and anonymous connections explicitly allowed beside a key.
+#[tokio::test]
+async fn the_scopes_and_anonymous_mode_are_configurable() {
+    let gw = start(
+        with_secret()
+            .with_anonymous(true)
+            .with_broadcast_scope("announce")
+            .with_metrics(false),
+    )
+    .await;
+    let mut guest = connect(&gw, "?user=guest").await;
+    let mut ops = connect(&gw, &format!("?token={}", token("ops", &["announce"]))).await;
+    registered(&gw, 2).await;
+    send(&mut guest, json!({"type": "broadcast", "data": 1, "id": 1})).await;
+    assert_eq!(
+        next(&mut guest).await,
+        json!({"type": "error", "error": "broadcast needs the `announce` scope", "id": 1})
+    );
+    send(&mut ops, json!({"type": "broadcast", "data": 2})).await;
+    assert_eq!(next(&mut guest).await["from"], "ops");
+    // A given token must be valid even when anonymous connections are allowed.
+    let url = format!("ws://{}/ws?token=garbage", gw.addr);
+    match within("connect", tokio_tungstenite::connect_async(&url)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+    // Without metrics: 404.
+    let (status, _) = http(gw.addr, "GET", "/metrics", "", "").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn two_gateways_on_one_redis_are_one_cluster() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let config = GatewayConfig::default().with_redis_url(redis.url());
+    let a = start(config.clone()).await;
+    let b = start(config).await;
+    for gw in [&a, &b] {
+        within("backplane connected", async {
+            while get_json(gw.addr, "/health").await["backplane"] != "connected" {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+    }
+    let mut alice = connect(&a, "?user=alice").await;
+    let mut bob = connect(&b, "?user=bob").await;
+    send(&mut bob, json!({"type": "join", "room": "lobby", "id": 1})).await;
+    assert_eq!(next(&mut bob).await["type"], "ack");
+    // Presence spans both gateways once they have told each other (heartbeat 1 s).
+    within("presence across gateways", async {
+        loop {
+            send(&mut alice, json!({"type": "presence", "room": "lobby"})).await;
+            if next(&mut alice).await["users"] == json!(["bob"]) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    send(
+        &mut alice,
+        json!({"type": "publish", "room": "lobby", "data": "across", "id": 2}),
+    )
+    .await;
+    assert_eq!(next(&mut alice).await["type"], "ack");
+    assert_eq!(
+        next(&mut bob).await,
+        json!({"type": "message", "room": "lobby", "from": "alice", "data": "across"})
+    );
+    send(
+        &mut bob,
+        json!({"type": "send", "to": "alice", "data": "back"}),
+    )
+    .await;
+    assert_eq!(next(&mut alice).await["data"], "back");
+
+    // Redis gone: each gateway says so and keeps serving its own users.
+    drop(redis);
+    within("degraded", async {
+        while get_json(a.addr, "/health").await["status"] != "degraded" {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    send(&mut alice, json!({"type": "echo", "data": "alone"})).await;
+    assert_eq!(next(&mut alice).await["data"], "alone");
+}
+
+/// Other services push through `POST /api/publish` with an API key or an admin JWT. The
+/// configuration comes from variables, as `svc-ws serve` reads them.
+#[tokio::test]
+async fn api_publish_and_metrics() {
+    let config = GatewayConfig::from_vars([
+        ("AUTH_JWT__SECRET", SECRET),
+        ("WS_API_KEYS", "billing:billing-key-123:"),
+        ("WS_GATEWAY_ANONYMOUS", "true"),
+    ])
+    .unwrap();
+    let gw = start(config).await;
+    let connects_before = connects_total(gw.addr).await;
+    let mut alice = connect(&gw, "?user=alice").await;
+    let mut bob = connect(&gw, "?user=bob").await;
+    registered(&gw, 2).await;
+    send(
+        &mut alice,
+        json!({"type": "join", "room": "lobby", "id": 1}),
+    )
+    .await;
+    assert_eq!(next(&mut alice).await["type"], "ack");
+
+    // Refused: no credentials (401), a JWT without the admin scope (403), a bad key (401).
+    let (status, body) = publish(&gw, "", json!({"data": 1})).await;
+    assert_eq!(status, 401, "{body}");
+    let user_jwt = format!("Authorization: Bearer {}\r\n", token("carol", &[]));
+    let (status, body) = publish(&gw, &user_jwt, json!({"data": 1})).await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")));
+    let (status, _) = publish(&gw, "X-API-Key: wrong\r\n", json!({"data": 1})).await;
+    assert_eq!(status, 401);
+    silent(&mut alice).await;
+
+    // An API key: to a user, to a room, to everyone but one user.
+    let key = "X-API-Key: billing-key-123\r\n";
+    let (status, body) = publish(&gw, key, json!({"to": "bob", "data": {"paid": true}})).await;
+    assert_eq!((status, body), (200, json!({"delivered": 1})));
+    assert_eq!(
+        next(&mut bob).await,
+        json!({"type": "message", "from": "billing", "data": {"paid": true}})
+    );
+    let (status, _) = publish(&gw, key, json!({"room": "lobby", "data": "room"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(next(&mut alice).await["room"], "lobby");
+    let admin = format!("Authorization: Bearer {}\r\n", token("ops", &["admin"]));
+    let (status, body) = publish(&gw, &admin, json!({"exclude": "alice", "data": "all"})).await;
+    assert_eq!((status, body), (200, json!({"delivered": 1})));
+    assert_eq!(next(&mut bob).await["from"], "ops");
+    silent(&mut alice).await;
+
+    // Bad bodies: 400, nothing sent.
+    for bad in [
+        json!({"to": "bob", "room": "lobby", "data": 1}),
+        json!({"data": 1, "x": 2}),
+        json!({"to": "bob"}),
+    ] {
+        let (status, body) = publish(&gw, key, bad).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("bad_request")),
+            "{body}"
+        );
+    }
+    silent(&mut bob).await;
+
+    // Prometheus text with the manager's counters (shared by every gateway of the process,
+    // so at least our two connects).
+    let after = connects_total(gw.addr).await;
+    assert!(after >= connects_before + 2, "{connects_before} -> {after}");
+}
+
+/// The shutdown future closes every connection with 1001, as docs/protocol.md says, and
+/// `serve` returns; the listener is closed.
+#[tokio::test]
+async fn shutdown_closes_connections_with_1001() {
+    let mut gw = start(GatewayConfig::default()).await;
+    let mut alice = connect(&gw, "?user=alice").await;
+    registered(&gw, 1).await;
+    gw.stop.take().unwrap().send(()).unwrap();
+    assert_eq!(
+        next_close(&mut alice).await,
+        Some((1001, "server shutting down".to_owned()))
+    );
+    // Keep reading so the client's close reply goes out and the drain ends at once.
+    while let Some(Ok(_)) = within("end of stream", alice.next()).await {}
+    within("serve to return", &mut gw.served)
+        .await
+        .unwrap()
+        .unwrap();
+    let refused = within("connect", tokio::net::TcpStream::connect(gw.addr)).await;
+    assert!(refused.is_err(), "the listener is closed");
+}
+
+/// The router mounted beside an application's own routes, served by the application.
+#[tokio::test]
+async fn the_router_mounts_beside_other_routes() {
+    let gateway = Gateway::new(GatewayConfig::default()).unwrap();
+    let app = Router::new()
+        .route("/hello", get(|| async { "hello" }))
+        .merge(gateway.router());
+    let addr = common::serve(app).await;
+    assert_eq!(
+        http(addr, "GET", "/hello", "", "").await,
+        (200, "hello".to_owned())
+    );
+    assert_eq!(get_json(addr, "/health").await["status"], "ok");
+    let mut ws = common::connect(addr, "/ws?user=app").await;
+    send(&mut ws, json!({"type": "echo", "data": "mounted"})).await;
+    assert_eq!(next(&mut ws).await["data"], "mounted");
+    // The application sends to the gateway's users through the manager.
+    let sent = gateway
+        .manager()
+        .send_to_user("app", r#"{"type":"message","data":"from the app"}"#)
+        .await
+        .unwrap();
+    assert_eq!(sent, 1);
+    assert_eq!(next(&mut ws).await["data"], "from the app");
+    // The application's shutdown closes the gateway's connections.
+    let closing = tokio::spawn(async move { gateway.shutdown().await });
+    assert_eq!(
+        next_close(&mut ws).await,
+        Some((1001, "server shutting down".to_owned()))
+    );
+    while let Some(Ok(_)) = within("end of stream", ws.next()).await {}
+    within("shutdown", closing).await.unwrap();
+}
