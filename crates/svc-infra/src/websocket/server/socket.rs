@@ -326,49 +326,56 @@ impl WebSocket {
                 }
             };
             let Some(event) = event else { continue };
-            self.out.last_seen.store(now_ms(), Ordering::Relaxed);
-            match event {
-                Event::Text(bytes) if self.phase == Phase::Open => {
-                    match WebSocketMessage::text_from_bytes(bytes) {
-                        Ok(m) => return Poll::Ready(Some(Ok(m.received_now()))),
-                        Err(_) => self.fail(Violation {
-                            code: 1007,
-                            reason: "invalid UTF-8 in a text message",
-                        }),
-                    }
-                }
-                Event::Binary(bytes) if self.phase == Phase::Open => {
-                    return Poll::Ready(Some(Ok(WebSocketMessage::binary(bytes).received_now())));
-                }
-                Event::Text(_) | Event::Binary(_) => {} // closing: discard
-                Event::Ping(payload) => {
-                    if self.phase == Phase::Open {
-                        self.out.push_control(
-                            protocol::encode_frame(OP_PONG, &payload),
-                            &mut Deferred::default(),
-                        );
-                    }
-                }
-                Event::Pong(_) => self.out.pong_received(),
-                Event::Close(frame) => {
-                    if self.phase == Phase::Open {
-                        // Echo the peer's code (RFC 6455 §5.5.1).
-                        match &frame {
-                            Some((code, _)) => {
-                                self.out.queue_close(*code, "");
-                            }
-                            None => self.out.queue_close_empty(),
-                        }
-                        let timeout = self.out.close_timeout;
-                        let cold = self.cold();
-                        cold.closed_with = Some(frame.unwrap_or((1005, String::new())));
-                        cold.close_deadline = Some(Box::pin(tokio::time::sleep(timeout)));
-                        self.phase = Phase::Closing;
-                    }
-                    self.peer_closed = true;
-                }
+            if let Some(message) = self.on_event(event) {
+                return Poll::Ready(Some(Ok(message)));
             }
         }
+    }
+
+    /// Handles one parsed event: a data message while open is returned; control frames
+    /// are answered here (pong, the close echo); anything else is dropped.
+    fn on_event(&mut self, event: Event) -> Option<WebSocketMessage> {
+        self.out.last_seen.store(now_ms(), Ordering::Relaxed);
+        match event {
+            Event::Text(bytes) if self.phase == Phase::Open => {
+                match WebSocketMessage::text_from_bytes(bytes) {
+                    Ok(m) => return Some(m.received_now()),
+                    Err(_) => self.fail(Violation {
+                        code: 1007,
+                        reason: "invalid UTF-8 in a text message",
+                    }),
+                }
+            }
+            Event::Binary(bytes) if self.phase == Phase::Open => {
+                return Some(WebSocketMessage::binary(bytes).received_now());
+            }
+            Event::Text(_) | Event::Binary(_) => {} // closing: discard
+            Event::Ping(payload) => {
+                if self.phase == Phase::Open {
+                    self.out.push_control(
+                        protocol::encode_frame(OP_PONG, &payload),
+                        &mut Deferred::default(),
+                    );
+                }
+            }
+            Event::Pong(_) => self.out.pong_received(),
+            Event::Close(frame) => {
+                if self.phase == Phase::Open {
+                    // Echo the peer's code (RFC 6455 §5.5.1).
+                    match &frame {
+                        Some((code, _)) => self.out.queue_close(*code, ""),
+                        None => self.out.queue_close_empty(),
+                    }
+                    let timeout = self.out.close_timeout;
+                    let cold = self.cold();
+                    cold.closed_with = Some(frame.unwrap_or((1005, String::new())));
+                    cold.close_deadline = Some(Box::pin(tokio::time::sleep(timeout)));
+                    self.phase = Phase::Closing;
+                }
+                self.peer_closed = true;
+            }
+        }
+        None
     }
 
     fn poll_read_event(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Event>, ReadError>> {
