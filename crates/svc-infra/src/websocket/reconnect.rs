@@ -156,30 +156,10 @@ impl Reconnector {
         // Why we are about to retry, if we are: logged with the delay.
         let mut cause = None;
         if let Some(previous) = self.previous.take() {
-            previous.closed().await;
-            if !config.reconnect_enabled {
+            cause = why_reconnect(previous, &target).await;
+            if cause.is_none() {
                 self.done = true;
                 return None;
-            }
-            let record = previous.close_record();
-            match record {
-                Some(r) if r.origin == CloseOrigin::User => {
-                    self.done = true;
-                    return None;
-                }
-                Some(r) if r.origin == CloseOrigin::Dropped => {
-                    cause = Some("the previous client was dropped while connected".to_owned());
-                }
-                Some(r) => {
-                    let ended = WebSocketError::closed(r.code, r.reason);
-                    if !ended.is_retryable() {
-                        tracing::info!(url = %target.url, cause = %ended, "websocket closed; not reconnecting");
-                        self.done = true;
-                        return None;
-                    }
-                    cause = Some(ended.to_string());
-                }
-                None => cause = Some("the connection ended".to_owned()),
             }
         }
 
@@ -222,5 +202,29 @@ impl Reconnector {
                 }
             }
         }
+    }
+}
+
+/// Waits for the previous client to end, then says why to connect again; `None` when not
+/// to (reconnect off, a close the caller asked for, a close that is final).
+async fn why_reconnect(previous: ClientWatch, target: &Target) -> Option<String> {
+    previous.closed().await;
+    if !target.config.reconnect_enabled {
+        return None;
+    }
+    match previous.close_record() {
+        Some(r) if r.origin == CloseOrigin::User => None,
+        Some(r) if r.origin == CloseOrigin::Dropped => {
+            Some("the previous client was dropped while connected".to_owned())
+        }
+        Some(r) => {
+            let ended = WebSocketError::closed(r.code, r.reason);
+            if !ended.is_retryable() {
+                tracing::info!(url = %target.url, cause = %ended, "websocket closed; not reconnecting");
+                return None;
+            }
+            Some(ended.to_string())
+        }
+        None => Some("the connection ended".to_owned()),
     }
 }
