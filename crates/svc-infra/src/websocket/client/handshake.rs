@@ -100,84 +100,14 @@ impl Target {
         roots: &TlsRoots,
     ) -> Result<Self> {
         config.validate()?;
-        let parsed = url::Url::parse(url).map_err(|e| invalid(url, format!("invalid URL: {e}")))?;
-        let secure = match parsed.scheme() {
-            "ws" => false,
-            "wss" => true,
-            other => {
-                return Err(invalid(
-                    url,
-                    format!("unsupported URL scheme {other:?}: expected ws or wss"),
-                ));
-            }
-        };
-        if !parsed.username().is_empty() || parsed.password().is_some() {
-            return Err(invalid(
-                url,
-                "credentials in the URL are not supported: send an Authorization header instead",
-            ));
-        }
-        let host = match parsed.host() {
-            Some(url::Host::Domain(d)) if !d.is_empty() => Host::Domain(d.to_owned()),
-            Some(url::Host::Ipv4(ip)) => Host::Ip(IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Host::Ip(IpAddr::V6(ip)),
-            _ => return Err(invalid(url, "the URL has no host")),
-        };
-        let port = parsed
-            .port_or_known_default()
-            .unwrap_or(if secure { 443 } else { 80 });
-        let host_str = parsed.host_str().unwrap_or_default();
-        let authority = match parsed.port() {
-            Some(p) => format!("{host_str}:{p}"),
-            None => host_str.to_owned(),
-        };
-        let mut target = parsed.path().to_owned();
-        if let Some(q) = parsed.query() {
-            target.push('?');
-            target.push_str(q);
-        }
-
-        for p in subprotocols {
-            if p.is_empty() || !p.bytes().all(is_token_char) {
-                return Err(invalid(
-                    url,
-                    format!("invalid subprotocol {p:?}: expected an HTTP token"),
-                ));
-            }
-        }
-
-        let mut head = format!("GET {target} HTTP/1.1\r\n");
-        let user_sets = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
-        if !user_sets("host") {
-            head.push_str(&format!("Host: {authority}\r\n"));
-        }
-        head.push_str("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n");
-        if !subprotocols.is_empty() {
-            head.push_str(&format!(
-                "Sec-WebSocket-Protocol: {}\r\n",
-                subprotocols.join(", ")
-            ));
-        }
-        if !user_sets("user-agent") {
-            head.push_str(concat!(
-                "User-Agent: svc-infra/",
-                env!("CARGO_PKG_VERSION"),
-                "\r\n"
-            ));
-        }
-        for (name, value) in headers {
-            let parsed_name = http::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| invalid(url, format!("invalid header name {name:?}")))?;
-            if RESERVED_HEADERS.contains(&parsed_name.as_str()) {
-                return Err(invalid(
-                    url,
-                    format!("header {name:?} is set by the handshake itself"),
-                ));
-            }
-            http::HeaderValue::from_str(value)
-                .map_err(|_| invalid(url, format!("invalid value for header {name:?}")))?;
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
+        let Endpoint {
+            secure,
+            host,
+            port,
+            authority,
+            target,
+        } = parse_url(url)?;
+        let head = request_head(url, &authority, &target, headers, subprotocols)?;
 
         let tls = if secure {
             Some(tls_config(url, roots)?)
@@ -508,6 +438,119 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
         raw = &raw[end + 2..];
     }
     out
+}
+
+/// Where a `ws://` or `wss://` URL points.
+struct Endpoint {
+    secure: bool,
+    host: Host,
+    port: u16,
+    /// `host[:port]` as the Host header carries it.
+    authority: String,
+    /// Path and query: the request target.
+    target: String,
+}
+
+/// Checks and takes apart a WebSocket URL.
+fn parse_url(url: &str) -> Result<Endpoint> {
+    let parsed = url::Url::parse(url).map_err(|e| invalid(url, format!("invalid URL: {e}")))?;
+    let secure = match parsed.scheme() {
+        "ws" => false,
+        "wss" => true,
+        other => {
+            return Err(invalid(
+                url,
+                format!("unsupported URL scheme {other:?}: expected ws or wss"),
+            ));
+        }
+    };
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(invalid(
+            url,
+            "credentials in the URL are not supported: send an Authorization header instead",
+        ));
+    }
+    let host = match parsed.host() {
+        Some(url::Host::Domain(d)) if !d.is_empty() => Host::Domain(d.to_owned()),
+        Some(url::Host::Ipv4(ip)) => Host::Ip(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Host::Ip(IpAddr::V6(ip)),
+        _ => return Err(invalid(url, "the URL has no host")),
+    };
+    let port = parsed
+        .port_or_known_default()
+        .unwrap_or(if secure { 443 } else { 80 });
+    let host_str = parsed.host_str().unwrap_or_default();
+    let authority = match parsed.port() {
+        Some(p) => format!("{host_str}:{p}"),
+        None => host_str.to_owned(),
+    };
+    let mut target = parsed.path().to_owned();
+    if let Some(q) = parsed.query() {
+        target.push('?');
+        target.push_str(q);
+    }
+
+    Ok(Endpoint {
+        secure,
+        host,
+        port,
+        authority,
+        target,
+    })
+}
+
+/// The handshake request's head (request line and headers, without the key), with the
+/// caller's headers and subprotocols checked.
+fn request_head(
+    url: &str,
+    authority: &str,
+    target: &str,
+    headers: &[(String, String)],
+    subprotocols: &[String],
+) -> Result<String> {
+    for p in subprotocols {
+        if p.is_empty() || !p.bytes().all(is_token_char) {
+            return Err(invalid(
+                url,
+                format!("invalid subprotocol {p:?}: expected an HTTP token"),
+            ));
+        }
+    }
+
+    let mut head = format!("GET {target} HTTP/1.1\r\n");
+    let user_sets = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+    if !user_sets("host") {
+        head.push_str(&format!("Host: {authority}\r\n"));
+    }
+    head.push_str("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n");
+    if !subprotocols.is_empty() {
+        head.push_str(&format!(
+            "Sec-WebSocket-Protocol: {}\r\n",
+            subprotocols.join(", ")
+        ));
+    }
+    if !user_sets("user-agent") {
+        head.push_str(concat!(
+            "User-Agent: svc-infra/",
+            env!("CARGO_PKG_VERSION"),
+            "\r\n"
+        ));
+    }
+    for (name, value) in headers {
+        let parsed_name = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| invalid(url, format!("invalid header name {name:?}")))?;
+        if RESERVED_HEADERS.contains(&parsed_name.as_str()) {
+            return Err(invalid(
+                url,
+                format!("header {name:?} is set by the handshake itself"),
+            ));
+        }
+        http::HeaderValue::from_str(value)
+            .map_err(|_| invalid(url, format!("invalid value for header {name:?}")))?;
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+
+    Ok(head)
 }
 
 #[cfg(test)]
