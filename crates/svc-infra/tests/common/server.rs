@@ -1,8 +1,7 @@
-//! Fixtures for the server-side tests: real axum servers on 127.0.0.1:0 and real
-//! tokio-tungstenite clients, with a timeout on every await.
-#![allow(dead_code, unreachable_pub)]
+//! Server-side fixtures: axum apps served on 127.0.0.1:0 and tokio-tungstenite clients
+//! against them, with a timeout on every await.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use axum::Router;
 use futures_util::{SinkExt, StreamExt};
@@ -12,18 +11,10 @@ use tokio_tungstenite::{
     tungstenite::{Message, protocol::CloseFrame},
 };
 
+use super::within;
+
+/// A tokio-tungstenite client connection.
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// How long any single step of a test may take.
-pub const STEP: Duration = Duration::from_secs(10);
-
-/// Awaits `fut` or fails the test after [`STEP`].
-pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(STEP, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out: {what}"),
-    }
-}
 
 /// Serves `app` on 127.0.0.1:0 and returns its address.
 pub async fn serve(app: Router) -> SocketAddr {
@@ -78,18 +69,9 @@ pub async fn assert_silent(ws: &mut Client, quiet: Duration) {
     }
 }
 
+/// Sends one text message.
 pub async fn send_text(ws: &mut Client, text: &str) {
     within("send", ws.send(Message::text(text)))
         .await
         .expect("send");
-}
-
-/// Polls `cond` every 10 ms until it holds or [`STEP`] passes.
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    within(what, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
 }
