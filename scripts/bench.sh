@@ -18,7 +18,7 @@
 #   IDLE_N=10000  IDLE_HOLD_SECS=3
 #   FANOUT_N=10000  FANOUT_M=50  FANOUT_SIZE=128  FANOUT_INTERVAL_MS=20
 #   ECHO_C=50  ECHO_M=2000  ECHO_SIZE=128
-#   LABEL=<server name plus args>   OUT=target/bench
+#   LABEL=<server name plus args>   OUT=${CARGO_TARGET_DIR:-target}/bench
 #   SERVER_BIN=<path>  (plain_axum, bench_app: use this prebuilt binary instead of building)
 #   NICE=-10   (niceness of server and load generator, each in its own session and so its own
 #               scheduler autogroup whose nice value is set too: on a shared machine this keeps
@@ -33,6 +33,7 @@ SERVER_ARGS=("$@")
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 WORKLOADS=${WORKLOADS:-"idle fanout echo"}
 PORT=${PORT:-3900}
 SERVER_CPU=${SERVER_CPU:-0}
@@ -46,7 +47,7 @@ FANOUT_INTERVAL_MS=${FANOUT_INTERVAL_MS:-20}
 ECHO_C=${ECHO_C:-50}
 ECHO_M=${ECHO_M:-2000}
 ECHO_SIZE=${ECHO_SIZE:-128}
-OUT=${OUT:-target/bench}
+OUT=${OUT:-$TARGET/bench}
 NICE=${NICE:--10}
 LABEL=${LABEL:-$(printf '%s' "$SERVER${SERVER_ARGS[*]:+ ${SERVER_ARGS[*]}}" | sed 's/--//g' | tr -c 'A-Za-z0-9_.=-' '_')}
 export RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0
@@ -85,21 +86,21 @@ done
 
 echo "== building release binaries"
 cargo build --release -p svc-ws --bin svc-ws
-LOADGEN=$ROOT/target/release/svc-ws
+LOADGEN=$TARGET/release/svc-ws
 SERVER_ENV=()
 case "$SERVER" in
     plain_axum)
         if [ -z "${SERVER_BIN:-}" ]; then
             cargo build --release -p svc-ws --example plain_axum
         fi
-        SERVER_CMD=("${SERVER_BIN:-$ROOT/target/release/examples/plain_axum}" --port "$PORT")
+        SERVER_CMD=("${SERVER_BIN:-$TARGET/release/examples/plain_axum}" --port "$PORT")
         ;;
     bench_app)
         if [ -z "${SERVER_BIN:-}" ] && ! cargo build --release --example bench_app; then
             echo "bench.sh: skipping bench_app: \`cargo build --release --example bench_app\` failed (not built yet?)"
             exit 0
         fi
-        SERVER_CMD=("${SERVER_BIN:-$ROOT/target/release/examples/bench_app}" --port "$PORT")
+        SERVER_CMD=("${SERVER_BIN:-$TARGET/release/examples/bench_app}" --port "$PORT")
         ;;
     uws)
         command -v node >/dev/null || { echo "bench.sh: skipping uws: node is not installed"; exit 0; }

@@ -4,15 +4,16 @@
 # REPS alternating rounds of fanout and echo, then prints the Markdown tables.
 #
 # Usage: scripts/bench_all.sh
-# Environment: SERVERS="plain_axum uws bench_app"  REPS=3  OUT=target/bench/<UTC timestamp>
+# Environment: SERVERS="plain_axum uws bench_app"  REPS=3  OUT=${CARGO_TARGET_DIR:-target}/bench/<UTC timestamp>
 #              BENCH_APP_BIN=<prebuilt bench_app binary, optional>
 #              and every parameter of scripts/bench.sh (PORT, FANOUT_N, ...).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 SERVERS=${SERVERS:-"plain_axum uws bench_app"}
 REPS=${REPS:-3}
-BASE=${OUT:-target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
+BASE=${OUT:-$TARGET/bench/$(date -u +%Y%m%dT%H%M%SZ)}
 failed=0
 
 run() { # run SERVER [ARGS...] with WORKLOADS and OUT set by the caller

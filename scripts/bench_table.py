@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Prints the figures of `scripts/bench.sh` runs as Markdown tables.
 
-Usage: scripts/bench_table.py DIR [DIR...]   (DIR: an OUT directory of bench.sh, e.g. target/bench)
+Usage: scripts/bench_table.py DIR [DIR...]   (DIR: an OUT directory of bench.sh, e.g. ${CARGO_TARGET_DIR:-target}/bench)
 Reads every <label>-<workload>.json there (the final --json line of `svc-ws bench`).
 """
 import json

@@ -3,7 +3,9 @@
 # chat in a room and see presence and live stats; a third connects with a JWT as the
 # ["bearer", token] subprotocol. Needs chromium and node (scripts/setup.sh installs them).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 CHROMIUM=${CHROMIUM:-$(command -v chromium || command -v chromium-browser || true)}
 if [ -z "$CHROMIUM" ] || ! command -v node >/dev/null; then
     echo "browser_check: chromium and node are required (scripts/setup.sh installs them)" >&2
@@ -12,7 +14,7 @@ fi
 export CHROMIUM
 (cd tests/browser && npm ci --no-audit --no-fund --silent)
 cargo build -q -p svc-ws --bin svc-ws
-BIN=target/debug/svc-ws
+BIN=$TARGET/debug/svc-ws
 LOGS=$(mktemp -d)
 cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$LOGS"; }
 PIDS=()

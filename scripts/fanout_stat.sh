@@ -4,7 +4,7 @@
 # and the server's user and system CPU time (whole process life, connection set-up included).
 #
 # Usage: scripts/fanout_stat.sh SERVER_CMD...      e.g.
-#   scripts/fanout_stat.sh target/release/examples/bench_app --port 3900
+#   scripts/fanout_stat.sh "${CARGO_TARGET_DIR:-target}"/release/examples/bench_app --port 3900
 #   LD_PRELOAD=$PWD/bench/uws/glibc_compat.so scripts/fanout_stat.sh node bench/uws/server.js --port 3900
 # Environment: PORT=3900 (must match the server's), FANOUT_ARGS (default: the issue's
 # parameters), SERVER_CPU=0, CLIENT_CPU=1. Needs `perf` with syscall tracepoints (root).
@@ -13,6 +13,7 @@ set -euo pipefail
 [ $# -ge 1 ] || { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 PORT=${PORT:-3900}
 FANOUT_ARGS=${FANOUT_ARGS:-"-n 10000 -m 50 --interval-ms 20 --size 128"}
 OUT=$(mktemp -d)
@@ -26,7 +27,7 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 # shellcheck disable=SC2086 # FANOUT_ARGS is a list of arguments
-taskset -c "${CLIENT_CPU:-1}" target/release/svc-ws bench fanout --url "ws://127.0.0.1:$PORT" $FANOUT_ARGS \
+taskset -c "${CLIENT_CPU:-1}" "$TARGET/release/svc-ws" bench fanout --url "ws://127.0.0.1:$PORT" $FANOUT_ARGS \
     | grep -E '^  (latency|deliveries|missing)' || true
 sleep 0.5
 # perf stat's child is the server: signal it, then let perf print.

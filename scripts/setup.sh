@@ -2,7 +2,8 @@
 # Installs what the test suite needs and a fresh Debian machine with Rust may lack:
 # python3 (the Autobahn runner's bootstrap), a C compiler (ring), rustfmt and clippy,
 # redis-server (the Redis backplane's tests start private ones), and chromium with node and
-# npm (scripts/browser_check.sh drives the gateway's demo page). Does nothing when all are
+# npm (scripts/browser_check.sh drives the gateway's demo page), and cargo-hack from crates.io
+# (scripts/test.sh checks that each feature builds on its own). Does nothing when all are
 # there. Run by scripts/test.sh.
 set -euo pipefail
 
@@ -22,3 +23,4 @@ need chromium || need chromium-browser || apt_install chromium
 need node || apt_install nodejs
 need npm || apt_install npm
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+need cargo-hack || cargo install cargo-hack --locked

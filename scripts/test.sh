@@ -17,6 +17,8 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+step "each feature of svc-infra on its own (cargo hack)"
+cargo hack check -p svc-infra --each-feature --no-dev-deps
 step "cargo test"
 cargo test --workspace --all-features
 step "Browser: the gateway's demo page in Chromium"

@@ -1,12 +1,12 @@
 //! The `auth_demo` example's own router, exercised over real sockets: every route, the hello
 //! message, the echo, API keys from `WS_API_KEYS` (through `from_vars`).
 
-mod auth_common;
+mod common;
 #[allow(dead_code)]
 #[path = "../examples/auth_demo.rs"]
 mod demo;
 
-use auth_common::*;
+use common::{auth::*, server::serve};
 use serde_json::json;
 use svc_infra::auth::WsAuthConfig;
 

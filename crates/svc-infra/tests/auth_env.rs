@@ -1,9 +1,9 @@
 //! Configuration from environment variables (through `from_vars`, so tests never mutate the
 //! process environment): secret resolution, production startup failure, dev fallback.
 
-mod auth_common;
+mod common;
 
-use auth_common::*;
+use common::{auth::*, server::serve};
 use serde_json::json;
 use svc_infra::auth::{AuthConfigError, WsAuthConfig};
 

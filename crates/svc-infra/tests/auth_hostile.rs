@@ -1,10 +1,10 @@
 //! The hostile battery: every malicious or broken credential is refused with 401 and a JSON
 //! body, before any upgrade, and the server keeps serving afterwards (no panic).
 
-mod auth_common;
+mod common;
 
-use auth_common::*;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use common::{auth::*, server::serve};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
 use svc_infra::auth::WsAuthConfig;

@@ -1,7 +1,7 @@
 //! Asymmetric keys: PEM public keys, and JWKS served by a local test server (cache, refetch on
 //! unknown `kid`, rate limit, rollover, outage, size cap).
 
-mod auth_common;
+mod common;
 
 use std::{
     sync::{
@@ -11,8 +11,8 @@ use std::{
     time::Duration,
 };
 
-use auth_common::*;
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use common::{auth::*, server::serve, step};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
 use svc_infra::auth::{WsAuth, WsAuthConfig};
@@ -219,7 +219,7 @@ async fn retired_keys_stop_working_after_the_cache_expires() {
         101
     );
     jwks.set_keys(&["rsa2"]);
-    within(tokio::time::sleep(Duration::from_millis(300))).await;
+    step(tokio::time::sleep(Duration::from_millis(300))).await;
     assert_refused(
         &connect(addr, &format!("/user/ws?token={t1}"), &[]).await,
         401,

@@ -1,10 +1,10 @@
 //! Token sources, precedence, the subprotocol echo, the five factories, scopes, API keys and
 //! rotation, over real sockets.
 
-mod auth_common;
+mod common;
 
-use auth_common::*;
 use axum::{Extension, Router, extract::ws::WebSocketUpgrade, response::Response, routing::get};
+use common::{auth::*, server::serve, step};
 use serde_json::json;
 use svc_infra::auth::{AuthPolicy, WsAuthConfig, WsIdentity, ws_protected_router};
 
@@ -197,7 +197,7 @@ async fn a_handler_choosing_its_own_protocol_keeps_it() {
         "sec-websocket-protocol",
         format!("chat, bearer, {tok}").parse().unwrap(),
     );
-    let (_ws, resp) = within(tokio_tungstenite::connect_async(req)).await.unwrap();
+    let (_ws, resp) = step(tokio_tungstenite::connect_async(req)).await.unwrap();
     assert_eq!(resp.headers()["sec-websocket-protocol"], "chat");
 }
 
@@ -433,7 +433,7 @@ async fn rejections_carry_www_authenticate_and_json() {
         format!("ws://{addr}/protected/ws"),
     )
     .unwrap();
-    match within(tokio_tungstenite::connect_async(req)).await {
+    match step(tokio_tungstenite::connect_async(req)).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             assert_eq!(resp.status(), 401);
             assert_eq!(resp.headers()["content-type"], "application/json");

@@ -3,15 +3,11 @@
 //! Redis tests fail when `CI` is set and are skipped (with a message) otherwise.
 
 mod common;
-#[allow(dead_code)]
-#[path = "fixtures/redis_server.rs"]
-mod redis_server;
 
 use std::{net::SocketAddr, time::Duration};
 
 use axum::{Router, extract::Path, response::Response, routing::get};
-use common::*;
-use redis_server::RedisServer;
+use common::{QUIET, eventually, redis::RedisServer, server::*};
 use svc_infra::websocket::{
     ConnectionManager, WebSocketConfig, WsManager, WsUpgrade, add_websocket_manager_with,
     backplane::{Backplane, BackplaneStatus, InMemoryBackplane, RedisBackplane},
@@ -48,8 +44,6 @@ async fn connected(manager: &ConnectionManager, n: usize) {
     })
     .await;
 }
-
-const QUIET: Duration = Duration::from_millis(200);
 
 /// The scenario both backplanes must pass: two nodes, users on each, one user on both.
 /// `ready` waits until the backplane carries what the nodes now subscribe to (channel,

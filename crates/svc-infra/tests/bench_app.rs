@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::*;
+use common::{eventually, server::*, within};
 use futures_util::SinkExt;
 use svc_infra::websocket::ConnectionManager;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -2,13 +2,15 @@
 //! for misbehaving ones.
 #![cfg(feature = "client")]
 
-mod client_common;
+mod common;
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use client_common::{
-    Seen, TestServer, closed_port, raw_handshake, raw_server, read_client_close, server_frame, step,
+use common::{
+    client_server::{Seen, TestServer},
+    raw::{closed_port, raw_handshake, raw_server, read_client_close, read_request, server_frame},
+    step,
 };
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -686,7 +688,7 @@ async fn bad_input_gives_errors_not_panics() {
 
     // Garbage instead of HTTP.
     let (addr, _) = raw_server(|mut s| async move {
-        let _ = client_common::read_request(&mut s).await;
+        let _ = read_request(&mut s).await;
         let _ = s.write_all(b"\x00\x01garbage\r\n\r\n").await;
     })
     .await;
@@ -697,7 +699,7 @@ async fn bad_input_gives_errors_not_panics() {
 
     // Closed in the middle of the handshake.
     let (addr, _) = raw_server(|mut s| async move {
-        let _ = client_common::read_request(&mut s).await;
+        let _ = read_request(&mut s).await;
     })
     .await;
     let err = step(WebSocketClient::builder(format!("ws://{addr}/")).connect())

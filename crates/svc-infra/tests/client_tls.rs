@@ -2,11 +2,11 @@
 //! tokio-rustls server on 127.0.0.1, and our client trusting that root.
 #![cfg(feature = "client")]
 
-mod client_common;
+mod common;
 
 use std::sync::Arc;
 
-use client_common::step;
+use common::step;
 use futures_util::{SinkExt, StreamExt};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use svc_infra::websocket::{RootCertificate, WebSocketClient, WebSocketConfig, WebSocketError};

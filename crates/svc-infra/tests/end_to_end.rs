@@ -3,9 +3,12 @@
 //! `ConnectionManager`.
 #![cfg(all(feature = "client", feature = "auth"))]
 
+mod common;
+
 use std::{net::SocketAddr, time::Duration};
 
 use axum::{Router, response::Response};
+use common::{server::serve, within};
 use futures_util::StreamExt;
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
@@ -18,13 +21,6 @@ use svc_infra::{
 };
 
 const SECRET: &str = "end-to-end-secret-0123456789abcdef0123";
-const STEP: Duration = Duration::from_secs(10);
-
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(STEP, fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
 
 fn token(sub: &str, scopes: &[&str]) -> String {
     let exp = std::time::SystemTime::now()
@@ -70,12 +66,7 @@ async fn start() -> (SocketAddr, ConnectionManager) {
         .merge(ws_protected_router("/api", auth.clone()).ws("/ws", notifications))
         .merge(ws_scopes_router("/admin", auth, ["admin"]).ws("/ws", notifications));
     let app = add_websocket_manager_with(app, manager.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (addr, manager)
+    (serve(app).await, manager)
 }
 
 async fn hello(client: &mut WebSocketClient) -> Value {
@@ -141,7 +132,7 @@ async fn every_token_form_reaches_the_manager() {
 
     // Closing from the client removes the connection from the manager.
     within("close", by_query.close(1000, "bye")).await.unwrap();
-    let deadline = tokio::time::Instant::now() + STEP;
+    let deadline = tokio::time::Instant::now() + common::STEP;
     while manager.get_user_connections("alice").len() != 2 {
         assert!(tokio::time::Instant::now() < deadline, "not deregistered");
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -8,9 +8,6 @@
 //! `crates/svc-ws/tests/serve.rs`.
 
 mod common;
-#[allow(dead_code)]
-#[path = "fixtures/redis_server.rs"]
-mod redis_server;
 
 use std::{
     net::SocketAddr,
@@ -18,9 +15,13 @@ use std::{
 };
 
 use axum::{Router, routing::get};
-use common::{Client as Ws, assert_silent, next_close, within};
+use common::{
+    QUIET,
+    redis::RedisServer,
+    server::{Client as Ws, assert_silent, next_close, next_text},
+    within,
+};
 use futures_util::{SinkExt, StreamExt};
-use redis_server::RedisServer;
 use serde_json::{Value, json};
 use svc_infra::{
     auth::WsAuthConfig,
@@ -30,8 +31,6 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
 const SECRET: &str = "a-test-secret-that-is-long-enough-32b";
-/// How long "nothing arrives" is watched for.
-const QUIET: Duration = Duration::from_millis(200);
 
 /// A gateway served on 127.0.0.1:0 until `stop` fires or this is dropped.
 struct Running {
@@ -73,7 +72,7 @@ async fn send(ws: &mut Ws, v: Value) {
 }
 
 async fn next(ws: &mut Ws) -> Value {
-    serde_json::from_str(&common::next_text(ws).await).unwrap()
+    serde_json::from_str(&next_text(ws).await).unwrap()
 }
 
 async fn silent(ws: &mut Ws) {
@@ -533,13 +532,13 @@ async fn the_router_mounts_beside_other_routes() {
     let app = Router::new()
         .route("/hello", get(|| async { "hello" }))
         .merge(gateway.router());
-    let addr = common::serve(app).await;
+    let addr = common::server::serve(app).await;
     assert_eq!(
         http(addr, "GET", "/hello", "", "").await,
         (200, "hello".to_owned())
     );
     assert_eq!(get_json(addr, "/health").await["status"], "ok");
-    let mut ws = common::connect(addr, "/ws?user=app").await;
+    let mut ws = common::server::connect(addr, "/ws?user=app").await;
     send(&mut ws, json!({"type": "echo", "data": "mounted"})).await;
     assert_eq!(next(&mut ws).await["data"], "mounted");
     // The application sends to the gateway's users through the manager.

@@ -18,7 +18,7 @@ use axum::{
     response::Response,
     routing::get,
 };
-use common::*;
+use common::{eventually, raw::*, server::*, within};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use svc_infra::websocket::{
@@ -533,37 +533,6 @@ async fn bad_input_gets_clean_close_codes() {
     assert_eq!(next_text(&mut other).await, "fine");
 }
 
-async fn raw_upgrade(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
-    let tcp = within("tcp", tokio::net::TcpStream::connect(addr))
-        .await
-        .unwrap();
-    upgrade_on(tcp, addr, path).await
-}
-
-/// Does the WebSocket handshake on `tcp` by hand.
-async fn upgrade_on(
-    mut tcp: tokio::net::TcpStream,
-    addr: std::net::SocketAddr,
-    path: &str,
-) -> tokio::net::TcpStream {
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    );
-    within("write", tcp.write_all(request.as_bytes()))
-        .await
-        .unwrap();
-    // Read exactly the response head.
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        within("101", tcp.read_exact(&mut byte)).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    tcp
-}
-
 /// A handler busy elsewhere (not in `recv`) must not make a healthy, reading client look
 /// slow: a send writes whatever the socket takes before the queue counts as full.
 #[tokio::test]
@@ -667,28 +636,6 @@ async fn connection_send_to_a_stuck_client_follows_the_policy_and_is_counted() {
     }
 }
 
-/// Reads one unmasked server frame's payload from a raw socket.
-async fn read_frame(tcp: &mut tokio::net::TcpStream) -> Vec<u8> {
-    let mut head = [0u8; 2];
-    tcp.read_exact(&mut head).await.unwrap();
-    let len = match head[1] & 0x7f {
-        126 => {
-            let mut ext = [0u8; 2];
-            tcp.read_exact(&mut ext).await.unwrap();
-            u64::from(u16::from_be_bytes(ext))
-        }
-        127 => {
-            let mut ext = [0u8; 8];
-            tcp.read_exact(&mut ext).await.unwrap();
-            u64::from_be_bytes(ext)
-        }
-        n => u64::from(n),
-    };
-    let mut payload = vec![0u8; len as usize];
-    tcp.read_exact(&mut payload).await.unwrap();
-    payload
-}
-
 /// Broadcasts to more connections than one task writes per turn (tokio's budget is 128
 /// writes), many of them in flight at once, with one client that never reads and whose
 /// socket fills: every reading client gets every message, in order, and the stuck one is
@@ -727,7 +674,7 @@ async fn broadcasts_to_hundreds_arrive_in_order_while_one_socket_is_full() {
         let mut tcp = raw_upgrade(addr, &format!("/ws/u{i}")).await;
         readers.push(tokio::spawn(async move {
             for seq in 0..MESSAGES {
-                let payload = within("frame", read_frame(&mut tcp)).await;
+                let (_, payload) = within("frame", read_server_frame(&mut tcp)).await;
                 assert_eq!(payload.len(), SIZE);
                 assert_eq!(payload[..4], seq.to_be_bytes(), "client {i}: out of order");
             }

@@ -1,11 +1,16 @@
 //! `websocket_connect`: reconnects with the DESIGN §2 policy, against real servers.
 #![cfg(feature = "client")]
 
-mod client_common;
+mod common;
 
 use std::time::{Duration, Instant};
 
-use client_common::{Seen, TestServer, init_tracing, raw_server, read_request, step};
+use common::{
+    client_server::{Seen, TestServer},
+    init_tracing,
+    raw::{raw_server, read_request},
+    step,
+};
 use futures_util::StreamExt;
 use svc_infra::websocket::{WebSocketClient, WebSocketConfig, WebSocketError, websocket_connect};
 use tokio::{io::AsyncWriteExt, net::TcpListener};

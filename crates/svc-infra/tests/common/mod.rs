@@ -1,23 +1,33 @@
-//! Fixtures for the server-side tests: real axum servers on 127.0.0.1:0 and real
-//! tokio-tungstenite clients, with a timeout on every await.
-#![allow(dead_code, unreachable_pub)]
+//! The fixtures of every integration test, one module per concern. Each test file says
+//! `mod common;` and uses the parts it needs:
+//!
+//! - this module: the one [`STEP`] timeout for a single await, [`within`] and [`step`] to put
+//!   it on an await, [`eventually`] to poll a condition, [`init_tracing`];
+//! - [`server`]: axum apps served on 127.0.0.1:0 and tokio-tungstenite clients against them;
+//! - [`client_server`]: the axum echo server the client tests talk to (axum's own
+//!   `WebSocketUpgrade`, independent of our server side);
+//! - [`raw`]: raw TCP peers and frames (built and read with `svc_infra::websocket::protocol`);
+//! - [`auth`] (feature `auth`): tokens, keys and the auth test app;
+//! - [`redis`] (feature `redis`): a private `redis-server` on a free port.
+#![allow(dead_code, unreachable_pub, missing_docs)] // each test file uses a different part
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, time::Duration};
 
-use axum::Router;
-use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
-use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream,
-    tungstenite::{Message, protocol::CloseFrame},
-};
+#[cfg(feature = "auth")]
+pub mod auth;
+pub mod client_server;
+pub mod raw;
+#[cfg(feature = "redis")]
+pub mod redis;
+pub mod server;
 
-pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// How long any single step of a test may take.
+/// How long any single await of a test may take.
 pub const STEP: Duration = Duration::from_secs(10);
 
-/// Awaits `fut` or fails the test after [`STEP`].
+/// How long "nothing arrives" is watched for.
+pub const QUIET: Duration = Duration::from_millis(200);
+
+/// Awaits `fut`, failing the test with "timed out: `what`" after [`STEP`].
 pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(STEP, fut).await {
         Ok(v) => v,
@@ -25,63 +35,11 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     }
 }
 
-/// Serves `app` on 127.0.0.1:0 and returns its address.
-pub async fn serve(app: Router) -> SocketAddr {
-    let listener = within("bind", tokio::net::TcpListener::bind("127.0.0.1:0"))
+/// Awaits `fut`, failing the test after [`STEP`]: [`within`] without a label.
+pub async fn step<F: Future>(fut: F) -> F::Output {
+    tokio::time::timeout(STEP, fut)
         .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    addr
-}
-
-/// Connects a WebSocket client to `ws://addr{path}`.
-pub async fn connect(addr: SocketAddr, path: &str) -> Client {
-    let url = format!("ws://{addr}{path}");
-    let (ws, _) = within("connect", tokio_tungstenite::connect_async(&url))
-        .await
-        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
-    ws
-}
-
-/// The next text message (pings answered automatically by tungstenite on read).
-pub async fn next_text(ws: &mut Client) -> String {
-    loop {
-        match within("next message", ws.next()).await {
-            Some(Ok(Message::Text(t))) => return t.to_string(),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-            other => panic!("expected a text message, got {other:?}"),
-        }
-    }
-}
-
-/// Reads until the close frame and returns it (code, reason).
-pub async fn next_close(ws: &mut Client) -> Option<(u16, String)> {
-    loop {
-        match within("close frame", ws.next()).await {
-            Some(Ok(Message::Close(frame))) => {
-                return frame.map(|CloseFrame { code, reason }| (code.into(), reason.to_string()));
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => panic!("error before the close frame: {e}"),
-            None => panic!("stream ended without a close frame"),
-        }
-    }
-}
-
-/// Asserts nothing arrives for `quiet`.
-pub async fn assert_silent(ws: &mut Client, quiet: Duration) {
-    if let Ok(m) = tokio::time::timeout(quiet, ws.next()).await {
-        panic!("expected silence, got {m:?}");
-    }
-}
-
-pub async fn send_text(ws: &mut Client, text: &str) {
-    within("send", ws.send(Message::text(text)))
-        .await
-        .expect("send");
+        .expect("test step timed out")
 }
 
 /// Polls `cond` every 10 ms until it holds or [`STEP`] passes.
@@ -92,4 +50,15 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         }
     })
     .await;
+}
+
+/// Installs a test tracing subscriber once (shows the library's logs with `--nocapture`).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("svc_infra=info")),
+        )
+        .with_test_writer()
+        .try_init();
 }

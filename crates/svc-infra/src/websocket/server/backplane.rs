@@ -398,7 +398,8 @@ impl<K: std::hash::Hash + Eq> Interest<K> {
         self.0.contains_key(key)
     }
 
-    /// Every wanted key.
+    /// Every wanted key (the Redis backplane syncs its subscriptions to them).
+    #[cfg(any(feature = "redis", test))]
     pub(crate) fn keys(&self) -> impl Iterator<Item = &K> {
         self.0.keys()
     }

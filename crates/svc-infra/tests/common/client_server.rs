@@ -1,17 +1,13 @@
-//! Fixtures for the client tests: a real axum server on 127.0.0.1:0 (axum's own
-//! `WebSocketUpgrade`, independent of our server side), raw TCP servers for misbehaving
-//! peers, and a timeout helper for every await.
-#![allow(dead_code, unreachable_pub)] // each test crate uses a different part
+//! The server the client tests talk to: a real axum server on 127.0.0.1:0 with axum's own
+//! `WebSocketUpgrade`, independent of our server side, that reports what it observed.
 
 use std::{
     collections::BTreeMap,
-    future::Future,
     net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, Instant},
 };
 
 use axum::{
@@ -25,23 +21,13 @@ use axum::{
     routing::get,
 };
 use futures_util::{SinkExt, StreamExt};
-use svc_infra::websocket::protocol::{self, FrameHeader, apply_mask};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     sync::{mpsc, watch},
     task::JoinHandle,
 };
 
-/// Upper bound for any single await in a test.
-pub const STEP: Duration = Duration::from_secs(10);
-
-/// Awaits `fut`, failing the test if it takes longer than [`STEP`].
-pub async fn step<F: Future>(fut: F) -> F::Output {
-    tokio::time::timeout(STEP, fut)
-        .await
-        .expect("test step timed out")
-}
+use super::{STEP, step};
 
 /// What the axum server observed, in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -349,114 +335,4 @@ async fn duplex(
         })
         .await;
     })
-}
-
-// ---------------------------------------------------------------------------------------
-// Raw TCP servers, for peers that misbehave.
-
-/// Accept times of a raw server's connections.
-pub type Accepts = Arc<Mutex<Vec<Instant>>>;
-
-/// Binds 127.0.0.1:0 and runs `handler` for every connection; records accept times.
-pub async fn raw_server<F, Fut>(handler: F) -> (SocketAddr, Accepts)
-where
-    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let listener = step(TcpListener::bind("127.0.0.1:0")).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepts: Accepts = Arc::default();
-    let log = Arc::clone(&accepts);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            log.lock().unwrap().push(Instant::now());
-            tokio::spawn(handler(stream));
-        }
-    });
-    (addr, accepts)
-}
-
-/// Reads an HTTP request head; returns it as text.
-pub async fn read_request(stream: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        match step(stream.read(&mut byte)).await {
-            Ok(1) => buf.push(byte[0]),
-            _ => break,
-        }
-    }
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-/// Completes the server side of the handshake by hand, adding `extra` header lines
-/// (each ending in `\r\n`).
-pub async fn raw_handshake(stream: &mut TcpStream, extra: &str) {
-    let request = read_request(stream).await;
-    let key = request
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case("sec-websocket-key")
-                .then(|| v.trim().to_owned())
-        })
-        .expect("no Sec-WebSocket-Key");
-    let accept = protocol::accept_key(key.as_bytes());
-    let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {accept}\r\n{extra}\r\n"
-    );
-    step(stream.write_all(response.as_bytes())).await.unwrap();
-}
-
-/// An unmasked server frame.
-pub fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    protocol::encode_frame(opcode, payload).to_vec()
-}
-
-/// Reads one (masked) client frame: opcode and unmasked payload.
-pub async fn read_client_frame(stream: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
-    let mut head = vec![0u8; 2];
-    step(stream.read_exact(&mut head)).await?;
-    let need = FrameHeader::needed(&head);
-    head.resize(need, 0);
-    step(stream.read_exact(&mut head[2..])).await?;
-    let header = FrameHeader::parse(&head)
-        .map_err(std::io::Error::other)?
-        .expect("a whole header");
-    let mut payload = vec![0u8; usize::try_from(header.payload_len).unwrap()];
-    step(stream.read_exact(&mut payload)).await?;
-    if let Some(mask) = header.mask {
-        apply_mask(&mut payload, mask, 0);
-    }
-    Ok((header.opcode, payload))
-}
-
-/// Reads client frames until a close frame; returns its code and reason.
-pub async fn read_client_close(stream: &mut TcpStream) -> Option<(u16, String)> {
-    loop {
-        let (opcode, payload) = read_client_frame(stream).await.ok()?;
-        if opcode == protocol::OP_CLOSE {
-            let close = protocol::parse_close(&payload).ok()?;
-            return Some(close.map_or((1005, String::new()), |(c, r)| (c, r.to_owned())));
-        }
-    }
-}
-
-/// A port on 127.0.0.1 where nothing listens (bound, then released).
-pub async fn closed_port() -> SocketAddr {
-    let listener = step(TcpListener::bind("127.0.0.1:0")).await.unwrap();
-    listener.local_addr().unwrap()
-}
-
-/// Installs a test tracing subscriber once (shows the reconnect logs with `--nocapture`).
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("svc_infra=info")),
-        )
-        .with_test_writer()
-        .try_init();
 }

@@ -1,8 +1,8 @@
-//! Fixtures for the auth integration tests: token minting, a test app built with the five
-//! factories, a real server on 127.0.0.1:0, and a tokio-tungstenite client with timeouts.
-#![allow(dead_code, unreachable_pub, missing_docs)]
+//! Auth fixtures: keys, token minting, a test app built with the five factories, and a
+//! tokio-tungstenite client that reports what the handshake gave. Serve the app with
+//! [`super::server::serve`].
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
 use axum::{
     Router,
@@ -16,29 +16,24 @@ use svc_infra::auth::{
     ApiKey, OptionalWsIdentity, RequireWsAnyScope, ScopeSet, WsAuth, WsAuthConfig, WsIdentity,
     ws_optional_router, ws_protected_router, ws_public_router, ws_scopes_router, ws_user_router,
 };
-use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::{
     self, client::IntoClientRequest, http::HeaderValue, protocol::Message as TMessage,
 };
 
+use super::{STEP, step};
+
 pub const SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef";
 pub const OLD_SECRET: &str = "old-secret-0123456789abcdef0123456789abcdef";
-pub const T: Duration = Duration::from_secs(10);
 
-pub const RSA1_PRIV: &str = include_str!("../fixtures/auth/rsa1.key.pem");
-pub const RSA1_PUB: &str = include_str!("../fixtures/auth/rsa1.pub.pem");
-pub const RSA2_PRIV: &str = include_str!("../fixtures/auth/rsa2.key.pem");
-pub const RSA2_PUB: &str = include_str!("../fixtures/auth/rsa2.pub.pem");
-pub const EC_PRIV: &str = include_str!("../fixtures/auth/ec.key.pem");
-pub const EC_PUB: &str = include_str!("../fixtures/auth/ec.pub.pem");
-pub const ED_PRIV: &str = include_str!("../fixtures/auth/ed.key.pem");
-pub const ED_PUB: &str = include_str!("../fixtures/auth/ed.pub.pem");
-pub const JWKS_KEYS: &str = include_str!("../fixtures/auth/jwks_keys.json");
-
-/// Awaits `fut` with the test timeout.
-pub async fn within<F: Future>(fut: F) -> F::Output {
-    tokio::time::timeout(T, fut).await.expect("timed out")
-}
+pub const RSA1_PRIV: &str = include_str!("keys/rsa1.key.pem");
+pub const RSA1_PUB: &str = include_str!("keys/rsa1.pub.pem");
+pub const RSA2_PRIV: &str = include_str!("keys/rsa2.key.pem");
+pub const RSA2_PUB: &str = include_str!("keys/rsa2.pub.pem");
+pub const EC_PRIV: &str = include_str!("keys/ec.key.pem");
+pub const EC_PUB: &str = include_str!("keys/ec.pub.pem");
+pub const ED_PRIV: &str = include_str!("keys/ed.key.pem");
+pub const ED_PUB: &str = include_str!("keys/ed.pub.pem");
+pub const JWKS_KEYS: &str = include_str!("keys/jwks_keys.json");
 
 pub fn now() -> i64 {
     std::time::SystemTime::now()
@@ -112,7 +107,7 @@ async fn greet_and_echo(mut socket: WebSocket, principal: Value) {
     {
         return;
     }
-    while let Ok(Some(Ok(msg))) = tokio::time::timeout(T, socket.recv()).await {
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(STEP, socket.recv()).await {
         let reply = match msg {
             Message::Text(t) => Message::Text(t),
             Message::Close(_) => return,
@@ -176,16 +171,6 @@ pub fn app(auth: WsAuth) -> Router {
         .merge(ws_optional_router("/optional", auth).ws("/ws", optional_ws))
 }
 
-/// Serves `app` on 127.0.0.1:0 and returns its address.
-pub async fn serve(app: Router) -> SocketAddr {
-    let listener = within(TcpListener::bind("127.0.0.1:0")).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    addr
-}
-
 /// What the handshake gave.
 #[derive(Debug)]
 pub enum Outcome {
@@ -234,18 +219,18 @@ pub async fn connect(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> 
             HeaderValue::from_str(v).unwrap(),
         );
     }
-    match within(tokio_tungstenite::connect_async(req)).await {
+    match step(tokio_tungstenite::connect_async(req)).await {
         Ok((mut ws, resp)) => {
             let protocol = resp
                 .headers()
                 .get("sec-websocket-protocol")
                 .map(|v| v.to_str().unwrap().to_owned());
-            let first = within(ws.next()).await.expect("stream ended").unwrap();
+            let first = step(ws.next()).await.expect("stream ended").unwrap();
             let hello: Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
-            within(ws.send(TMessage::text("ping"))).await.unwrap();
-            let echo = within(ws.next()).await.expect("stream ended").unwrap();
+            step(ws.send(TMessage::text("ping"))).await.unwrap();
+            let echo = step(ws.next()).await.expect("stream ended").unwrap();
             assert_eq!(echo.to_text().unwrap(), "ping");
-            let _ = within(ws.close(None)).await;
+            let _ = step(ws.close(None)).await;
             Outcome::Open { hello, protocol }
         }
         Err(tungstenite::Error::Http(resp)) => {

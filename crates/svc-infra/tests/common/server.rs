@@ -1,0 +1,77 @@
+//! Server-side fixtures: axum apps served on 127.0.0.1:0 and tokio-tungstenite clients
+//! against them, with a timeout on every await.
+
+use std::{net::SocketAddr, time::Duration};
+
+use axum::Router;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{Message, protocol::CloseFrame},
+};
+
+use super::within;
+
+/// A tokio-tungstenite client connection.
+pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Serves `app` on 127.0.0.1:0 and returns its address.
+pub async fn serve(app: Router) -> SocketAddr {
+    let listener = within("bind", tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+/// Connects a WebSocket client to `ws://addr{path}`.
+pub async fn connect(addr: SocketAddr, path: &str) -> Client {
+    let url = format!("ws://{addr}{path}");
+    let (ws, _) = within("connect", tokio_tungstenite::connect_async(&url))
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    ws
+}
+
+/// The next text message (pings answered automatically by tungstenite on read).
+pub async fn next_text(ws: &mut Client) -> String {
+    loop {
+        match within("next message", ws.next()).await {
+            Some(Ok(Message::Text(t))) => return t.to_string(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+/// Reads until the close frame and returns it (code, reason).
+pub async fn next_close(ws: &mut Client) -> Option<(u16, String)> {
+    loop {
+        match within("close frame", ws.next()).await {
+            Some(Ok(Message::Close(frame))) => {
+                return frame.map(|CloseFrame { code, reason }| (code.into(), reason.to_string()));
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("error before the close frame: {e}"),
+            None => panic!("stream ended without a close frame"),
+        }
+    }
+}
+
+/// Asserts nothing arrives for `quiet`.
+pub async fn assert_silent(ws: &mut Client, quiet: Duration) {
+    if let Ok(m) = tokio::time::timeout(quiet, ws.next()).await {
+        panic!("expected silence, got {m:?}");
+    }
+}
+
+/// Sends one text message.
+pub async fn send_text(ws: &mut Client, text: &str) {
+    within("send", ws.send(Message::text(text)))
+        .await
+        .expect("send");
+}
