@@ -8,10 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, server::*, within};
+use common::{eventually, raw::http, server::*, within};
 use futures_util::SinkExt;
 use svc_infra::websocket::ConnectionManager;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
@@ -47,20 +46,8 @@ async fn echo_broadcast_stats_and_the_echo_endpoint() {
     assert_eq!(next_text(&mut b).await, all);
 
     // /stats counts connections.
-    let mut tcp = within("tcp", tokio::net::TcpStream::connect(addr))
-        .await
-        .unwrap();
-    within(
-        "write",
-        tcp.write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
-    )
-    .await
-    .unwrap();
-    let mut response = String::new();
-    within("read", tcp.read_to_string(&mut response))
-        .await
-        .unwrap();
-    assert!(response.ends_with(r#"{"connections":2}"#), "{response}");
+    let (status, body) = http(addr, "GET", "/stats", "", "").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"connections":2}"#));
 
     // /echo echoes text and binary unchanged.
     let mut e = connect(addr, "/echo").await;

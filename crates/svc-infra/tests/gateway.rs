@@ -17,6 +17,7 @@ use std::{
 use axum::{Router, routing::get};
 use common::{
     QUIET,
+    raw::http,
     redis::RedisServer,
     server::{Client as Ws, assert_silent, next_close, next_text},
     within,
@@ -77,35 +78,6 @@ async fn next(ws: &mut Ws) -> Value {
 
 async fn silent(ws: &mut Ws) {
     assert_silent(ws, QUIET).await;
-}
-
-/// One HTTP/1.1 request by hand; returns the status and the body.
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &str,
-    body: &str,
-) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = within("http", tokio::net::TcpStream::connect(addr))
-        .await
-        .unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    within("http request", tcp.write_all(req.as_bytes()))
-        .await
-        .unwrap();
-    let mut response = String::new();
-    within("http response", tcp.read_to_string(&mut response))
-        .await
-        .unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-    (status, body)
 }
 
 async fn get_json(addr: SocketAddr, path: &str) -> Value {

@@ -162,3 +162,29 @@ pub async fn read_server_frame(tcp: &mut TcpStream) -> (u8, Vec<u8>) {
         .unwrap();
     (header.opcode, payload)
 }
+
+/// One HTTP/1.1 request by hand; returns the status and the body.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String) {
+    let mut tcp = within("http", TcpStream::connect(addr)).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    within("http request", tcp.write_all(req.as_bytes()))
+        .await
+        .unwrap();
+    let mut response = String::new();
+    within("http response", tcp.read_to_string(&mut response))
+        .await
+        .unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
