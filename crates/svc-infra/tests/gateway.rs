@@ -530,3 +530,70 @@ async fn the_router_mounts_beside_other_routes() {
     while let Some(Ok(_)) = within("end of stream", ws.next()).await {}
     within("shutdown", closing).await.unwrap();
 }
+
+/// `WS_MAX_MESSAGE_SIZE` holds both ways: a larger incoming message closes with 1009; a
+/// request whose outgoing message would be larger gets an `error` (nothing is sent, the
+/// connection stays open), and `POST /api/publish` answers 413.
+#[tokio::test]
+async fn the_message_size_limit_holds_in_and_out() {
+    let config = GatewayConfig::from_vars([
+        ("WS_MAX_MESSAGE_SIZE", "4096"),
+        ("WS_API_KEYS", "billing:billing-key-123:"),
+        ("WS_GATEWAY_ANONYMOUS", "true"),
+    ])
+    .unwrap();
+    let gw = start(config).await;
+    let mut alice = connect(&gw, "?user=alice").await;
+    let mut bob = connect(&gw, "?user=bob").await;
+    registered(&gw, 2).await;
+    for ws in [&mut alice, &mut bob] {
+        send(ws, json!({"type": "join", "room": "lobby", "id": 0})).await;
+        assert_eq!(next(ws).await["type"], "ack");
+    }
+
+    // Out: a request of exactly 4,096 bytes whose message to the room is larger.
+    let request = |data: &str| json!({"type": "publish", "room": "lobby", "data": data, "id": 1});
+    let overhead = request("").to_string().len();
+    let data = "x".repeat(4096 - overhead);
+    let out = json!({"type": "message", "room": "lobby", "from": "alice", "data": data});
+    assert_eq!(request(&data).to_string().len(), 4096);
+    assert!(out.to_string().len() > 4096);
+    send(&mut alice, request(&data)).await;
+    let reply = next(&mut alice).await;
+    assert_eq!(
+        (reply["type"].as_str(), &reply["id"]),
+        (Some("error"), &json!(1))
+    );
+    assert!(reply["error"].as_str().unwrap().contains("4096"), "{reply}");
+    silent(&mut bob).await;
+    // Still open: a message that fits goes through.
+    send(
+        &mut alice,
+        json!({"type": "publish", "room": "lobby", "data": "small", "id": 3}),
+    )
+    .await;
+    assert_eq!(next(&mut alice).await["type"], "ack");
+    assert_eq!(next(&mut bob).await["data"], "small");
+
+    let key = "X-API-Key: billing-key-123\r\n";
+    let (status, body) =
+        publish(&gw, key, json!({"room": "lobby", "data": "y".repeat(5000)})).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("too_large")),
+        "{body}"
+    );
+    silent(&mut bob).await;
+
+    // In: a message over the limit closes with 1009 (the socket has the gateway's limit,
+    // not the library's default of 1 MiB).
+    within(
+        "send",
+        alice.send(Message::text(
+            json!({"type": "echo", "data": "z".repeat(8192)}).to_string(),
+        )),
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_close(&mut alice).await.map(|c| c.0), Some(1009));
+}

@@ -23,7 +23,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use svc_infra::websocket::{
     ConnectionHooks, ConnectionInfo, ConnectionManager, Json, SlowConsumerPolicy, WebSocketConfig,
-    WsManager, WsUpgrade, add_websocket_manager_with, protocol,
+    WebSocketError, WsManager, WsUpgrade, add_websocket_manager_with, protocol,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -698,4 +698,42 @@ async fn broadcasts_to_hundreds_arrive_in_order_while_one_socket_is_full() {
     assert_eq!(stats.dropped, 0);
     assert!(manager.is_user_connected("stuck"));
     drop(stuck);
+}
+
+/// `max_message_size` holds for what the manager sends: every send path refuses a larger
+/// message with `MessageTooLarge` before anything goes out, and the connections stay open.
+#[tokio::test]
+async fn sends_over_the_size_limit_are_refused_before_sending() {
+    let manager = ConnectionManager::new(WebSocketConfig::default().with_max_message_size(1024));
+    let addr = start(manager.clone()).await;
+    let mut ws = connect(addr, "/ws/amy").await;
+    connected(&manager, 1).await;
+    manager.join_room("amy", "lobby").await;
+
+    let big = "x".repeat(1025);
+    let refusals = [
+        manager.broadcast(big.as_str()).await,
+        manager.broadcast_excluding(big.as_str(), "nobody").await,
+        manager.broadcast_to_room("lobby", big.as_str()).await,
+        manager
+            .broadcast_to_room_excluding("lobby", big.as_str(), "nobody")
+            .await,
+        manager.send_to_user("amy", big.as_str()).await,
+        manager.send_to_user("amy", big.as_bytes().to_vec()).await,
+    ];
+    for result in refusals {
+        match result {
+            Err(WebSocketError::MessageTooLarge { size, limit }) => {
+                assert_eq!((size, limit), (1025, 1024));
+            }
+            other => panic!("expected MessageTooLarge, got {other:?}"),
+        }
+    }
+    assert_silent(&mut ws, Duration::from_millis(200)).await;
+    assert_eq!(manager.stats().frames_sent, 0);
+
+    // Exactly the limit is fine, and the connection is still open.
+    let fits = "y".repeat(1024);
+    assert_eq!(manager.broadcast(fits.as_str()).await.unwrap(), 1);
+    assert_eq!(next_text(&mut ws).await, fits);
 }

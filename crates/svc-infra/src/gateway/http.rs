@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::Gateway;
 use crate::{
     auth::{AuthPolicy, TokenSource},
-    websocket::backplane::BackplaneStatus,
+    websocket::{WebSocketError, backplane::BackplaneStatus},
 };
 
 /// The handle of the process-wide Prometheus recorder, installed by the first gateway that
@@ -111,6 +111,8 @@ enum PublishRejection {
     /// 400: a malformed body, an unknown field, both `to` and `room`, or a message the
     /// manager refused.
     BadRequest(String),
+    /// 413: a message larger than `WS_MAX_MESSAGE_SIZE`; nothing was sent.
+    TooLarge(String),
 }
 
 impl IntoResponse for PublishRejection {
@@ -127,6 +129,7 @@ impl IntoResponse for PublishRejection {
                 format!("Insufficient scope: needs `{admin_scope}` or an API key"),
             ),
             Self::BadRequest(reason) => (StatusCode::BAD_REQUEST, "bad_request", reason),
+            Self::TooLarge(reason) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", reason),
         };
         (status, Json(json!({"error": error, "reason": reason}))).into_response()
     }
@@ -193,6 +196,9 @@ pub(super) async fn publish(
     };
     match sent {
         Ok(n) => Json(json!({"delivered": n})).into_response(),
+        Err(e @ WebSocketError::MessageTooLarge { .. }) => {
+            PublishRejection::TooLarge(e.to_string()).into_response()
+        }
         Err(e) => PublishRejection::BadRequest(e.to_string()).into_response(),
     }
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::Gateway;
 use crate::{
     auth::OptionalWsIdentity,
-    websocket::{Connection, WebSocketMessage, WsUpgrade},
+    websocket::{Connection, WebSocketError, WebSocketMessage, WsUpgrade},
 };
 
 /// The longest user id (`?user=`) or room name accepted, in bytes.
@@ -41,19 +41,22 @@ pub(super) async fn ws(
         }
     };
     let can_broadcast = scopes.iter().any(|s| *s == gw.inner.broadcast_scope);
-    ws.on_upgrade(move |socket| async move {
-        let Ok(conn) = gw.inner.manager.connect(&user, socket).await else {
-            return;
-        };
-        Session {
-            gw,
-            user,
-            can_broadcast,
-        }
-        .run(conn)
-        .await;
-    })
-    .into_response()
+    // The gateway's manager lives in its state, not the router's extensions: the socket
+    // takes its limits (WS_MAX_MESSAGE_SIZE, queue, keepalive) from it explicitly.
+    ws.manager(&gw.inner.manager)
+        .on_upgrade(move |socket| async move {
+            let Ok(conn) = gw.inner.manager.connect(&user, socket).await else {
+                return;
+            };
+            Session {
+                gw,
+                user,
+                can_broadcast,
+            }
+            .run(conn)
+            .await;
+        })
+        .into_response()
 }
 
 /// One request of the `/ws` protocol (docs/protocol.md).
@@ -112,10 +115,18 @@ impl Session {
     async fn run(self, mut conn: Connection) {
         while let Some(received) = conn.recv().await {
             let Ok(message) = received else { break };
-            let reply = self.handle(&message).await;
-            if let Some(reply) = reply
-                && conn.send(reply.to_string()).is_err()
-            {
+            let Some(reply) = self.handle(&message).await else {
+                continue;
+            };
+            let sent = match conn.send(reply.to_string()) {
+                // An answer too large to send (an echo near the limit) becomes an error
+                // answer; the connection stays open.
+                Err(e @ WebSocketError::MessageTooLarge { .. }) => {
+                    conn.send(error(reply.get("id").cloned(), &e.to_string()).to_string())
+                }
+                other => other,
+            };
+            if sent.is_err() {
                 break;
             }
         }

@@ -75,7 +75,7 @@ impl Connection {
     /// broadcast's: `Disconnect` gives an error (the connection closes with 1013), the drop
     /// policies give `Ok` and count the dropped message.
     pub fn send(&self, message: impl IntoMessage) -> Result<(), WebSocketError> {
-        let message = message.prepare()?;
+        let message = self.manager.prepare(message)?;
         let counters = &self.manager.inner.counters;
         match self.socket.send_frame(message.frame().clone()) {
             Ok(true) => {

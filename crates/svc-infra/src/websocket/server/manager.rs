@@ -153,6 +153,23 @@ impl ConnectionManager {
         self.inner.policy
     }
 
+    /// Encodes `message` once, refusing one larger than `max_message_size` before anything
+    /// is sent: the limit holds for what we send as for what we accept.
+    pub(super) fn prepare(
+        &self,
+        message: impl IntoMessage,
+    ) -> Result<PreparedMessage, WebSocketError> {
+        let message = message.prepare()?;
+        let limit = self.inner.config.max_message_size;
+        if message.len() > limit {
+            return Err(WebSocketError::MessageTooLarge {
+                size: message.len(),
+                limit,
+            });
+        }
+        Ok(message)
+    }
+
     pub(super) fn read(&self) -> RwLockReadGuard<'_, Registry> {
         self.inner
             .registry
@@ -352,7 +369,7 @@ impl ConnectionManager {
         user_id: &str,
         message: impl IntoMessage,
     ) -> Result<usize, WebSocketError> {
-        let message = message.prepare()?;
+        let message = self.prepare(message)?;
         let conns = self.read().user_connections(user_id);
         let reached = self.deliver(conns.iter(), &message);
         self.inner
@@ -363,7 +380,7 @@ impl ConnectionManager {
 
     /// Sends `message` to every connection of every user. Returns how many were reached.
     pub async fn broadcast(&self, message: impl IntoMessage) -> Result<usize, WebSocketError> {
-        let message = message.prepare()?;
+        let message = self.prepare(message)?;
         let all = self.snapshot();
         let reached = self.deliver(all.iter(), &message);
         self.inner
@@ -378,7 +395,7 @@ impl ConnectionManager {
         message: impl IntoMessage,
         exclude_user: &str,
     ) -> Result<usize, WebSocketError> {
-        let message = message.prepare()?;
+        let message = self.prepare(message)?;
         let all = self.snapshot();
         let reached = self.deliver(all.iter().filter(|c| &*c.user_id != exclude_user), &message);
         self.inner
@@ -393,7 +410,7 @@ impl ConnectionManager {
         room: &str,
         message: impl IntoMessage,
     ) -> Result<usize, WebSocketError> {
-        let message = message.prepare()?;
+        let message = self.prepare(message)?;
         let conns = self.read().room_connections(room, None);
         let reached = self.deliver(conns.iter(), &message);
         self.inner
@@ -409,7 +426,7 @@ impl ConnectionManager {
         message: impl IntoMessage,
         exclude_user: &str,
     ) -> Result<usize, WebSocketError> {
-        let message = message.prepare()?;
+        let message = self.prepare(message)?;
         let conns = self.read().room_connections(room, Some(exclude_user));
         let reached = self.deliver(conns.iter(), &message);
         self.inner.cluster.publish(

@@ -53,6 +53,19 @@ impl PreparedMessage {
         self.frame.len()
     }
 
+    /// Size of the message itself (the frame's payload), what `max_message_size` limits.
+    pub fn len(&self) -> usize {
+        protocol::FrameHeader::parse(&self.frame)
+            .ok()
+            .flatten()
+            .map_or(0, |h| self.frame.len() - h.len)
+    }
+
+    /// Whether the message is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// A message whose frame another node encoded (it arrived on the backplane).
     pub(crate) fn from_frame(frame: Bytes) -> Self {
         Self { frame }
