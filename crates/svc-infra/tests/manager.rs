@@ -26,7 +26,7 @@ use svc_infra::websocket::{
     WebSocketError, WsManager, WsUpgrade, add_websocket_manager_with, protocol,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
 /// `/ws/{user}`: registers with the manager (query parameters become metadata) and reads
 /// until the connection ends.
@@ -736,4 +736,68 @@ async fn sends_over_the_size_limit_are_refused_before_sending() {
     let fits = "y".repeat(1024);
     assert_eq!(manager.broadcast(fits.as_str()).await.unwrap(), 1);
     assert_eq!(next_text(&mut ws).await, fits);
+}
+
+/// `allowed_origins`: a browser upgrade from another origin gets 403 before the upgrade
+/// (nothing registers); a listed origin, any case, and a client without `Origin` get in.
+#[tokio::test]
+async fn upgrades_from_origins_not_allowed_get_403() {
+    let config = WebSocketConfig::from_vars([(
+        "WS_ALLOWED_ORIGINS",
+        "https://app.example.com, http://localhost:3000/",
+    )])
+    .unwrap();
+    assert_eq!(
+        config.allowed_origins.as_deref(),
+        Some(
+            &[
+                "https://app.example.com".to_owned(),
+                "http://localhost:3000".to_owned()
+            ][..]
+        )
+    );
+    let manager = ConnectionManager::new(config);
+    let addr = start(manager.clone()).await;
+    let upgrade = |origin: Option<&str>| {
+        let mut request = format!("ws://{addr}/ws/u").into_client_request().unwrap();
+        if let Some(origin) = origin {
+            request
+                .headers_mut()
+                .insert("origin", origin.parse().unwrap());
+        }
+        within("connect", tokio_tungstenite::connect_async(request))
+    };
+    for refused in [
+        "https://evil.example",
+        "https://app.example.com.evil",
+        "null",
+    ] {
+        match upgrade(Some(refused)).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 403, "{refused}");
+            }
+            other => panic!("{refused}: expected 403, got {other:?}"),
+        }
+    }
+    assert_eq!(manager.stats().connects, 0);
+    for allowed in [
+        Some("https://APP.example.com"),
+        Some("http://localhost:3000"),
+        None,
+    ] {
+        let (ws, _) = upgrade(allowed)
+            .await
+            .unwrap_or_else(|e| panic!("{allowed:?}: {e}"));
+        drop(ws);
+    }
+    eventually("3 connects", || manager.stats().connects == 3).await;
+
+    for bad in ["", "app.example.com", "https://a.example/path", " , "] {
+        assert!(
+            WebSocketConfig::from_vars([("WS_ALLOWED_ORIGINS", bad)]).is_err(),
+            "{bad:?}"
+        );
+    }
+    let any = WebSocketConfig::from_vars([("WS_ALLOWED_ORIGINS", "*")]).unwrap();
+    assert_eq!(any.allowed_origins, None);
 }

@@ -134,6 +134,13 @@ impl Gateway {
     /// here.
     pub fn new(config: GatewayConfig) -> Result<Self, GatewayError> {
         config.validate()?;
+        if config.auth.production && config.websocket.allowed_origins.is_none() {
+            tracing::warn!(
+                "WS_ALLOWED_ORIGINS is not set in a production-like environment: any web \
+                 page may open a WebSocket to this gateway in its visitors' names; set it to \
+                 your sites' origins"
+            );
+        }
         let anonymous = config.allows_anonymous();
         let auth = config.auth.clone().build().map_err(GatewayError::Auth)?;
         let manager = build_manager(&config)?;

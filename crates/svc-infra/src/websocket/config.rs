@@ -40,6 +40,7 @@ use super::backoff::Backoff;
 /// | `WS_RECONNECT_BACKOFF_BASE` | `1.0` | First retry delay (seconds) | finite number ≥ 0 |
 /// | `WS_RECONNECT_BACKOFF_MAX` | `60.0` | Largest retry delay (seconds) | finite number ≥ base |
 /// | `WS_RECONNECT_JITTER` | `0.1` | Random factor applied to each delay | number in `0..=1` |
+/// | `WS_ALLOWED_ORIGINS` | `*` | Browser origins the server accepts upgrades from (others get 403) | comma-separated exact origins (`https://app.example.com`), or `*` for any |
 ///
 /// A value outside what the table allows is a [`ConfigError`] that names the variable, the
 /// value and what is allowed; nothing is silently clamped.
@@ -71,6 +72,12 @@ pub struct WebSocketConfig {
     pub reconnect_backoff_max: Duration,
     /// Each delay is multiplied by a random factor in `[1 - jitter, 1 + jitter]`. Default 0.1.
     pub reconnect_jitter: f64,
+    /// Server side: the `Origin` values an upgrade may carry (exact, compared without
+    /// regard to ASCII case); an upgrade from another origin gets HTTP 403 before it
+    /// happens. `None` (the default, `WS_ALLOWED_ORIGINS=*`) accepts any. A request without
+    /// an `Origin` header (not a browser) is always accepted: the check protects browsers'
+    /// users from other sites, which is what an origin can tell.
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 impl Default for WebSocketConfig {
@@ -87,6 +94,7 @@ impl Default for WebSocketConfig {
             reconnect_backoff_base: Duration::from_secs(1),
             reconnect_backoff_max: Duration::from_secs(60),
             reconnect_jitter: 0.1,
+            allowed_origins: None,
         }
     }
 }
@@ -173,6 +181,7 @@ impl WebSocketConfig {
                 "PING_TIMEOUT" => config.ping_timeout = parse_optional_secs(var, raw)?,
                 "MAX_MESSAGE_SIZE" => config.max_message_size = parse_positive(var, raw)?,
                 "MAX_QUEUE_SIZE" => config.max_queue_size = parse_positive(var, raw)?,
+                "ALLOWED_ORIGINS" => config.allowed_origins = parse_origins(var, raw)?,
                 "RECONNECT_ENABLED" => config.reconnect_enabled = parse_bool(var, raw)?,
                 "RECONNECT_MAX_ATTEMPTS" => {
                     config.reconnect_max_attempts = parse_uint(var, raw, "an integer ≥ 0")?;
@@ -289,6 +298,22 @@ impl WebSocketConfig {
         self.max_queue_size = messages;
         self
     }
+    /// Sets [`allowed_origins`](Self::allowed_origins) to exactly these origins.
+    pub fn with_allowed_origins<I, S>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.allowed_origins = Some(origins.into_iter().map(Into::into).collect());
+        self
+    }
+    /// Whether an upgrade carrying `origin` (its `Origin` header, if any) is accepted.
+    pub fn allows_origin(&self, origin: Option<&str>) -> bool {
+        match (&self.allowed_origins, origin) {
+            (None, _) | (Some(_), None) => true,
+            (Some(list), Some(origin)) => list.iter().any(|o| o.eq_ignore_ascii_case(origin)),
+        }
+    }
     /// Sets [`reconnect_enabled`](Self::reconnect_enabled).
     pub fn with_reconnect_enabled(mut self, enabled: bool) -> Self {
         self.reconnect_enabled = enabled;
@@ -383,6 +408,31 @@ fn parse_uint<T: std::str::FromStr>(
     digits
         .parse::<T>()
         .map_err(|_| ConfigError::new(var, raw, expected))
+}
+
+/// `*` (any origin: `None`) or a comma-separated list of exact origins.
+fn parse_origins(var: &str, raw: &str) -> Result<Option<Vec<String>>, ConfigError> {
+    let raw = raw.trim();
+    if raw == "*" {
+        return Ok(None);
+    }
+    let list: Vec<String> = raw
+        .split(',')
+        .map(|o| o.trim().trim_end_matches('/').to_owned())
+        .filter(|o| !o.is_empty())
+        .collect();
+    let valid = |o: &String| {
+        (o.starts_with("http://") || o.starts_with("https://"))
+            && !o[o.find("//").unwrap_or(0) + 2..].contains('/')
+    };
+    if list.is_empty() || !list.iter().all(valid) {
+        return Err(ConfigError::new(
+            var,
+            raw,
+            "`*`, or a comma-separated list of origins such as https://app.example.com",
+        ));
+    }
+    Ok(Some(list))
 }
 
 fn parse_positive(var: &str, raw: &str) -> Result<usize, ConfigError> {

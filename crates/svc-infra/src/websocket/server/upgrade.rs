@@ -47,6 +47,8 @@ pub struct WsUpgrade {
     on_upgrade: hyper::upgrade::OnUpgrade,
     config: WebSocketConfig,
     policy: SlowConsumerPolicy,
+    /// The request's `Origin` header, checked against `config.allowed_origins`.
+    origin: Option<HeaderValue>,
 }
 
 impl std::fmt::Debug for WsUpgrade {
@@ -105,7 +107,9 @@ impl WsUpgrade {
     }
 
     /// Answers the request with `101 Switching Protocols` and runs `callback` with the
-    /// socket once the client has it.
+    /// socket once the client has it; or, when the request's `Origin` is not one of the
+    /// configuration's [`allowed_origins`](WebSocketConfig::allowed_origins), with HTTP 403
+    /// (counted in `svc_ws_upgrades_refused_total{reason="origin"}`), and nothing runs.
     #[must_use = "the returned response completes the handshake"]
     pub fn on_upgrade<C, Fut>(self, callback: C) -> Response
     where
@@ -118,8 +122,15 @@ impl WsUpgrade {
             on_upgrade,
             config,
             policy,
+            origin,
             ..
         } = self;
+        // A header that is not text cannot be any allowed origin.
+        if !config.allows_origin(origin.as_ref().map(|v| v.to_str().unwrap_or("\0"))) {
+            metrics::counter!("svc_ws_upgrades_refused_total", "reason" => "origin").increment(1);
+            tracing::debug!(origin = ?origin, "websocket upgrade refused: origin not allowed");
+            return WsUpgradeRejection::OriginNotAllowed.into_response();
+        }
         let protocol = selected.clone();
         tokio::spawn(async move {
             let upgraded = match tokio::time::timeout(config.open_timeout, on_upgrade).await {
@@ -191,6 +202,8 @@ pub enum WsUpgradeRejection {
     MissingWebSocketKey,
     /// The connection cannot be upgraded (not served by hyper, or already taken).
     ConnectionNotUpgradable,
+    /// The request's `Origin` is not allowed (`WS_ALLOWED_ORIGINS`): HTTP 403.
+    OriginNotAllowed,
 }
 
 impl std::fmt::Display for WsUpgradeRejection {
@@ -203,6 +216,7 @@ impl std::fmt::Display for WsUpgradeRejection {
             Self::InvalidWebSocketVersion => "`Sec-WebSocket-Version` header did not include '13'",
             Self::MissingWebSocketKey => "`Sec-WebSocket-Key` header missing",
             Self::ConnectionNotUpgradable => "WebSocket request couldn't be upgraded",
+            Self::OriginNotAllowed => "Origin not allowed",
         })
     }
 }
@@ -222,6 +236,7 @@ impl IntoResponse for WsUpgradeRejection {
                 );
                 return r;
             }
+            Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             _ => StatusCode::BAD_REQUEST,
         };
         (status, self.to_string()).into_response()
@@ -289,6 +304,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
             on_upgrade,
             config,
             policy,
+            origin: parts.headers.get(header::ORIGIN).cloned(),
         })
     }
 }
