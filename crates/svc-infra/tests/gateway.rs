@@ -597,3 +597,32 @@ async fn the_message_size_limit_holds_in_and_out() {
     .unwrap();
     assert_eq!(next_close(&mut alice).await.map(|c| c.0), Some(1009));
 }
+
+/// `WS_ALLOWED_ORIGINS` reaches the gateway's upgrades: another origin gets 403.
+#[tokio::test]
+async fn the_gateway_refuses_origins_not_allowed() {
+    let config = GatewayConfig::from_vars([
+        ("WS_ALLOWED_ORIGINS", "https://chat.example.com"),
+        ("WS_GATEWAY_ANONYMOUS", "true"),
+    ])
+    .unwrap();
+    let gw = start(config).await;
+    let upgrade = |origin: &str| {
+        let mut request = format!("ws://{}/ws?user=eve", gw.addr)
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+        within("connect", tokio_tungstenite::connect_async(request))
+    };
+    match upgrade("https://evil.example").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403);
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    let (mut ws, _) = upgrade("https://chat.example.com").await.unwrap();
+    send(&mut ws, json!({"type": "echo", "data": 1, "id": 1})).await;
+    assert_eq!(next(&mut ws).await["type"], "echo");
+}
