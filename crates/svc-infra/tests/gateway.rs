@@ -19,7 +19,7 @@ use common::{
     QUIET,
     raw::http,
     redis::RedisServer,
-    server::{Client as Ws, assert_silent, next_close, next_text},
+    server::{Client as Ws, assert_silent, connect_from_origin, next_close, next_text},
     within,
 };
 use futures_util::{SinkExt, StreamExt};
@@ -607,22 +607,12 @@ async fn the_gateway_refuses_origins_not_allowed() {
     ])
     .unwrap();
     let gw = start(config).await;
-    let upgrade = |origin: &str| {
-        let mut request = format!("ws://{}/ws?user=eve", gw.addr)
-            .into_client_request()
-            .unwrap();
-        request
-            .headers_mut()
-            .insert("origin", origin.parse().unwrap());
-        within("connect", tokio_tungstenite::connect_async(request))
-    };
-    match upgrade("https://evil.example").await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status(), 403);
-        }
-        other => panic!("expected 403, got {other:?}"),
-    }
-    let (mut ws, _) = upgrade("https://chat.example.com").await.unwrap();
+    let url = format!("ws://{}/ws?user=eve", gw.addr);
+    let refused = connect_from_origin(&url, Some("https://evil.example")).await;
+    assert_eq!(refused.err(), Some(403));
+    let mut ws = connect_from_origin(&url, Some("https://chat.example.com"))
+        .await
+        .unwrap_or_else(|status| panic!("HTTP {status}"));
     send(&mut ws, json!({"type": "echo", "data": 1, "id": 1})).await;
     assert_eq!(next(&mut ws).await["type"], "echo");
 }

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use super::GatewayError;
-use crate::{auth::WsAuthConfig, websocket::WebSocketConfig};
+use crate::{
+    auth::WsAuthConfig,
+    websocket::{ConfigError, WebSocketConfig},
+};
 
 /// The settings of a [`Gateway`](super::Gateway).
 ///
@@ -120,7 +123,11 @@ impl GatewayConfig {
         config.redis_url = get("REDIS_URL").map(str::to_owned);
         if let Some(raw) = get("WS_GATEWAY_ANONYMOUS") {
             config.anonymous = Some(parse_bool(raw).ok_or_else(|| {
-                GatewayError::invalid("WS_GATEWAY_ANONYMOUS", raw, "true or false")
+                GatewayError::Invalid(ConfigError::new(
+                    "WS_GATEWAY_ANONYMOUS",
+                    raw,
+                    "true or false",
+                ))
             })?);
         }
         if let Some(scope) = get("WS_GATEWAY_BROADCAST_SCOPE") {
@@ -145,19 +152,11 @@ impl GatewayConfig {
             ("admin_scope", &self.admin_scope),
         ] {
             if scope.trim().is_empty() {
-                return Err(GatewayError::invalid(
-                    field,
-                    scope,
-                    "a non-empty scope name",
-                ));
+                return Err(ConfigError::new(field, scope, "a non-empty scope name").into());
             }
         }
         if self.shutdown_timeout.is_zero() {
-            return Err(GatewayError::invalid(
-                "shutdown_timeout",
-                "0s",
-                "a duration > 0",
-            ));
+            return Err(ConfigError::new("shutdown_timeout", "0s", "a duration > 0").into());
         }
         Ok(())
     }

@@ -33,32 +33,16 @@ pub enum GatewayError {
     #[error("REDIS_URL")]
     Redis(#[source] WebSocketError),
 
-    /// A gateway setting has a value that is not allowed.
+    /// A gateway setting has a value that is not allowed: the crate's one
+    /// [`ConfigError`], naming the variable or field (e.g. `WS_GATEWAY_ANONYMOUS`).
     ///
     /// *What to do:* fix the named variable or field; the message says what is accepted.
-    #[error("invalid {variable}={value:?}: expected {expected}")]
-    Invalid {
-        /// The variable or field, e.g. `WS_GATEWAY_ANONYMOUS`.
-        variable: String,
-        /// The value as given.
-        value: String,
-        /// What would have been accepted.
-        expected: String,
-    },
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
 
     /// Serving failed: the listener could not accept connections.
     ///
     /// *What to do:* the listener is unusable; report the cause and bind a new one.
     #[error("serve")]
     Serve(#[source] std::io::Error),
-}
-
-impl GatewayError {
-    pub(super) fn invalid(variable: &str, value: &str, expected: &str) -> Self {
-        Self::Invalid {
-            variable: variable.to_owned(),
-            value: value.to_owned(),
-            expected: expected.to_owned(),
-        }
-    }
 }

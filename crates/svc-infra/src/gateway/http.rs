@@ -14,7 +14,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::Gateway;
+use super::{Gateway, protocol::outgoing};
 use crate::{
     auth::{AuthPolicy, TokenSource},
     websocket::{WebSocketError, backplane::BackplaneStatus},
@@ -172,25 +172,19 @@ pub(super) async fn publish(
             let why = "give `to` or `room`, not both".to_owned();
             return PublishRejection::BadRequest(why).into_response();
         }
-        (Some(to), None) => {
-            let out = json!({"type": "message", "from": from, "data": body.data});
-            m.send_to_user(to, out.to_string()).await
-        }
+        (Some(to), None) => m.send_to_user(to, outgoing(from, None, body.data)).await,
         (None, Some(room)) => {
-            let out = json!({"type": "message", "room": room, "from": from, "data": body.data});
+            let out = outgoing(from, Some(room), body.data);
             match exclude {
-                Some(user) => {
-                    m.broadcast_to_room_excluding(room, out.to_string(), user)
-                        .await
-                }
-                None => m.broadcast_to_room(room, out.to_string()).await,
+                Some(user) => m.broadcast_to_room_excluding(room, out, user).await,
+                None => m.broadcast_to_room(room, out).await,
             }
         }
         (None, None) => {
-            let out = json!({"type": "message", "from": from, "data": body.data});
+            let out = outgoing(from, None, body.data);
             match exclude {
-                Some(user) => m.broadcast_excluding(out.to_string(), user).await,
-                None => m.broadcast(out.to_string()).await,
+                Some(user) => m.broadcast_excluding(out, user).await,
+                None => m.broadcast(out).await,
             }
         }
     };

@@ -76,7 +76,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     auth::{WsAuth, ws_optional_router, ws_protected_router},
-    websocket::{ConnectionManager, backplane::RedisBackplane},
+    websocket::{ConnectionManager, add_websocket_manager_with, backplane::RedisBackplane},
 };
 
 mod config;
@@ -173,14 +173,17 @@ impl Gateway {
         } else {
             ws_protected_router("", self.inner.auth.clone()).ws("/ws", protocol::ws)
         };
-        Router::new()
+        let routes = Router::new()
             .merge(ws_routes.into_router())
             .route("/", get(http::demo))
             .route("/api/publish", post(http::publish))
             .route("/health", get(http::health))
             .route("/ws/stats", get(http::stats))
             .route("/metrics", get(http::metrics))
-            .with_state(self.clone())
+            .with_state(self.clone());
+        // Installed like any application's manager, so `WsUpgrade` gives the sockets its
+        // limits (`WS_MAX_MESSAGE_SIZE`, queue, keepalive, origins) and its policy.
+        add_websocket_manager_with(routes, self.inner.manager.clone())
     }
 
     /// Serves [`router`](Self::router) on `listener` until `shutdown` completes, then closes

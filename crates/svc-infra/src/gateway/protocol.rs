@@ -41,22 +41,19 @@ pub(super) async fn ws(
         }
     };
     let can_broadcast = scopes.iter().any(|s| *s == gw.inner.broadcast_scope);
-    // The gateway's manager lives in its state, not the router's extensions: the socket
-    // takes its limits (WS_MAX_MESSAGE_SIZE, queue, keepalive) from it explicitly.
-    ws.manager(&gw.inner.manager)
-        .on_upgrade(move |socket| async move {
-            let Ok(conn) = gw.inner.manager.connect(&user, socket).await else {
-                return;
-            };
-            Session {
-                gw,
-                user,
-                can_broadcast,
-            }
-            .run(conn)
-            .await;
-        })
-        .into_response()
+    ws.on_upgrade(move |socket| async move {
+        let Ok(conn) = gw.inner.manager.connect(&user, socket).await else {
+            return;
+        };
+        Session {
+            gw,
+            user,
+            can_broadcast,
+        }
+        .run(conn)
+        .await;
+    })
+    .into_response()
 }
 
 /// One request of the `/ws` protocol (docs/protocol.md).
@@ -161,18 +158,14 @@ impl Session {
                 id.map(ack)
             }
             Request::Publish { room, data, id } => {
-                let out = json!({"type": "message", "room": room, "from": user, "data": data});
-                match m
-                    .broadcast_to_room_excluding(&room, out.to_string(), user)
-                    .await
-                {
+                let out = outgoing(user, Some(&room), data);
+                match m.broadcast_to_room_excluding(&room, out, user).await {
                     Ok(_) => id.map(ack),
                     Err(e) => Some(error(id, &e.to_string())),
                 }
             }
             Request::Send { to, data, id } => {
-                let out = json!({"type": "message", "from": user, "data": data});
-                match m.send_to_user(&to, out.to_string()).await {
+                match m.send_to_user(&to, outgoing(user, None, data)).await {
                     Ok(_) => id.map(ack),
                     Err(e) => Some(error(id, &e.to_string())),
                 }
@@ -182,8 +175,7 @@ impl Session {
                     let scope = &self.gw.inner.broadcast_scope;
                     return Some(error(id, &format!("broadcast needs the `{scope}` scope")));
                 }
-                let out = json!({"type": "message", "from": user, "data": data});
-                match m.broadcast(out.to_string()).await {
+                match m.broadcast(outgoing(user, None, data)).await {
                     Ok(_) => id.map(ack),
                     Err(e) => Some(error(id, &e.to_string())),
                 }
@@ -208,6 +200,16 @@ fn check_name(what: &str, name: &str) -> Result<(), String> {
         return Err(format!("a {what} name has 1 to {MAX_NAME_BYTES} bytes"));
     }
     Ok(())
+}
+
+/// What clients receive from a `publish`, a `send`, a `broadcast` or `POST /api/publish`:
+/// `{"type": "message", "from": …, "room": … (rooms only), "data": …}`.
+pub(super) fn outgoing(from: &str, room: Option<&str>, data: Value) -> String {
+    let mut out = json!({"type": "message", "from": from, "data": data});
+    if let (Some(room), Some(obj)) = (room, out.as_object_mut()) {
+        obj.insert("room".to_owned(), room.into());
+    }
+    out.to_string()
 }
 
 /// `{"type": "ack", "id": id}`.

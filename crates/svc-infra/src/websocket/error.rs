@@ -133,7 +133,7 @@ pub enum ConnectFailure {
     /// *What to do:* a 4xx other than 408 and 429 (404, 400, …) will not change by itself:
     /// fix the URL or ask the server's operator; `body` holds what the server said. 5xx, 408,
     /// 429 and anything else (a 2xx or 3xx page from a proxy, say) may: retry later.
-    #[error("server answered HTTP {status} {reason} instead of 101 Switching Protocols{}", body_suffix(truncate(.body, 200)))]
+    #[error("server answered HTTP {status} {reason} instead of 101 Switching Protocols{}", body_suffix(super::protocol::utf8_prefix(.body, 200)))]
     HttpStatus {
         /// The HTTP status code.
         status: u16,
@@ -171,18 +171,6 @@ impl ConnectFailure {
             Self::InvalidRequest(_) | Self::Tls(_) => false,
         }
     }
-}
-
-/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 fn closed_message(code: u16, reason: &str) -> String {

@@ -8,7 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream,
-    tungstenite::{Message, protocol::CloseFrame},
+    tungstenite::{Message, client::IntoClientRequest, protocol::CloseFrame},
 };
 
 use super::within;
@@ -35,6 +35,24 @@ pub async fn connect(addr: SocketAddr, path: &str) -> Client {
         .await
         .unwrap_or_else(|e| panic!("connect {url}: {e}"));
     ws
+}
+
+/// Upgrades `url` with `origin` as the `Origin` header (`None`: no header, as a client that is
+/// not a browser sends). `Err` holds the HTTP status of a refused upgrade; any other failure
+/// fails the test.
+pub async fn connect_from_origin(url: &str, origin: Option<&str>) -> Result<Client, u16> {
+    let mut request = url.into_client_request().expect("a ws:// URL");
+    if let Some(origin) = origin {
+        let value = origin.parse().expect("an origin header value");
+        request.headers_mut().insert("origin", value);
+    }
+    match within("connect", tokio_tungstenite::connect_async(request)).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(e) => panic!("connect {url} from {origin:?}: {e}"),
+    }
 }
 
 /// The next text message (pings answered automatically by tungstenite on read).

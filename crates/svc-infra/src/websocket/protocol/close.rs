@@ -19,11 +19,18 @@ pub fn is_valid_close_code(code: u16) -> bool {
 /// boundary. Every role applies this one rule, so a long reason is never an error that
 /// would leave the connection without its close frame.
 pub fn close_reason(reason: &str) -> &str {
-    let mut end = reason.len().min(MAX_CLOSE_REASON);
-    while !reason.is_char_boundary(end) {
+    utf8_prefix(reason, MAX_CLOSE_REASON)
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary: the
+/// crate's one way of cutting text to a byte limit (close reasons, error bodies, names on
+/// the backplane).
+pub(crate) fn utf8_prefix(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
         end -= 1;
     }
-    &reason[..end]
+    &s[..end]
 }
 
 /// An unmasked close frame with `code` and `reason` (cut by [`close_reason`]).

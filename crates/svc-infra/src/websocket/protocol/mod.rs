@@ -21,6 +21,7 @@ mod handshake;
 #[cfg(feature = "server")]
 pub(crate) mod parser;
 
+pub(crate) use close::utf8_prefix;
 pub use close::{
     CloseError, MAX_CLOSE_REASON, close_reason, encode_close, is_valid_close_code, parse_close,
 };

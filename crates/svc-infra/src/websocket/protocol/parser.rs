@@ -392,6 +392,21 @@ mod tests {
     }
 
     #[test]
+    fn memory_follows_the_bytes_that_arrived_not_the_announced_length() {
+        // A header announcing 1 MiB, then one byte of payload: the message buffer holds
+        // what arrived, not what was announced.
+        let mut p = FrameParser::new(1 << 20);
+        let frame = client_frame(true, OP_BINARY, &vec![7; 1 << 20]);
+        let header_len = FrameHeader::parse(&frame).unwrap().unwrap().len;
+        assert_eq!(parse_all(&mut p, &frame[..header_len + 1]).unwrap(), vec![]);
+        let held = p.message.as_ref().map(|(_, buf)| buf.capacity());
+        assert!(held.is_some_and(|c| c < 1024), "{held:?}");
+        // The rest completes the message as before.
+        let rest = parse_all(&mut p, &frame[header_len + 1..]).unwrap();
+        assert_eq!(rest, vec![Event::Binary(Bytes::from(vec![7; 1 << 20]))]);
+    }
+
+    #[test]
     fn fragmented_size_limit_counts_all_fragments() {
         let mut p = FrameParser::new(10);
         let mut wire = client_frame(false, OP_BINARY, &[0; 6]);

@@ -272,12 +272,9 @@ impl Presence {
 fn put_str(out: &mut BytesMut, s: &str) {
     // Names longer than u16::MAX are cut at a character boundary (user ids and room names
     // are far shorter in practice; the receiving node then finds no such user or room).
-    let mut end = s.len().min(usize::from(u16::MAX));
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    out.put_u16(end as u16);
-    out.put_slice(&s.as_bytes()[..end]);
+    let s = crate::websocket::protocol::utf8_prefix(s, usize::from(u16::MAX));
+    out.put_u16(s.len() as u16);
+    out.put_slice(s.as_bytes());
 }
 
 struct Reader<'a>(&'a [u8]);

@@ -5,7 +5,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, RwLock, Weak},
+    sync::{Arc, RwLock, RwLockReadGuard, Weak},
     time::Duration,
 };
 
@@ -66,11 +66,6 @@ impl RemoteNode {
 /// How often a node tells the others its whole presence, unless set otherwise; a node not
 /// heard from for three of its own periods is forgotten.
 pub(super) const PRESENCE_HEARTBEAT: Duration = Duration::from_secs(1);
-
-type LiveNodes<'a> = std::iter::Filter<
-    std::collections::hash_map::Values<'a, u64, RemoteNode>,
-    fn(&&RemoteNode) -> bool,
->;
 
 /// This node's place in the cluster: its id, its backplane (if any), and the other nodes.
 pub(super) struct Cluster {
@@ -172,55 +167,51 @@ impl Cluster {
 
     /// Whether another node has a connection of `user`.
     pub(super) fn has_user(&self, user: &str) -> bool {
-        self.with_live(|mut nodes| nodes.any(|n| n.users.contains(user)))
+        self.live(|n| n.users.contains(user))
     }
 
     /// Adds the members of `room` on other nodes to `users`.
     pub(super) fn room_users(&self, room: &str, users: &mut Vec<String>) {
-        self.with_live(|nodes| {
-            for members in nodes.filter_map(|n| n.rooms.get(room)) {
-                users.extend(members.iter().cloned());
-            }
-        });
+        for node in self.remote().values().filter(|n| n.is_live()) {
+            users.extend(node.rooms.get(room).into_iter().flatten().cloned());
+        }
     }
 
     /// Adds the users connected to other nodes to `users`.
     pub(super) fn users(&self, users: &mut Vec<String>) {
-        self.with_live(|nodes| {
-            for node in nodes {
-                users.extend(node.users.iter().cloned());
-            }
-        });
+        for node in self.remote().values().filter(|n| n.is_live()) {
+            users.extend(node.users.iter().cloned());
+        }
     }
 
     /// Connections on the other nodes (as of their last presence message).
     pub(super) fn connections(&self) -> usize {
-        self.with_live(|nodes| nodes.map(|n| n.connections).sum::<u64>()) as usize
+        let remote = self.remote();
+        let live = remote.values().filter(|n| n.is_live());
+        live.map(|n| n.connections).sum::<u64>() as usize
     }
 
     /// Rooms with members on other nodes that `is_local` does not count already.
     pub(super) fn rooms_beyond(&self, is_local: impl Fn(&str) -> bool) -> usize {
-        self.with_live(|nodes| {
-            let mut remote: HashSet<&str> = HashSet::new();
-            for node in nodes {
-                remote.extend(
-                    node.rooms
-                        .keys()
-                        .map(String::as_str)
-                        .filter(|r| !is_local(r)),
-                );
-            }
-            remote.len()
-        })
+        let remote = self.remote();
+        let rooms = remote
+            .values()
+            .filter(|n| n.is_live())
+            .flat_map(|n| n.rooms.keys());
+        rooms
+            .map(String::as_str)
+            .filter(|r| !is_local(r))
+            .collect::<HashSet<_>>()
+            .len()
     }
 
-    /// Runs `f` over the other nodes still heard from, under the read lock.
-    fn with_live<T>(&self, f: impl FnOnce(LiveNodes<'_>) -> T) -> T {
-        fn live(node: &&RemoteNode) -> bool {
-            node.is_live()
-        }
-        let nodes = self.remote.read().unwrap_or_else(|p| p.into_inner());
-        f(nodes.values().filter(live))
+    /// Whether any other node still heard from satisfies `f`.
+    fn live(&self, f: impl Fn(&RemoteNode) -> bool) -> bool {
+        self.remote().values().any(|n| n.is_live() && f(n))
+    }
+
+    fn remote(&self) -> RwLockReadGuard<'_, HashMap<u64, RemoteNode>> {
+        self.remote.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records another node's presence message.

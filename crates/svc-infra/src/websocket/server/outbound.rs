@@ -63,8 +63,8 @@ pub(crate) enum Push {
 #[derive(Debug)]
 pub(crate) struct Outbound {
     state: Mutex<OutState>,
-    pub(super) max_queue: usize,
-    pub(super) policy: SlowConsumerPolicy,
+    max_queue: usize,
+    policy: SlowConsumerPolicy,
     pub(crate) max_message_size: usize,
     pub(super) close_timeout: Duration,
     /// The subprotocol selected in the handshake.
@@ -227,7 +227,7 @@ impl Outbound {
         self.queue_close_frame(protocol::encode_frame(protocol::OP_CLOSE, &[]));
     }
 
-    pub(super) fn queue_close_frame(self: &Arc<Self>, frame: Bytes) {
+    fn queue_close_frame(self: &Arc<Self>, frame: Bytes) {
         let mut deferred = Deferred::default();
         let mut st = self.lock();
         if st.close_queued || st.broken {
@@ -258,7 +258,7 @@ impl Outbound {
     }
 
     /// Ready once everything queued is written (or the write side failed: `Err`).
-    pub(super) fn poll_drained(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_drained(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut st = self.lock();
         if st.broken {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
@@ -324,7 +324,7 @@ impl Outbound {
 }
 
 impl OutState {
-    pub(super) fn wake(&mut self) {
+    fn wake(&mut self) {
         if let Some(w) = &self.waker {
             w.wake_by_ref();
         }
@@ -343,7 +343,7 @@ impl OutState {
 
     /// Writes `frame` now; whatever the socket does not take is queued and the connection
     /// joins `deferred`, whose flusher task takes over until the queue is empty.
-    pub(super) fn write_now(
+    fn write_now(
         &mut self,
         mut frame: Bytes,
         out: &Arc<Outbound>,

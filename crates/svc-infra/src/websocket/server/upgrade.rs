@@ -90,16 +90,6 @@ impl WsUpgrade {
         self
     }
 
-    /// Takes the limits and the slow-consumer policy from `manager`, for a handler whose
-    /// manager is not the one installed with
-    /// [`add_websocket_manager`](crate::websocket::add_websocket_manager) (held in the
-    /// router's state, say): the connection then gets the limits its manager enforces.
-    pub fn manager(mut self, manager: &ConnectionManager) -> Self {
-        self.config = manager.config().clone();
-        self.policy = manager.slow_consumer_policy();
-        self
-    }
-
     /// Sets the largest message accepted from or sent to this client.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.config.max_message_size = bytes;

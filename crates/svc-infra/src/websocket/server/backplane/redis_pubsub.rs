@@ -177,22 +177,18 @@ impl Backplane for RedisBackplane {
 
     fn subscribe(&self, topic: &Topic) {
         let channel = self.channel(topic);
-        self.shared
-            .wanted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .add(channel);
-        self.shared.changed.notify_one();
+        let mut wanted = self.shared.wanted.lock().unwrap_or_else(|p| p.into_inner());
+        if wanted.add(channel) {
+            self.shared.changed.notify_one();
+        }
     }
 
     fn unsubscribe(&self, topic: &Topic) {
         let channel = self.channel(topic);
-        self.shared
-            .wanted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&channel);
-        self.shared.changed.notify_one();
+        let mut wanted = self.shared.wanted.lock().unwrap_or_else(|p| p.into_inner());
+        if wanted.remove(&channel) {
+            self.shared.changed.notify_one();
+        }
     }
 
     fn status(&self) -> BackplaneStatus {
