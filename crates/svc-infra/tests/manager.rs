@@ -457,8 +457,9 @@ async fn shutdown_says_goodbye_with_1001_and_refuses_new_connections() {
     within("shutdown", shutdown).await.unwrap();
     assert_eq!(manager.connection_count(), 0);
     assert_eq!(counts.disconnects.load(Ordering::SeqCst), 2);
-    let mut late = connect(addr, "/ws/late").await;
-    assert_eq!(next_close(&mut late).await.map(|c| c.0), Some(1001));
+    // Refused before the upgrade, with 503, so that a load balancer tries another node.
+    let late = connect_from_origin(&format!("ws://{addr}/ws/late"), None).await;
+    assert_eq!(late.err(), Some(503));
 }
 
 #[tokio::test]

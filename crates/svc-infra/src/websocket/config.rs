@@ -40,6 +40,9 @@ use super::backoff::Backoff;
 /// | `WS_RECONNECT_BACKOFF_BASE` | `1.0` | First retry delay (seconds) | finite number ≥ 0 |
 /// | `WS_RECONNECT_BACKOFF_MAX` | `60.0` | Largest retry delay (seconds) | finite number ≥ base |
 /// | `WS_RECONNECT_JITTER` | `0.1` | Random factor applied to each delay | number in `0..=1` |
+/// | `WS_HANDSHAKE_TIMEOUT` | `10.0` | Server: time a connection has to send its upgrade request ([`serve`](crate::websocket::serve)) | finite number > 0 |
+/// | `WS_MAX_CONNECTIONS` | `0` | Server: connections this node accepts (more get HTTP 503) | integer ≥ 0; `0` = no limit |
+/// | `WS_MAX_CONNECTIONS_PER_USER` | `100` | Server: connections one user may hold on this node (more get HTTP 429) | integer ≥ 0; `0` = no limit |
 /// | `WS_ALLOWED_ORIGINS` | `*` | Browser origins the server accepts upgrades from (others get 403) | comma-separated exact origins (`https://app.example.com`), or `*` for any |
 ///
 /// A value outside what the table allows is a [`ConfigError`] that names the variable, the
@@ -78,6 +81,16 @@ pub struct WebSocketConfig {
     /// an `Origin` header (not a browser) is always accepted: the check protects browsers'
     /// users from other sites, which is what an origin can tell.
     pub allowed_origins: Option<Vec<String>>,
+    /// Server side: how long a new TCP connection has to complete its HTTP upgrade request
+    /// before [`serve`](crate::websocket::serve) closes it (slowloris). Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Server side: the most connections this node's manager holds; an upgrade beyond it is
+    /// answered with HTTP 503 and `Retry-After`. 0 (the default) sets no limit: size it to
+    /// what one node holds (`docs/scaling.md`).
+    pub max_connections: usize,
+    /// Server side: the most connections one user holds on this node; an upgrade beyond it
+    /// is answered with HTTP 429 and `Retry-After`. 0 sets no limit. Default 100.
+    pub max_connections_per_user: usize,
 }
 
 impl Default for WebSocketConfig {
@@ -95,6 +108,9 @@ impl Default for WebSocketConfig {
             reconnect_backoff_max: Duration::from_secs(60),
             reconnect_jitter: 0.1,
             allowed_origins: None,
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 0,
+            max_connections_per_user: 100,
         }
     }
 }
@@ -181,6 +197,14 @@ impl WebSocketConfig {
                 "PING_TIMEOUT" => config.ping_timeout = parse_optional_secs(var, raw)?,
                 "MAX_MESSAGE_SIZE" => config.max_message_size = parse_positive(var, raw)?,
                 "MAX_QUEUE_SIZE" => config.max_queue_size = parse_positive(var, raw)?,
+                "HANDSHAKE_TIMEOUT" => config.handshake_timeout = parse_secs(var, raw)?,
+                "MAX_CONNECTIONS" => {
+                    config.max_connections = parse_uint(var, raw, "an integer ≥ 0 (0 = no limit)")?;
+                }
+                "MAX_CONNECTIONS_PER_USER" => {
+                    config.max_connections_per_user =
+                        parse_uint(var, raw, "an integer ≥ 0 (0 = no limit)")?;
+                }
                 "ALLOWED_ORIGINS" => config.allowed_origins = parse_origins(var, raw)?,
                 "RECONNECT_ENABLED" => config.reconnect_enabled = parse_bool(var, raw)?,
                 "RECONNECT_MAX_ATTEMPTS" => {
@@ -239,6 +263,9 @@ impl WebSocketConfig {
         if self.close_timeout.is_zero() {
             return err("close_timeout", &self.close_timeout, POSITIVE_SECS);
         }
+        if self.handshake_timeout.is_zero() {
+            return err("handshake_timeout", &self.handshake_timeout, POSITIVE_SECS);
+        }
         if self.ping_interval.is_some_and(|d| d.is_zero()) {
             return err("ping_interval", &self.ping_interval, "None or > 0");
         }
@@ -296,6 +323,21 @@ impl WebSocketConfig {
     /// Sets [`max_queue_size`](Self::max_queue_size).
     pub fn with_max_queue_size(mut self, messages: usize) -> Self {
         self.max_queue_size = messages;
+        self
+    }
+    /// Sets [`handshake_timeout`](Self::handshake_timeout).
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+    /// Sets [`max_connections`](Self::max_connections); 0 = no limit.
+    pub fn with_max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = connections;
+        self
+    }
+    /// Sets [`max_connections_per_user`](Self::max_connections_per_user); 0 = no limit.
+    pub fn with_max_connections_per_user(mut self, connections: usize) -> Self {
+        self.max_connections_per_user = connections;
         self
     }
     /// Sets [`allowed_origins`](Self::allowed_origins) to exactly these origins.
@@ -477,6 +519,9 @@ mod tests {
         assert_eq!(c.reconnect_backoff_base, Duration::from_secs(1));
         assert_eq!(c.reconnect_backoff_max, Duration::from_secs(60));
         assert_eq!(c.reconnect_jitter, 0.1);
+        assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_connections, 0);
+        assert_eq!(c.max_connections_per_user, 100);
         assert_eq!(env(&[]).unwrap(), c);
         c.validate().unwrap();
     }
@@ -495,6 +540,9 @@ mod tests {
             ("WS_RECONNECT_BACKOFF_BASE", "0.5"),
             ("WS_RECONNECT_BACKOFF_MAX", "8"),
             ("WS_RECONNECT_JITTER", "1"),
+            ("WS_HANDSHAKE_TIMEOUT", "0.25"),
+            ("WS_MAX_CONNECTIONS", "50_000"),
+            ("WS_MAX_CONNECTIONS_PER_USER", "0"),
             ("WS_SOMETHING_ELSE", "ignored"),
             ("PATH", "/bin"),
         ])
@@ -510,6 +558,9 @@ mod tests {
         assert_eq!(c.reconnect_backoff_base, Duration::from_millis(500));
         assert_eq!(c.reconnect_backoff_max, Duration::from_secs(8));
         assert_eq!(c.reconnect_jitter, 1.0);
+        assert_eq!(c.handshake_timeout, Duration::from_millis(250));
+        assert_eq!(c.max_connections, 50_000);
+        assert_eq!(c.max_connections_per_user, 0);
     }
 
     #[test]
@@ -556,6 +607,9 @@ mod tests {
             ("WS_PING_TIMEOUT", "-0.1"),
             ("WS_MAX_MESSAGE_SIZE", "0"),
             ("WS_MAX_MESSAGE_SIZE", "-1"),
+            ("WS_HANDSHAKE_TIMEOUT", "0"),
+            ("WS_MAX_CONNECTIONS", "-1"),
+            ("WS_MAX_CONNECTIONS_PER_USER", "many"),
             ("WS_MAX_MESSAGE_SIZE", "1.5"),
             ("WS_MAX_MESSAGE_SIZE", "1e6"),
             ("WS_MAX_QUEUE_SIZE", "0"),

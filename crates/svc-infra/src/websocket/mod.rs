@@ -42,7 +42,7 @@ pub use server::backplane;
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub use server::{
     Connection, ConnectionHooks, ConnectionManager, IntoMessage, Json, ManagerBuilder,
-    ManagerNotInstalled, ManagerStats, Metadata, PreparedMessage, SlowConsumerPolicy, WebSocket,
-    WsManager, WsUpgrade, WsUpgradeRejection, add_websocket_manager, add_websocket_manager_with,
-    easy_websocket_manager, get_ws_manager,
+    ManagerNotInstalled, ManagerStats, Metadata, PreparedMessage, Serve, SlowConsumerPolicy,
+    WebSocket, WsManager, WsUpgrade, WsUpgradeRejection, add_websocket_manager,
+    add_websocket_manager_with, easy_websocket_manager, get_ws_manager, serve,
 };

@@ -124,7 +124,19 @@ pub async fn raw_upgrade(addr: SocketAddr, path: &str) -> TcpStream {
 }
 
 /// Does the WebSocket handshake on `tcp` by hand; reads exactly the response head.
-pub async fn upgrade_on(mut tcp: TcpStream, addr: SocketAddr, path: &str) -> TcpStream {
+pub async fn upgrade_on(tcp: TcpStream, addr: SocketAddr, path: &str) -> TcpStream {
+    let (tcp, head) = upgrade_request(tcp, addr, path).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tcp
+}
+
+/// The upgrade request for `path` by hand; returns the stream and the response head
+/// (status line and headers, header names lower-cased by hyper), whatever the status.
+pub async fn upgrade_request(
+    mut tcp: TcpStream,
+    addr: SocketAddr,
+    path: &str,
+) -> (TcpStream, String) {
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
@@ -135,15 +147,19 @@ pub async fn upgrade_on(mut tcp: TcpStream, addr: SocketAddr, path: &str) -> Tcp
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        within("101", tcp.read_exact(&mut byte)).await.unwrap();
+        within("response head", tcp.read_exact(&mut byte))
+            .await
+            .unwrap();
         head.push(byte[0]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    tcp
+    (
+        tcp,
+        String::from_utf8(head).expect("an ASCII response head"),
+    )
 }
 
 /// Reads one (unmasked) server frame: opcode and payload.
-pub async fn read_server_frame(tcp: &mut TcpStream) -> (u8, Vec<u8>) {
+pub async fn read_server_frame(tcp: &mut (impl tokio::io::AsyncRead + Unpin)) -> (u8, Vec<u8>) {
     let mut head = vec![0u8; 2];
     within("frame header", tcp.read_exact(&mut head))
         .await

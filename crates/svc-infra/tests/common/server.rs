@@ -16,14 +16,22 @@ use super::within;
 /// A tokio-tungstenite client connection.
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Serves `app` on 127.0.0.1:0 and returns its address.
+/// Serves `app` on 127.0.0.1:0 with the library's serving path
+/// (`svc_infra::websocket::serve`, default handshake timeout) and returns its address.
 pub async fn serve(app: Router) -> SocketAddr {
+    serve_with(app, Duration::from_secs(10)).await
+}
+
+/// [`serve`] with a handshake timeout.
+pub async fn serve_with(app: Router, handshake_timeout: Duration) -> SocketAddr {
     let listener = within("bind", tokio::net::TcpListener::bind("127.0.0.1:0"))
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("local addr");
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        let _ = svc_infra::websocket::serve(listener, app)
+            .handshake_timeout(handshake_timeout)
+            .await;
     });
     addr
 }

@@ -4,7 +4,7 @@ use std::{fmt, sync::Arc};
 
 use super::{
     hooks::ConnectHook,
-    manager::ConnectionManager,
+    manager::{ConnectionManager, Refused},
     message::IntoMessage,
     registry::{Conn, unix_ms},
     socket::WebSocket,
@@ -93,6 +93,17 @@ impl Connection {
         Ok(())
     }
 
+    /// Sends a message to this connection, waiting for room in its queue instead of applying
+    /// the slow-consumer policy: for answers to the client's own requests (see
+    /// [`WebSocket::reply`]). Broadcasts and sends from elsewhere keep the policy.
+    pub async fn reply(&mut self, message: impl IntoMessage) -> Result<(), WebSocketError> {
+        let message = self.manager.prepare(message)?;
+        self.socket.reply_frame(message.frame().clone()).await?;
+        self.conn.touch(unix_ms());
+        self.manager.inner.counters.sends(1, 0, 0);
+        Ok(())
+    }
+
     /// Closes the connection with `code` and `reason` and removes it from the manager.
     pub async fn close(mut self, code: u16, reason: &str) {
         self.socket.close(code, reason).await;
@@ -106,10 +117,16 @@ impl Drop for Connection {
     }
 }
 
-/// A connect during shutdown: close the socket with 1001.
-pub(super) async fn refuse(mut socket: Box<WebSocket>) -> Result<Connection, WebSocketError> {
-    socket.close(1001, "server shutting down").await;
-    Err(WebSocketError::closed(1001, "server shutting down"))
+/// A connect the manager turned away: close the socket with the code that says why.
+pub(super) async fn refuse(
+    mut socket: Box<WebSocket>,
+    why: Refused,
+) -> Result<Connection, WebSocketError> {
+    let (code, reason) = why.close();
+    metrics::counter!("svc_ws_connections_refused_total", "reason" => why.reason()).increment(1);
+    tracing::debug!(code, reason, "connection refused after the upgrade");
+    socket.close(code, reason).await;
+    Err(WebSocketError::closed(code, reason))
 }
 
 /// Runs `on_connect`; if it fails, rolls the registration back (without `on_disconnect`:

@@ -30,6 +30,37 @@ use super::{
 };
 use crate::websocket::{ConnectionInfo, WebSocketConfig, WebSocketError};
 
+/// Why the manager turns a new connection away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refused {
+    /// [`ConnectionManager::shutdown`] has begun.
+    ShuttingDown,
+    /// `WS_MAX_CONNECTIONS` reached on this node.
+    NodeFull,
+    /// `WS_MAX_CONNECTIONS_PER_USER` reached by this user on this node.
+    UserFull,
+}
+
+impl Refused {
+    /// The label of `svc_ws_upgrades_refused_total` and `svc_ws_connections_refused_total`.
+    pub(super) fn reason(self) -> &'static str {
+        match self {
+            Self::ShuttingDown => "shutting_down",
+            Self::NodeFull => "node_full",
+            Self::UserFull => "user_full",
+        }
+    }
+
+    /// The close code and reason of a socket refused after its upgrade.
+    pub(super) fn close(self) -> (u16, &'static str) {
+        match self {
+            Self::ShuttingDown => (1001, "server shutting down"),
+            Self::NodeFull => (1013, "server full, try again later"),
+            Self::UserFull => (1008, "too many connections for this user"),
+        }
+    }
+}
+
 /// The manager's state, shared by its clones, its connections and its tasks.
 pub(crate) struct Inner {
     pub(super) config: WebSocketConfig,
@@ -170,6 +201,33 @@ impl ConnectionManager {
         Ok(message)
     }
 
+    /// Whether one more connection (of `user`, when known) fits the admission limits
+    /// (`WS_MAX_CONNECTIONS`, `WS_MAX_CONNECTIONS_PER_USER`) and the manager is not
+    /// shutting down. [`WsUpgrade`](super::WsUpgrade) asks before the upgrade (to answer
+    /// 503 or 429); registration asks again under the registry's lock, so the limits hold
+    /// however many handshakes race.
+    pub(super) fn admits(&self, user: Option<&str>) -> Result<(), Refused> {
+        self.admits_in(&self.read(), user)
+    }
+
+    fn admits_in(&self, reg: &Registry, user: Option<&str>) -> Result<(), Refused> {
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return Err(Refused::ShuttingDown);
+        }
+        let config = &self.inner.config;
+        if config.max_connections != 0 && reg.connections >= config.max_connections {
+            return Err(Refused::NodeFull);
+        }
+        let limit = config.max_connections_per_user;
+        if let Some(user) = user
+            && limit != 0
+            && reg.users.get(user).is_some_and(|c| c.len() >= limit)
+        {
+            return Err(Refused::UserFull);
+        }
+        Ok(())
+    }
+
     pub(super) fn read(&self) -> RwLockReadGuard<'_, Registry> {
         self.inner
             .registry
@@ -186,8 +244,10 @@ impl ConnectionManager {
 
     /// Registers `socket` for `user_id` and returns its [`Connection`].
     ///
-    /// Fails (and closes the socket) when the manager is shutting down (1001) or the
-    /// `on_connect` hook fails (1011, registration rolled back).
+    /// Fails (and closes the socket) when the manager is shutting down (1001), when the
+    /// node or the user is at its connection limit (`WS_MAX_CONNECTIONS`: 1013 "server
+    /// full", `WS_MAX_CONNECTIONS_PER_USER`: 1008 "too many connections for this user"), or
+    /// when the `on_connect` hook fails (1011, registration rolled back).
     pub fn connect(
         &self,
         user_id: &str,
@@ -211,7 +271,7 @@ impl ConnectionManager {
         let hook = self.inner.hooks.on_connect.clone();
         async move {
             match registered {
-                Err(socket) => Box::pin(refuse(socket)).await,
+                Err((socket, why)) => Box::pin(refuse(socket, why)).await,
                 Ok(connection) => match hook {
                     None => Ok(connection),
                     Some(hook) => Box::pin(run_connect_hook(connection, hook)).await,
@@ -225,10 +285,7 @@ impl ConnectionManager {
         user_id: &str,
         socket: WebSocket,
         metadata: Metadata,
-    ) -> Result<Connection, Box<WebSocket>> {
-        if self.inner.shutting_down.load(Ordering::Acquire) {
-            return Err(Box::new(socket));
-        }
+    ) -> Result<Connection, (Box<WebSocket>, Refused)> {
         self.start_keepalive();
         let conn = Arc::new(Conn {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
@@ -241,6 +298,12 @@ impl ConnectionManager {
         });
         {
             let mut reg = self.write();
+            // Asked under the lock (and before the upgrade by `WsUpgrade`): handshakes that
+            // passed that check together must not all get in.
+            if let Err(why) = self.admits_in(&reg, Some(user_id)) {
+                drop(reg);
+                return Err((Box::new(socket), why));
+            }
             let key = match reg.users.get_key_value(user_id) {
                 Some((k, _)) => k.clone(),
                 None => {
@@ -569,6 +632,15 @@ impl ConnectionManager {
     /// Whether `user_id` has at least one connection; with a backplane, on any node.
     pub fn is_user_connected(&self, user_id: &str) -> bool {
         self.read().users.contains_key(user_id) || self.inner.cluster.has_user(user_id)
+    }
+
+    /// How many rooms `user_id` is in on this node, and whether `room` is one of them.
+    #[cfg(feature = "gateway")]
+    pub(crate) fn rooms_of(&self, user_id: &str, room: &str) -> (usize, bool) {
+        self.read()
+            .memberships
+            .get(user_id)
+            .map_or((0, false), |rooms| (rooms.len(), rooms.contains(room)))
     }
 
     /// The members of `room` (empty for an unknown room), sorted; with a backplane, on

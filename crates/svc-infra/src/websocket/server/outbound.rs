@@ -86,6 +86,9 @@ pub(super) struct OutState {
     flushing: bool,
     /// The reader waits for the queue to drain (closing): the flusher wakes it when done.
     drain_waiter: bool,
+    /// A sender waits for room in the queue (`push_waiting`): the flusher wakes the task in
+    /// `waker` whenever it has written something.
+    room_waiter: bool,
     /// The writer supports vectored writes (asked once: behind `tokio::io::split` asking
     /// takes a lock).
     vectored: bool,
@@ -125,6 +128,7 @@ impl Outbound {
                 waker: None,
                 flushing: false,
                 drain_waiter: false,
+                room_waiter: false,
                 vectored,
                 flusher: None,
                 close_queued: false,
@@ -189,6 +193,46 @@ impl Outbound {
         }
         st.queue.push_back(frame);
         Push::Accepted
+    }
+
+    /// [`push`](Self::push) that waits for room instead of applying the slow-consumer
+    /// policy when the queue is full: for answers to the peer's own requests, so a peer
+    /// that sends faster than it reads is slowed down (its requests wait unread, and TCP
+    /// pushes back) instead of losing its connection. `frame` is taken once it is handed
+    /// over. The waiting task is woken as the flusher makes progress, or by a kill.
+    pub(crate) fn poll_push_waiting(
+        self: &Arc<Self>,
+        cx: &mut Context<'_>,
+        frame: &mut Option<Bytes>,
+    ) -> Poll<Push> {
+        let mut deferred = Deferred::default();
+        let mut st = self.lock();
+        if st.close_queued || st.broken || st.kill.is_some() {
+            return Poll::Ready(Push::Closed);
+        }
+        let Some(bytes) = frame.take() else {
+            return Poll::Ready(Push::Accepted);
+        };
+        if !st.flushing {
+            let written = st.write_now(bytes, self, &mut deferred);
+            drop(st); // before `deferred` starts the flusher
+            return Poll::Ready(if written.is_ok() {
+                Push::Accepted
+            } else {
+                Push::Closed
+            });
+        }
+        if st.queue.len() >= self.max_queue {
+            *frame = Some(bytes);
+            match &st.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => st.waker = Some(cx.waker().clone()),
+            }
+            st.room_waiter = true;
+            return Poll::Pending;
+        }
+        st.queue.push_back(bytes);
+        Poll::Ready(Push::Accepted)
     }
 
     /// Queues a control frame (pong, ping). When the queue is already full the frame is
@@ -336,7 +380,8 @@ impl OutState {
     pub(super) fn finish_flush(&mut self, failed: bool) {
         self.flushing = false;
         self.flusher = None;
-        if std::mem::take(&mut self.drain_waiter) || failed {
+        let room = std::mem::take(&mut self.room_waiter);
+        if std::mem::take(&mut self.drain_waiter) || failed || room {
             self.wake();
         }
     }
@@ -402,6 +447,11 @@ impl OutState {
                     return Poll::Ready(Err(e));
                 }
                 Poll::Ready(Ok(mut n)) => {
+                    if std::mem::take(&mut self.room_waiter)
+                        && let Some(w) = &self.waker
+                    {
+                        w.wake_by_ref();
+                    }
                     while n > 0 {
                         let front = &mut self.queue[0];
                         if n >= front.len() {

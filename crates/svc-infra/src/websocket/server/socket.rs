@@ -152,7 +152,25 @@ impl WebSocket {
     /// connection closes with 1013; `DropNewest`/`DropOldest`: `Ok`, a message is dropped;
     /// through a manager's [`Connection`](crate::websocket::Connection) drops are counted).
     pub fn send(&self, message: impl Into<WebSocketMessage>) -> Result<(), WebSocketError> {
-        let message = message.into();
+        let frame = self.encode(message.into())?;
+        self.send_frame(frame).map(drop)
+    }
+
+    /// Sends a message, waiting for room in the outgoing queue when it is full instead of
+    /// applying the slow-consumer policy. Meant for answers to the peer's own requests:
+    /// while the answer waits, the peer's next requests are not read, so TCP slows a peer
+    /// that sends faster than it reads instead of it losing its connection. A peer that
+    /// stops reading altogether is ended by the keepalive (`WS_PING_TIMEOUT`), which wakes
+    /// this with an error.
+    pub async fn reply(
+        &mut self,
+        message: impl Into<WebSocketMessage>,
+    ) -> Result<(), WebSocketError> {
+        let frame = self.encode(message.into())?;
+        self.reply_frame(frame).await.map(drop)
+    }
+
+    fn encode(&self, message: WebSocketMessage) -> Result<Bytes, WebSocketError> {
         if message.len() > self.out.max_message_size {
             return Err(WebSocketError::MessageTooLarge {
                 size: message.len(),
@@ -164,14 +182,24 @@ impl WebSocket {
         } else {
             protocol::OP_BINARY
         };
-        let frame = protocol::encode_frame(opcode, message.as_bytes());
-        self.send_frame(frame).map(drop)
+        Ok(protocol::encode_frame(opcode, message.as_bytes()))
+    }
+
+    /// Hands a frame to the connection, waiting for room in the queue (see [`reply`](Self::reply)).
+    pub(crate) async fn reply_frame(&mut self, frame: Bytes) -> Result<bool, WebSocketError> {
+        let mut frame = Some(frame);
+        let pushed = std::future::poll_fn(|cx| self.out.poll_push_waiting(cx, &mut frame)).await;
+        self.pushed(pushed)
     }
 
     /// Hands a frame to the connection; `Ok(false)` when the slow-consumer policy dropped
     /// a message (this one, or an older one under `DropOldest`).
     pub(crate) fn send_frame(&self, frame: Bytes) -> Result<bool, WebSocketError> {
-        match self.out.push(frame) {
+        self.pushed(self.out.push(frame))
+    }
+
+    fn pushed(&self, pushed: Push) -> Result<bool, WebSocketError> {
+        match pushed {
             Push::Accepted => Ok(true),
             Push::Dropped => Ok(false),
             Push::Overflow => Err(WebSocketError::closed(1013, "slow consumer")),

@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::{
-    manager::ConnectionManager,
+    manager::{ConnectionManager, Refused},
     outbound::{BoxWrite, SlowConsumerPolicy},
     socket::{BoxRead, WebSocket},
 };
@@ -49,6 +49,11 @@ pub struct WsUpgrade {
     policy: SlowConsumerPolicy,
     /// The request's `Origin` header, checked against `config.allowed_origins`.
     origin: Option<HeaderValue>,
+    /// The installed manager, whose admission limits are checked before the upgrade.
+    manager: Option<ConnectionManager>,
+    /// The user the connection will be registered for, if the handler said
+    /// ([`for_user`](Self::for_user)).
+    user: Option<String>,
 }
 
 impl std::fmt::Debug for WsUpgrade {
@@ -90,6 +95,15 @@ impl WsUpgrade {
         self
     }
 
+    /// Names the user this connection will be registered for, so that the per-user limit
+    /// (`WS_MAX_CONNECTIONS_PER_USER`) is checked before the upgrade and answered with HTTP
+    /// 429, rather than after it with a close (1008). Registration enforces the limit either
+    /// way.
+    pub fn for_user(mut self, user_id: impl Into<String>) -> Self {
+        self.user = Some(user_id.into());
+        self
+    }
+
     /// Sets the largest message accepted from or sent to this client.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.config.max_message_size = bytes;
@@ -97,9 +111,14 @@ impl WsUpgrade {
     }
 
     /// Answers the request with `101 Switching Protocols` and runs `callback` with the
-    /// socket once the client has it; or, when the request's `Origin` is not one of the
-    /// configuration's [`allowed_origins`](WebSocketConfig::allowed_origins), with HTTP 403
-    /// (counted in `svc_ws_upgrades_refused_total{reason="origin"}`), and nothing runs.
+    /// socket once the client has it. Nothing runs, and the request is answered instead
+    /// (counted in `svc_ws_upgrades_refused_total{reason}`), when:
+    /// - its `Origin` is not one of the configuration's
+    ///   [`allowed_origins`](WebSocketConfig::allowed_origins): HTTP 403 (`origin`);
+    /// - the installed manager is at `WS_MAX_CONNECTIONS` (`node_full`) or shutting down
+    ///   (`shutting_down`): HTTP 503 with `Retry-After`;
+    /// - the user named by [`for_user`](Self::for_user) is at `WS_MAX_CONNECTIONS_PER_USER`
+    ///   (`user_full`): HTTP 429 with `Retry-After`.
     #[must_use = "the returned response completes the handshake"]
     pub fn on_upgrade<C, Fut>(self, callback: C) -> Response
     where
@@ -113,6 +132,8 @@ impl WsUpgrade {
             config,
             policy,
             origin,
+            manager,
+            user,
             ..
         } = self;
         // A header that is not text cannot be any allowed origin.
@@ -120,6 +141,12 @@ impl WsUpgrade {
             metrics::counter!("svc_ws_upgrades_refused_total", "reason" => "origin").increment(1);
             tracing::debug!(origin = ?origin, "websocket upgrade refused: origin not allowed");
             return WsUpgradeRejection::OriginNotAllowed.into_response();
+        }
+        if let Some(Err(why)) = manager.map(|m| m.admits(user.as_deref())) {
+            metrics::counter!("svc_ws_upgrades_refused_total", "reason" => why.reason())
+                .increment(1);
+            tracing::debug!(user = ?user, reason = why.reason(), "websocket upgrade refused");
+            return WsUpgradeRejection::from(why).into_response();
         }
         let protocol = selected.clone();
         tokio::spawn(async move {
@@ -194,6 +221,25 @@ pub enum WsUpgradeRejection {
     ConnectionNotUpgradable,
     /// The request's `Origin` is not allowed (`WS_ALLOWED_ORIGINS`): HTTP 403.
     OriginNotAllowed,
+    /// The node holds `WS_MAX_CONNECTIONS` already: HTTP 503 with `Retry-After`.
+    ServerFull,
+    /// The user holds `WS_MAX_CONNECTIONS_PER_USER` already: HTTP 429 with `Retry-After`.
+    TooManyConnectionsForUser,
+    /// The server is shutting down: HTTP 503 with `Retry-After`.
+    ShuttingDown,
+}
+
+/// Seconds a client refused for a limit is asked to wait (`Retry-After`).
+const RETRY_AFTER_SECS: &str = "5";
+
+impl From<Refused> for WsUpgradeRejection {
+    fn from(why: Refused) -> Self {
+        match why {
+            Refused::ShuttingDown => Self::ShuttingDown,
+            Refused::NodeFull => Self::ServerFull,
+            Refused::UserFull => Self::TooManyConnectionsForUser,
+        }
+    }
 }
 
 impl std::fmt::Display for WsUpgradeRejection {
@@ -207,6 +253,9 @@ impl std::fmt::Display for WsUpgradeRejection {
             Self::MissingWebSocketKey => "`Sec-WebSocket-Key` header missing",
             Self::ConnectionNotUpgradable => "WebSocket request couldn't be upgraded",
             Self::OriginNotAllowed => "Origin not allowed",
+            Self::ServerFull => "Server full: too many connections, try again later",
+            Self::TooManyConnectionsForUser => "Too many connections for this user",
+            Self::ShuttingDown => "Server shutting down, try another node",
         })
     }
 }
@@ -227,6 +276,19 @@ impl IntoResponse for WsUpgradeRejection {
                 return r;
             }
             Self::OriginNotAllowed => StatusCode::FORBIDDEN,
+            Self::ServerFull | Self::ShuttingDown | Self::TooManyConnectionsForUser => {
+                let status = if self == Self::TooManyConnectionsForUser {
+                    StatusCode::TOO_MANY_REQUESTS
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                let mut r = (status, self.to_string()).into_response();
+                r.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECS),
+                );
+                return r;
+            }
             _ => StatusCode::BAD_REQUEST,
         };
         (status, self.to_string()).into_response()
@@ -283,7 +345,8 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
             .map(|p| p.trim().to_owned())
             .filter(|p| !p.is_empty())
             .collect();
-        let (config, policy) = match parts.extensions.get::<ConnectionManager>() {
+        let manager = parts.extensions.get::<ConnectionManager>().cloned();
+        let (config, policy) = match &manager {
             Some(m) => (m.config().clone(), m.slow_consumer_policy()),
             None => (WebSocketConfig::default(), SlowConsumerPolicy::default()),
         };
@@ -295,6 +358,8 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
             config,
             policy,
             origin: parts.headers.get(header::ORIGIN).cloned(),
+            manager,
+            user: None,
         })
     }
 }

@@ -1,0 +1,190 @@
+//! [`serve`]: `axum::serve` with a handshake timeout, so a client that never finishes its
+//! HTTP request (slowloris) cannot hold a connection open.
+
+use std::{
+    future::{Future, IntoFuture},
+    io,
+    net::SocketAddr,
+    pin::{Pin, pin},
+    time::Duration,
+};
+
+use axum::{Router, body::Body, extract::ConnectInfo, http::Request};
+use hyper::{body::Incoming, server::conn::http1};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, sync::watch};
+use tower_service::Service;
+
+use crate::websocket::WebSocketConfig;
+
+/// Serves `router` on `listener` over HTTP/1.1 with upgrades, as `axum::serve` does, but
+/// with a **handshake timeout**: a connection whose request headers are not complete within
+/// [`handshake_timeout`](Serve::handshake_timeout) of its arrival (or, on a kept-alive HTTP
+/// connection, of the end of the previous response) is closed and counted in
+/// `svc_ws_handshake_timeouts_total`. `axum::serve` has no such timeout: a client that sends
+/// its headers one byte at a time, or nothing at all, holds a connection and its memory for
+/// as long as it likes.
+///
+/// The timeout ends with the request's headers: an upgraded WebSocket is then governed by its
+/// keepalive (`WS_PING_INTERVAL`), an HTTP handler by its own deadlines. Requests carry
+/// [`ConnectInfo<SocketAddr>`] with the peer's address, as with
+/// `into_make_service_with_connect_info`.
+///
+/// ```no_run
+/// use axum::{Router, routing::get};
+/// use svc_infra::websocket::{WebSocketConfig, serve};
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let config = WebSocketConfig::from_env().expect("WS_* settings");
+/// let app: Router = Router::new().route("/", get(|| async { "hi" }));
+/// let listener = tokio::net::TcpListener::bind("0.0.0.0:8000").await?;
+/// serve(listener, app)
+///     .config(&config) // WS_HANDSHAKE_TIMEOUT
+///     .with_graceful_shutdown(async { tokio::signal::ctrl_c().await.ok(); })
+///     .await
+/// # }
+/// ```
+pub fn serve(listener: TcpListener, router: Router) -> Serve {
+    Serve {
+        listener,
+        router,
+        handshake_timeout: WebSocketConfig::default().handshake_timeout,
+        signal: Box::pin(std::future::pending()),
+    }
+}
+
+/// The future of [`serve`]; set the handshake timeout and a shutdown signal, then `.await` it.
+#[must_use = "a server does nothing until it is awaited"]
+pub struct Serve {
+    listener: TcpListener,
+    router: Router,
+    handshake_timeout: Duration,
+    signal: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl std::fmt::Debug for Serve {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serve")
+            .field("listener", &self.listener)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Serve {
+    /// How long a connection may take to send its request headers. Default 10 s
+    /// (`WebSocketConfig::default().handshake_timeout`).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Takes the handshake timeout from `config` (`WS_HANDSHAKE_TIMEOUT`).
+    pub fn config(self, config: &WebSocketConfig) -> Self {
+        self.handshake_timeout(config.handshake_timeout)
+    }
+
+    /// Stops accepting when `signal` completes, lets each HTTP connection finish the request
+    /// it is serving, and returns once they are done. Upgraded WebSockets are not waited
+    /// for: close them with [`ConnectionManager::shutdown`](super::ConnectionManager::shutdown).
+    pub fn with_graceful_shutdown(
+        mut self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        self.signal = Box::pin(signal);
+        self
+    }
+
+    async fn run(self) -> io::Result<()> {
+        let Self {
+            listener,
+            router,
+            handshake_timeout,
+            mut signal,
+        } = self;
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(handshake_timeout);
+        // Every connection task holds a receiver: shutdown waits for the last one to drop.
+        let (stop, _) = watch::channel(false);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        accept_error(e).await;
+                        continue;
+                    }
+                },
+                () = &mut signal => break,
+            };
+            let _ = tcp.set_nodelay(true);
+            let router = router.clone();
+            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                router.clone().call(req.map(Body::new))
+            });
+            let conn = http
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades();
+            let stopping = stop.subscribe();
+            tokio::spawn(run_connection(conn, stopping, peer));
+        }
+        drop(listener);
+        let _ = stop.send(true);
+        stop.closed().await;
+        Ok(())
+    }
+}
+
+/// Serves one connection; on shutdown, lets it finish the request in progress.
+async fn run_connection<S>(
+    conn: http1::UpgradeableConnection<TokioIo<tokio::net::TcpStream>, S>,
+    mut stopping: watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
+    S: hyper::service::HttpService<Incoming, ResBody = Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut conn = pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        // Set once, to true, after every receiver was made.
+        _ = stopping.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        if e.is_timeout() {
+            metrics::counter!("svc_ws_handshake_timeouts_total").increment(1);
+            tracing::debug!(%peer, "connection closed: request headers not complete in time");
+        } else {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// Errors of `accept` that concern one connection are skipped; running out of file
+/// descriptors (or memory) is logged and waited out briefly, as the kernel keeps the
+/// others queued meanwhile.
+async fn accept_error(e: io::Error) {
+    use io::ErrorKind::*;
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accept failed; retrying in 50 ms");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+impl IntoFuture for Serve {
+    type Output = io::Result<()>;
+    type IntoFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}
