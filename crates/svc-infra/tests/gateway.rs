@@ -9,127 +9,20 @@
 
 mod common;
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::time::Duration;
 
 use axum::{Router, routing::get};
 use common::{
-    QUIET,
+    gateway::*,
     raw::http,
     redis::RedisServer,
-    server::{Client as Ws, assert_silent, connect_from_origin, next_close, next_text},
+    server::{connect_from_origin, next_close},
     within,
 };
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use svc_infra::{
-    auth::WsAuthConfig,
-    gateway::{Gateway, GatewayConfig, GatewayError},
-};
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use serde_json::json;
+use svc_infra::gateway::{Gateway, GatewayConfig};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
-
-const SECRET: &str = "a-test-secret-that-is-long-enough-32b";
-
-/// A gateway served on 127.0.0.1:0 until `stop` fires or this is dropped.
-struct Running {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    served: JoinHandle<Result<(), GatewayError>>,
-}
-
-/// Builds a gateway from `config` and serves it on a free port.
-async fn start(config: GatewayConfig) -> Running {
-    let gateway = Gateway::new(config).expect("gateway config");
-    let listener = within("bind", TcpListener::bind("127.0.0.1:0"))
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let served = tokio::spawn(gateway.serve(listener, async {
-        let _ = stopped.await;
-    }));
-    Running {
-        addr,
-        stop: Some(stop),
-        served,
-    }
-}
-
-async fn connect(gw: &Running, query: &str) -> Ws {
-    let url = format!("ws://{}/ws{query}", gw.addr);
-    within("connect", tokio_tungstenite::connect_async(&url))
-        .await
-        .unwrap_or_else(|e| panic!("connect {url}: {e}"))
-        .0
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    within("send", ws.send(Message::text(v.to_string())))
-        .await
-        .unwrap();
-}
-
-async fn next(ws: &mut Ws) -> Value {
-    serde_json::from_str(&next_text(ws).await).unwrap()
-}
-
-async fn silent(ws: &mut Ws) {
-    assert_silent(ws, QUIET).await;
-}
-
-async fn get_json(addr: SocketAddr, path: &str) -> Value {
-    let (status, body) = http(addr, "GET", path, "", "").await;
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-/// Waits until `n` connections are registered on `gw` (the handshake answer comes before
-/// the registration).
-async fn registered(gw: &Running, n: u64) {
-    within(&format!("{n} connections registered"), async {
-        while get_json(gw.addr, "/ws/stats").await["local_connections"] != n {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-}
-
-async fn publish(gw: &Running, headers: &str, body: Value) -> (u16, Value) {
-    let (status, body) = http(gw.addr, "POST", "/api/publish", headers, &body.to_string()).await;
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-}
-
-/// An HS256 token signed with [`SECRET`], as `svc-ws token` mints them.
-fn token(sub: &str, scopes: &[&str]) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = json!({"sub": sub, "iat": now, "exp": now + 600, "scopes": scopes});
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
-fn with_secret() -> GatewayConfig {
-    GatewayConfig::default().with_auth(WsAuthConfig::default().with_secret(SECRET))
-}
-
-/// `svc_ws_connects_total` in the Prometheus text (0 before the first connect). The recorder
-/// is process-wide, so the tests of this file running beside each other all count in it.
-async fn connects_total(addr: SocketAddr) -> u64 {
-    let (status, text) = http(addr, "GET", "/metrics", "", "").await;
-    assert_eq!(status, 200, "{text}");
-    text.lines()
-        .find_map(|l| l.strip_prefix("svc_ws_connects_total "))
-        .map_or(0, |n| n.trim().parse().unwrap())
-}
 
 #[tokio::test]
 async fn the_protocol_in_anonymous_mode() {

@@ -54,6 +54,17 @@ pub struct GatewayConfig {
     /// On shutdown, how long the connections get to finish the closing handshake after the
     /// close frame (1001 "server shutting down") before they are dropped. Default 5 s.
     pub shutdown_timeout: Duration,
+    /// The most rooms one user may be in at once (across their connections on this node); a
+    /// `join` beyond it gets an `error` answer. 0 sets no limit. Default 1,000.
+    pub max_rooms_per_user: usize,
+    /// Requests per second one `/ws` connection may send, on average. A request over the
+    /// rate gets an `error` answer; a connection that keeps sending at more than twice the
+    /// rate (a further [`request_burst`](Self::request_burst) of refused requests) is closed
+    /// with 1008 "rate limit exceeded". Default 500.
+    pub request_rate: f64,
+    /// Requests a connection may send at once above the rate (a reconnecting client that
+    /// joins its rooms again, or a burst written before reading any answer). Default 5,000.
+    pub request_burst: u32,
 }
 
 impl Default for GatewayConfig {
@@ -67,6 +78,9 @@ impl Default for GatewayConfig {
             admin_scope: "admin".to_owned(),
             metrics: true,
             shutdown_timeout: Duration::from_secs(5),
+            max_rooms_per_user: 1_000,
+            request_rate: 500.0,
+            request_burst: 5_000,
         }
     }
 }
@@ -83,6 +97,9 @@ impl GatewayConfig {
     /// | `WS_GATEWAY_ANONYMOUS` | unset (see [`anonymous`](Self::anonymous)) | `true` or `false` (also `1/0/yes/no/on/off`, any case): accept connections without credentials |
     /// | `WS_GATEWAY_BROADCAST_SCOPE` | `broadcast` | The scope `broadcast` needs |
     /// | `WS_GATEWAY_ADMIN_SCOPE` | `admin` | The scope a JWT needs for `POST /api/publish` |
+    /// | `WS_GATEWAY_MAX_ROOMS_PER_USER` | `1000` | Rooms one user may be in; `0` = no limit ([`max_rooms_per_user`](Self::max_rooms_per_user)) |
+    /// | `WS_GATEWAY_REQUEST_RATE` | `500` | Requests per second per connection ([`request_rate`](Self::request_rate)) |
+    /// | `WS_GATEWAY_REQUEST_BURST` | `5000` | Requests at once above the rate ([`request_burst`](Self::request_burst)) |
     ///
     /// Empty values count as unset. The address to listen on is not here: the caller binds
     /// the listener it hands to [`Gateway::serve`](super::Gateway::serve) (`svc-ws serve`
@@ -136,6 +153,32 @@ impl GatewayConfig {
         if let Some(scope) = get("WS_GATEWAY_ADMIN_SCOPE") {
             config.admin_scope = scope.to_owned();
         }
+        let number = |name: &'static str, expected: &'static str| {
+            get(name)
+                .map(|raw| {
+                    raw.replace('_', "")
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|v| v.is_finite() && *v >= 0.0)
+                        .ok_or_else(|| GatewayError::Invalid(ConfigError::new(name, raw, expected)))
+                })
+                .transpose()
+        };
+        const COUNT: &str = "an integer ≥ 0 (0 = no limit)";
+        if let Some(v) = number("WS_GATEWAY_MAX_ROOMS_PER_USER", COUNT)? {
+            config.max_rooms_per_user = whole(v, "WS_GATEWAY_MAX_ROOMS_PER_USER", COUNT)?;
+        }
+        if let Some(v) = number(
+            "WS_GATEWAY_REQUEST_RATE",
+            "a number > 0 (requests per second)",
+        )? {
+            config.request_rate = v;
+        }
+        const BURST: &str = "an integer ≥ 1";
+        if let Some(v) = number("WS_GATEWAY_REQUEST_BURST", BURST)? {
+            config.request_burst = whole(v, "WS_GATEWAY_REQUEST_BURST", BURST)?;
+        }
+        config.validate_as_env()?;
         Ok(config)
     }
 
@@ -145,6 +188,25 @@ impl GatewayConfig {
     /// The WebSocket and auth settings must pass their own `validate`, the scopes must not be
     /// empty and the shutdown timeout must not be zero.
     pub fn validate(&self) -> Result<(), GatewayError> {
+        self.check(|field| field.to_owned())
+    }
+
+    fn validate_as_env(&self) -> Result<(), GatewayError> {
+        self.check(|field| format!("WS_GATEWAY_{}", field.to_ascii_uppercase()))
+    }
+
+    fn check(&self, name: impl Fn(&str) -> String) -> Result<(), GatewayError> {
+        if !(self.request_rate.is_finite() && self.request_rate > 0.0) {
+            return Err(ConfigError::new(
+                &name("request_rate"),
+                self.request_rate,
+                "a number > 0 (requests per second)",
+            )
+            .into());
+        }
+        if self.request_burst == 0 {
+            return Err(ConfigError::new(&name("request_burst"), 0, "an integer ≥ 1").into());
+        }
         self.websocket.validate().map_err(GatewayError::WebSocket)?;
         self.auth.validate().map_err(GatewayError::Auth)?;
         for (field, scope) in [
@@ -210,11 +272,36 @@ impl GatewayConfig {
         self
     }
 
+    /// Sets [`max_rooms_per_user`](Self::max_rooms_per_user); 0 = no limit.
+    pub fn with_max_rooms_per_user(mut self, rooms: usize) -> Self {
+        self.max_rooms_per_user = rooms;
+        self
+    }
+
+    /// Sets [`request_rate`](Self::request_rate) (per second) and
+    /// [`request_burst`](Self::request_burst).
+    pub fn with_request_rate(mut self, per_second: f64, burst: u32) -> Self {
+        self.request_rate = per_second;
+        self.request_burst = burst;
+        self
+    }
+
     /// Sets [`shutdown_timeout`](Self::shutdown_timeout).
     pub fn with_shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
         self
     }
+}
+
+/// `v` as a whole number of type `T`, or the error that names `name`.
+fn whole<T: TryFrom<u64>>(v: f64, name: &str, expected: &str) -> Result<T, GatewayError> {
+    if v.fract() == 0.0
+        && v <= u64::MAX as f64
+        && let Ok(n) = T::try_from(v as u64)
+    {
+        return Ok(n);
+    }
+    Err(ConfigError::new(name, v, expected).into())
 }
 
 fn parse_bool(raw: &str) -> Option<bool> {
@@ -238,6 +325,9 @@ mod tests {
         assert_eq!(c.admin_scope, "admin");
         assert!(c.metrics);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(c.max_rooms_per_user, 1000);
+        assert_eq!(c.request_rate, 500.0);
+        assert_eq!(c.request_burst, 5000);
         assert!(c.allows_anonymous(), "no key, not production");
         c.validate().unwrap();
     }
@@ -254,8 +344,14 @@ mod tests {
             ("WS_GATEWAY_ANONYMOUS", "TRUE"),
             ("WS_GATEWAY_BROADCAST_SCOPE", "announce"),
             ("WS_GATEWAY_ADMIN_SCOPE", " ops "),
+            ("WS_GATEWAY_MAX_ROOMS_PER_USER", "50"),
+            ("WS_GATEWAY_REQUEST_RATE", "2.5"),
+            ("WS_GATEWAY_REQUEST_BURST", "1_000"),
         ])
         .unwrap();
+        assert_eq!(c.max_rooms_per_user, 50);
+        assert_eq!(c.request_rate, 2.5);
+        assert_eq!(c.request_burst, 1000);
         assert_eq!(c.websocket.max_queue_size, 7);
         assert!(c.auth.has_jwt_keys());
         assert_eq!(c.redis_url.as_deref(), Some("redis://127.0.0.1:1"));
@@ -289,6 +385,16 @@ mod tests {
             e.to_string(),
             r#"invalid WS_GATEWAY_ANONYMOUS="maybe": expected true or false"#
         );
+        for (name, bad) in [
+            ("WS_GATEWAY_MAX_ROOMS_PER_USER", "-1"),
+            ("WS_GATEWAY_MAX_ROOMS_PER_USER", "1.5"),
+            ("WS_GATEWAY_REQUEST_RATE", "0"),
+            ("WS_GATEWAY_REQUEST_RATE", "fast"),
+            ("WS_GATEWAY_REQUEST_BURST", "0"),
+        ] {
+            let e = GatewayConfig::from_vars([(name, bad)]).unwrap_err();
+            assert!(e.to_string().starts_with(&format!("invalid {name}")), "{e}");
+        }
         let e = GatewayConfig::from_vars([("WS_PING_TIMEOUT", "-1")]).unwrap_err();
         assert!(matches!(e, GatewayError::WebSocket(_)), "{e:?}");
         let e = GatewayConfig::from_vars([("AUTH_JWT__LEEWAY", "x")]).unwrap_err();

@@ -83,6 +83,7 @@ mod config;
 mod error;
 mod http;
 mod protocol;
+mod rate;
 
 pub use config::GatewayConfig;
 pub use error::GatewayError;
@@ -112,6 +113,8 @@ struct Inner {
     backplane: bool,
     metrics: Option<PrometheusHandle>,
     shutdown_timeout: std::time::Duration,
+    max_rooms_per_user: usize,
+    rate: rate::Rate,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -159,6 +162,11 @@ impl Gateway {
                 backplane: config.redis_url.is_some(),
                 metrics,
                 shutdown_timeout: config.shutdown_timeout,
+                max_rooms_per_user: config.max_rooms_per_user,
+                rate: rate::Rate {
+                    per_second: config.request_rate,
+                    burst: f64::from(config.request_burst),
+                },
             }),
         })
     }
@@ -186,7 +194,9 @@ impl Gateway {
         add_websocket_manager_with(routes, self.inner.manager.clone())
     }
 
-    /// Serves [`router`](Self::router) on `listener` until `shutdown` completes, then closes
+    /// Serves [`router`](Self::router) on `listener` (with [`serve`](crate::websocket::serve):
+    /// a connection that does not complete its request within `WS_HANDSHAKE_TIMEOUT` is
+    /// closed) until `shutdown` completes, then closes
     /// every connection with 1001 "server shutting down" (after what is already queued for
     /// it), waits up to [`shutdown_timeout`](GatewayConfig::shutdown_timeout) for the closing
     /// handshakes, and returns once the HTTP connections are done.
@@ -199,7 +209,9 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), GatewayError> {
         let app = self.router();
-        axum::serve(listener, app)
+        let config = self.inner.manager.config().clone();
+        crate::websocket::serve(listener, app)
+            .config(&config)
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 self.shutdown().await;

@@ -7,8 +7,12 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::time::Instant;
 
-use super::Gateway;
+use super::{
+    Gateway,
+    rate::{Limiter, Verdict},
+};
 use crate::{
     auth::OptionalWsIdentity,
     websocket::{Connection, WebSocketError, WebSocketMessage, WsUpgrade},
@@ -41,19 +45,20 @@ pub(super) async fn ws(
         }
     };
     let can_broadcast = scopes.iter().any(|s| *s == gw.inner.broadcast_scope);
-    ws.on_upgrade(move |socket| async move {
-        let Ok(conn) = gw.inner.manager.connect(&user, socket).await else {
-            return;
-        };
-        Session {
-            gw,
-            user,
-            can_broadcast,
-        }
-        .run(conn)
-        .await;
-    })
-    .into_response()
+    ws.for_user(user.clone())
+        .on_upgrade(move |socket| async move {
+            let Ok(conn) = gw.inner.manager.connect(&user, socket).await else {
+                return;
+            };
+            Session {
+                gw,
+                user,
+                can_broadcast,
+            }
+            .run(conn)
+            .await;
+        })
+        .into_response()
 }
 
 /// One request of the `/ws` protocol (docs/protocol.md).
@@ -108,23 +113,46 @@ struct Session {
 }
 
 impl Session {
-    /// Answers requests until the connection ends or its queue refuses an answer.
+    /// Answers requests until the connection ends. An answer waits for room in the
+    /// connection's queue (`Connection::reply`), so a client that sends faster than it reads
+    /// is slowed down by TCP rather than disconnected; a client over the request rate gets
+    /// `error` answers, and one far over it is closed with 1008.
     async fn run(self, mut conn: Connection) {
+        let rate = self.gw.inner.rate;
+        let mut limiter = Limiter::new(rate, Instant::now());
         while let Some(received) = conn.recv().await {
             let Ok(message) = received else { break };
-            let Some(reply) = self.handle(&message).await else {
+            let reply = match limiter.check(rate, Instant::now()) {
+                Verdict::Allow => self.handle(&message).await,
+                Verdict::Refuse => {
+                    metrics::counter!("svc_ws_gateway_rate_limited_total").increment(1);
+                    Some(error(
+                        request_id(&message),
+                        &format!(
+                            "rate limit exceeded: at most {} requests per second",
+                            rate.per_second
+                        ),
+                    ))
+                }
+                Verdict::Close => {
+                    metrics::counter!("svc_ws_gateway_rate_limit_closes_total").increment(1);
+                    tracing::debug!(user = %self.user, "closing a connection far over the request rate");
+                    conn.close(1008, "rate limit exceeded").await;
+                    return;
+                }
+            };
+            let Some(reply) = reply else {
                 continue;
             };
-            let sent = match conn.send(reply.to_string()) {
-                // An answer too large to send (an echo near the limit) becomes an error
-                // answer; the connection stays open.
-                Err(e @ WebSocketError::MessageTooLarge { .. }) => {
-                    conn.send(error(reply.get("id").cloned(), &e.to_string()).to_string())
-                }
-                other => other,
-            };
-            if sent.is_err() {
-                break;
+            // An answer too large to send (an echo near the limit) becomes an error answer;
+            // the connection stays open. If the connection is closing, the next `recv`
+            // finishes the close and ends the loop.
+            if let Err(e @ WebSocketError::MessageTooLarge { .. }) =
+                conn.reply(reply.to_string()).await
+            {
+                let _ = conn
+                    .reply(error(reply.get("id").cloned(), &e.to_string()).to_string())
+                    .await;
             }
         }
     }
@@ -149,6 +177,17 @@ impl Session {
             Request::Join { room, id } => {
                 if let Err(why) = check_name("room", &room) {
                     return Some(error(id, &why));
+                }
+                let limit = self.gw.inner.max_rooms_per_user;
+                if limit != 0 {
+                    let (rooms, member) = m.rooms_of(user, &room);
+                    if rooms >= limit && !member {
+                        metrics::counter!("svc_ws_gateway_room_limit_total").increment(1);
+                        return Some(error(
+                            id,
+                            &format!("room limit reached: a user may be in {limit} rooms"),
+                        ));
+                    }
                 }
                 m.join_room(user, &room).await;
                 id.map(ack)
@@ -193,6 +232,16 @@ impl Session {
             }
         }
     }
+}
+
+/// The `id` of a request that is not handled, if it has one.
+fn request_id(message: &WebSocketMessage) -> Option<Value> {
+    #[derive(Deserialize)]
+    struct Id {
+        id: Option<Value>,
+    }
+    let text = message.as_text()?;
+    serde_json::from_str::<Id>(text).ok()?.id
 }
 
 fn check_name(what: &str, name: &str) -> Result<(), String> {

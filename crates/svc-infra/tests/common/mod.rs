@@ -8,7 +8,8 @@
 //!   `WebSocketUpgrade`, independent of our server side);
 //! - [`raw`]: raw TCP peers and frames (built and read with `svc_infra::websocket::protocol`);
 //! - [`auth`] (feature `auth`): tokens, keys and the auth test app;
-//! - [`redis`] (feature `redis`): a private `redis-server` on a free port.
+//! - [`redis`] (feature `redis`): a private `redis-server` on a free port;
+//! - [`gateway`] (feature `gateway`): the gateway served in process, and its requests.
 #![allow(dead_code, unreachable_pub, missing_docs)] // each test file uses a different part
 
 use std::{future::Future, time::Duration};
@@ -16,6 +17,8 @@ use std::{future::Future, time::Duration};
 #[cfg(feature = "auth")]
 pub mod auth;
 pub mod client_server;
+#[cfg(feature = "gateway")]
+pub mod gateway;
 pub mod raw;
 #[cfg(feature = "redis")]
 pub mod redis;
