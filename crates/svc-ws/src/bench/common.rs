@@ -105,6 +105,24 @@ impl Target {
             .with_context(|| format!("connect to {url}"))
     }
 
+    /// A plain TCP connection to the server, bounded by the connect timeout.
+    pub(crate) async fn tcp(&self) -> anyhow::Result<TcpStream> {
+        let addr = (self.host.as_str(), self.port);
+        timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| anyhow!("TCP connect timed out after {:?}", self.connect_timeout))?
+            .with_context(|| format!("TCP connect to {}:{}", self.host, self.port))
+    }
+
+    /// The HTTP upgrade request for `path` (a fixed key, as RFC 6455 §1.3's example).
+    pub(crate) fn upgrade_request(&self, path: &str) -> String {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {}:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            self.host, self.port
+        )
+    }
+
     /// Opens a [`RawWs`] (a subscriber's lean reader) to `path`, bounded by the connect timeout.
     pub(crate) async fn connect_raw(&self, path: &str) -> anyhow::Result<RawWs> {
         RawWs::connect(

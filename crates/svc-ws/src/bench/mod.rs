@@ -11,13 +11,15 @@
 //!
 //! Workloads: `echo` (round-trip rate and RTT percentiles), `fanout` (paced broadcasts to N
 //! subscribers: delivery latency, missing and duplicate deliveries) and `idle` (hold N
-//! connections; with `--server-pid`, the server's RSS growth per connection). Each prints
+//! connections; with `--server-pid`, the server's RSS growth per connection) and `hostile`
+//! (stalled handshakes, frames announced and never sent, a request flood). Each prints
 //! human-readable lines and, with `--json`, one final JSON line with every figure. Every await
 //! on the network has a timeout; a failed connection makes the run exit non-zero.
 
 mod common;
 mod echo;
 mod fanout;
+mod hostile;
 mod idle;
 mod raw;
 
@@ -36,6 +38,8 @@ enum Workload {
     Fanout(fanout::Args),
     /// Open and hold N idle connections (optionally reading the server's RSS).
     Idle(idle::Args),
+    /// Hostile clients: stalled handshakes, announced-but-unsent frames, a request flood.
+    Hostile(hostile::Args),
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
@@ -43,6 +47,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         Workload::Echo(args) => echo::run(args).await,
         Workload::Fanout(args) => fanout::run(args).await,
         Workload::Idle(args) => idle::run(args).await,
+        Workload::Hostile(args) => hostile::run(args).await,
     }
 }
 
