@@ -192,7 +192,14 @@ fn split_upgraded(upgraded: hyper::upgrade::Upgraded) -> (BoxRead, BoxWrite, Byt
             let tcp = parts.io.into_inner();
             let _ = tcp.set_nodelay(true);
             let (r, w) = tcp.into_split();
-            (Box::new(r), Box::new(w), parts.read_buf)
+            // Bytes the client sent after its request: copied, so that they do not keep
+            // hyper's whole read buffer alive for the life of the connection.
+            let early = if parts.read_buf.is_empty() {
+                Bytes::new()
+            } else {
+                Bytes::copy_from_slice(&parts.read_buf)
+            };
+            (Box::new(r), Box::new(w), early)
         }
         Err(upgraded) => {
             let (r, w) = tokio::io::split(TokioIo::new(upgraded));
