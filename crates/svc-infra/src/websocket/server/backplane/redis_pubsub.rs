@@ -14,16 +14,31 @@ use tokio::sync::{Notify, mpsc, watch};
 use super::{Backplane, BackplaneStatus, Envelope, Inbox, Interest, Presence, Topic};
 use crate::websocket::{WebSocketError, backoff::Backoff};
 
-/// How long one Redis operation (connect, subscribe, publish, ping) may take.
-const OP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long any request to Redis may take: connecting (TCP, then the handshake's round trip),
+/// a subscribe, a pipeline of publishes, a ping. A Redis that is stopped but not dead
+/// completes TCP handshakes (the kernel does) and then answers nothing, so this is what
+/// bounds every step against a hung Redis.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// Both connections are pinged this often, whatever else flows on them: a pub/sub connection
+/// that receives nothing may be idle or hung, and only an answer tells which.
+const PING_EVERY: Duration = Duration::from_secs(1);
 /// Publishes waiting for the Redis task beyond this many are dropped (and counted).
 const QUEUE: usize = 16 * 1024;
 /// At most this many waiting publishes go to Redis in one pipeline.
 const PIPELINE: u64 = 512;
-/// A connection that has been quiet this long is pinged.
-const PING_EVERY: Duration = Duration::from_secs(5);
-/// Reconnect delays: 100 ms doubling to 5 s, ±20%.
-const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5), 0.2);
+/// At most this many channels per SUBSCRIBE or UNSUBSCRIBE, so that each such request of a
+/// node with many users (all at once after a reconnect) stays well within the timeout.
+const SUBSCRIBE_BATCH: usize = 1024;
+/// Delays between connection attempts: 100 ms doubling to 500 ms, ±50%. The cap is low so
+/// that a node is back within a second of Redis, however long Redis was away (a longer
+/// cap would make a long outage cost more after its end); the wide jitter spreads the
+/// attempts of a whole cluster, so that they neither arrive together at a Redis that comes
+/// back nor stay in step while it is away (a thousand nodes are some 2,000 connection
+/// attempts a second, which a Redis and its host absorb).
+const RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(500), 0.5);
+/// While Redis stays away, one failed attempt in this many is logged as a warning (one every
+/// minute or two); the others at debug level.
+const WARN_EVERY: u32 = 100;
 
 /// A [`Backplane`] over Redis pub/sub (feature `redis`).
 ///
@@ -34,11 +49,25 @@ const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from
 /// every node reads.
 ///
 /// Redis going away never stops local delivery: the node keeps serving its own
-/// connections, sends meant for other nodes meanwhile are dropped and counted
-/// (`svc_ws_backplane_dropped_total`), and the backplane reconnects with exponential
-/// backoff (100 ms doubling to 5 s, ±20% jitter), subscribes again to everything its node
-/// needs, and reports [`BackplaneStatus::Connected`] once it has. Every Redis operation
-/// has a timeout of 3 s; a connection that stops answering is treated as lost.
+/// connections, nothing on the send path waits for Redis, and sends meant for other nodes
+/// meanwhile are dropped and counted (`svc_ws_backplane_dropped_total`).
+///
+/// - **Detection.** Redis that dies closes the connections, which is noticed at once. Redis
+///   that hangs (stopped, overloaded, a network that drops everything) leaves them open:
+///   both connections, the pub/sub one included, are pinged every second whatever else
+///   flows on them, and every request (connect, subscribe, a pipeline of publishes, ping)
+///   must be answered within 1 s. So a hang is noticed within **2 s**, and
+///   [`status`](Backplane::status) says [`BackplaneStatus::Disconnected`] from then on.
+/// - **Resumption.** While disconnected, the backplane tries to connect again after
+///   100 ms, then doubling to at most 500 ms between attempts, ±50% jitter (so at most
+///   750 ms, however long the outage; the jitter keeps a cluster's nodes from moving in
+///   step). An attempt in flight against a hung Redis waits in its socket and is answered as
+///   soon as Redis runs again; one that is lost (its connection did not fit in a stopped
+///   Redis's full accept queue) gives up after 1 s. So cross-node delivery resumes within
+///   **750 ms of Redis answering again, plus the connect and subscribe round trips**
+///   (1.75 s plus those if the attempt in flight was lost), whatever the outage's length.
+///   The backplane subscribes again to everything its node needs and reports
+///   [`BackplaneStatus::Connected`] once it has.
 pub struct RedisBackplane {
     shared: Arc<Shared>,
     publish: mpsc::Sender<(String, Bytes)>,
@@ -208,22 +237,30 @@ impl Drop for RedisBackplane {
 }
 
 /// Owns the Redis connections for the backplane's whole life: connect, subscribe, relay,
-/// and on any failure start over after a backoff.
+/// and on any failure start over after a short delay (see [`RETRY`]).
 async fn run(shared: Arc<Shared>, mut publish: mpsc::Receiver<(String, Bytes)>) {
+    // Failed attempts since the backplane was last connected.
     let mut failures: u32 = 0;
     loop {
         let lost = match session(&shared, &mut publish).await {
             Ok(()) => return, // the backplane was dropped
             Err(e) => e,
         };
-        if *shared.connected.borrow() {
+        if shared.connected.send_replace(false) {
             failures = 0; // it was connected: the first retry after a loss waits the base delay
+            metrics::gauge!("svc_ws_backplane_connected").set(0.0);
+            tracing::warn!(
+                error = %lost,
+                "Redis backplane disconnected: local delivery goes on, sends to other nodes \
+                 are dropped until it is back"
+            );
+        } else if failures.is_multiple_of(WARN_EVERY) {
+            tracing::warn!(error = %lost, failures, "Redis backplane still disconnected");
+        } else {
+            tracing::debug!(error = %lost, failures, "Redis backplane still disconnected");
         }
-        shared.connected.send_replace(false);
-        metrics::gauge!("svc_ws_backplane_connected").set(0.0);
-        let delay = BACKOFF.jittered(failures);
+        let delay = RETRY.jittered(failures);
         failures = failures.saturating_add(1);
-        tracing::warn!(error = %lost, retry_in = ?delay, "Redis backplane disconnected");
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
         loop {
@@ -247,26 +284,34 @@ async fn session(
     shared: &Arc<Shared>,
     publish: &mut mpsc::Receiver<(String, Bytes)>,
 ) -> Result<(), String> {
-    let timed = |what: &'static str| move |_| format!("{what} timed out after {OP_TIMEOUT:?}");
-    let mut conn =
-        tokio::time::timeout(OP_TIMEOUT, shared.client.get_multiplexed_async_connection())
-            .await
-            .map_err(timed("connect"))?
-            .map_err(|e| format!("connect: {e}"))?;
-    let (mut sink, mut messages) =
-        tokio::time::timeout(OP_TIMEOUT, shared.client.get_async_pubsub())
-            .await
-            .map_err(timed("connect (pub/sub)"))?
-            .map_err(|e| format!("connect (pub/sub): {e}"))?
-            .split();
+    let timed = |what: &'static str| move |_| format!("{what} timed out after {REQUEST_TIMEOUT:?}");
+    // Every request below has a timeout of its own; the crate's (500 ms on requests, 1 s on
+    // connecting by default) would be a second, hidden set.
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(None)
+        .set_response_timeout(None);
+    let (conn, pubsub) = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        tokio::join!(
+            shared
+                .client
+                .get_multiplexed_async_connection_with_config(&config),
+            shared.client.get_async_pubsub(),
+        )
+    })
+    .await
+    .map_err(timed("connect"))?;
+    let mut conn = conn.map_err(|e| format!("connect: {e}"))?;
+    let (mut sink, mut messages) = pubsub
+        .map_err(|e| format!("connect (pub/sub): {e}"))?
+        .split();
     let presence = presence_channel(&shared.prefix);
     let mut subscribed = HashSet::new();
     sync(shared, &mut sink, &mut subscribed).await?;
     shared.connected.send_replace(true);
     metrics::gauge!("svc_ws_backplane_connected").set(1.0);
     tracing::info!(channels = subscribed.len(), "Redis backplane connected");
-    let mut ping = tokio::time::interval(PING_EVERY);
-    ping.tick().await;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             sent = publish.recv() => {
@@ -280,13 +325,13 @@ async fn session(
                     n += 1;
                     next = if n < PIPELINE { publish.try_recv().ok() } else { None };
                 }
-                let published: Result<(), _> =
-                    tokio::time::timeout(OP_TIMEOUT, pipe.query_async(&mut conn))
-                        .await
-                        .map_err(timed("publish"))?;
+                let published = tokio::time::timeout(REQUEST_TIMEOUT, pipe.query_async::<()>(&mut conn))
+                    .await
+                    .map_err(timed("publish"))
+                    .and_then(|r| r.map_err(|e| format!("publish: {e}")));
                 if let Err(e) = published {
                     metrics::counter!("svc_ws_backplane_dropped_total").increment(n);
-                    return Err(format!("publish: {e}"));
+                    return Err(e);
                 }
                 metrics::counter!("svc_ws_backplane_published_total").increment(n);
             }
@@ -315,10 +360,26 @@ async fn session(
                 }
             }
             _ = ping.tick() => {
-                let pong: Result<String, _> = tokio::time::timeout(OP_TIMEOUT, redis::cmd("PING").query_async(&mut conn))
+                // Both at once: the pub/sub connection, which may legitimately receive
+                // nothing for a long time, and the one that publishes.
+                let pings = async {
+                    tokio::try_join!(
+                        async {
+                            redis::cmd("PING")
+                                .query_async::<()>(&mut conn)
+                                .await
+                                .map_err(|e| format!("ping: {e}"))
+                        },
+                        async {
+                            sink.ping::<()>()
+                                .await
+                                .map_err(|e| format!("ping (pub/sub): {e}"))
+                        },
+                    )
+                };
+                tokio::time::timeout(REQUEST_TIMEOUT, pings)
                     .await
-                    .map_err(timed("ping"))?;
-                pong.map_err(|e| format!("ping: {e}"))?;
+                    .map_err(timed("ping"))??;
             }
         }
     }
@@ -339,16 +400,16 @@ async fn sync(
         .collect();
     let add: Vec<&String> = wanted.difference(subscribed).collect();
     let remove: Vec<&String> = subscribed.difference(&wanted).collect();
-    if !add.is_empty() {
-        tokio::time::timeout(OP_TIMEOUT, sink.subscribe(&add))
+    for batch in add.chunks(SUBSCRIBE_BATCH) {
+        tokio::time::timeout(REQUEST_TIMEOUT, sink.subscribe(batch))
             .await
-            .map_err(|_| "subscribe timed out".to_owned())?
+            .map_err(|_| format!("subscribe timed out after {REQUEST_TIMEOUT:?}"))?
             .map_err(|e| format!("subscribe: {e}"))?;
     }
-    if !remove.is_empty() {
-        tokio::time::timeout(OP_TIMEOUT, sink.unsubscribe(&remove))
+    for batch in remove.chunks(SUBSCRIBE_BATCH) {
+        tokio::time::timeout(REQUEST_TIMEOUT, sink.unsubscribe(batch))
             .await
-            .map_err(|_| "unsubscribe timed out".to_owned())?
+            .map_err(|_| format!("unsubscribe timed out after {REQUEST_TIMEOUT:?}"))?
             .map_err(|e| format!("unsubscribe: {e}"))?;
     }
     *subscribed = wanted;
@@ -358,6 +419,23 @@ async fn sync(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bounds the docs promise follow from the constants.
+    #[test]
+    fn detection_and_resumption_bounds() {
+        // A Redis that stops answering is noticed this long after at the latest.
+        const DETECTION: Duration = Duration::from_secs(2);
+        // A hang: the next ping starts within PING_EVERY unless a request is in flight, and
+        // whichever request is the first unanswered fails REQUEST_TIMEOUT after it started.
+        assert!(PING_EVERY + REQUEST_TIMEOUT <= DETECTION);
+        // Resumption: at most 750 ms between attempts, however many have failed.
+        for n in [0, 3, 10, 1_000, u32::MAX] {
+            for _ in 0..100 {
+                assert!(RETRY.jittered(n) <= Duration::from_millis(750));
+            }
+        }
+        assert!(RETRY.jittered(0) <= Duration::from_millis(150));
+    }
 
     #[test]
     fn a_bad_url_is_named_as_the_argument_and_credentials_stay_hidden() {
