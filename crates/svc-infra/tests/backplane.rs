@@ -7,7 +7,11 @@ mod common;
 use std::{net::SocketAddr, time::Duration};
 
 use axum::{Router, extract::Path, response::Response, routing::get};
-use common::{QUIET, eventually, redis::RedisServer, server::*};
+use common::{
+    QUIET, eventually,
+    redis::{PubSubFreezer, RedisServer},
+    server::*,
+};
 use svc_infra::websocket::{
     ConnectionManager, WebSocketConfig, WsManager, WsUpgrade, add_websocket_manager_with,
     backplane::{Backplane, BackplaneStatus, InMemoryBackplane, RedisBackplane},
@@ -261,4 +265,172 @@ async fn redis_going_away_keeps_local_delivery_and_recovers() {
     for ws in [&mut alice, &mut bob, &mut carol] {
         assert_silent(ws, QUIET).await;
     }
+}
+
+/// How long a node may take to notice a Redis that hangs (`RedisBackplane`'s detection
+/// bound, see its docs), plus slack for a loaded test machine.
+const DETECTION: Duration = Duration::from_millis(2_500);
+/// How soon after Redis answers again cross-node delivery must be back.
+const RESUMPTION: Duration = Duration::from_secs(2);
+/// How long each local delivery may take while Redis hangs.
+const LOCAL: Duration = Duration::from_millis(100);
+
+/// The next text message within `limit`, or `None`.
+async fn text_within(ws: &mut common::server::Client, limit: Duration) -> Option<String> {
+    tokio::time::timeout(limit, next_text(ws)).await.ok()
+}
+
+/// Broadcasts a probe from `from` every 50 ms until every client in `to` has received one,
+/// and fails the test unless that takes at most [`RESUMPTION`] (other messages fail it too).
+async fn cross_node_resumes(from: &ConnectionManager, to: &mut [&mut common::server::Client]) {
+    let started = tokio::time::Instant::now();
+    for (i, ws) in to.iter_mut().enumerate() {
+        let mut n = 0u32;
+        loop {
+            assert!(
+                started.elapsed() <= RESUMPTION + Duration::from_secs(1),
+                "client {i}: no cross-node delivery after {:?}",
+                started.elapsed()
+            );
+            from.broadcast(format!("probe {n}")).await.unwrap();
+            n += 1;
+            if let Some(text) = text_within(ws, Duration::from_millis(50)).await {
+                assert!(text.starts_with("probe "), "client {i} got {text:?}");
+                break;
+            }
+        }
+    }
+    let took = started.elapsed();
+    eprintln!("cross-node delivery resumed after {took:?}");
+    assert!(took <= RESUMPTION, "resumed after {took:?}");
+}
+
+/// A Redis that hangs (`SIGSTOP`: connections open, nothing answers) for 5 s: every node
+/// keeps delivering to its own connections at once, notices the hang within the detection
+/// bound (a node that publishes all the time, one that only sends to its own user, and a
+/// quiet one), and after `SIGCONT` cross-node delivery is back within 2 s.
+#[tokio::test]
+async fn redis_hanging_keeps_local_delivery_and_recovers_within_2_s() {
+    common::init_tracing();
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let (a, addr_a) = redis_node(&redis).await;
+    let (b, addr_b) = redis_node(&redis).await;
+    // A quiet node: no presence heartbeat to publish while the test runs.
+    let c = ConnectionManager::builder(WebSocketConfig::default())
+        .backplane(RedisBackplane::new(&redis.url()).unwrap())
+        .presence_heartbeat(Duration::from_secs(3600))
+        .build();
+    let app = add_websocket_manager_with(Router::new().route("/ws/{user}", get(ws)), c.clone());
+    let addr_c = serve(app).await;
+    let mut alice = connect(addr_a, "/ws/alice").await;
+    let mut bob = connect(addr_b, "/ws/bob").await;
+    let mut carol = connect(addr_c, "/ws/carol").await;
+    connected(&a, 1).await;
+    connected(&b, 1).await;
+    connected(&c, 1).await;
+    redis.subscribers(&["all"], 3).await;
+    redis
+        .subscribers(&["user:alice", "user:bob", "user:carol"], 1)
+        .await;
+    assert_eq!(a.broadcast("before").await.unwrap(), 1);
+    for ws in [&mut alice, &mut bob, &mut carol] {
+        assert_eq!(next_text(ws).await, "before");
+    }
+
+    const HANG: Duration = Duration::from_secs(5);
+    redis.stop();
+    let stopped = tokio::time::Instant::now();
+    assert!(
+        !redis.answers_within(Duration::from_millis(200)).await,
+        "redis-server still answers: it was not stopped"
+    );
+    // While it hangs: a broadcasts and b sends to its own user every 10 ms; each send
+    // returns and arrives within LOCAL, and each node notices within DETECTION.
+    let mut noticed: [Option<Duration>; 3] = [None; 3];
+    let mut sent = 0u32;
+    while stopped.elapsed() < HANG {
+        let t = tokio::time::Instant::now();
+        assert_eq!(a.broadcast(format!("a {sent}")).await.unwrap(), 1);
+        assert_eq!(b.send_to_user("bob", format!("b {sent}")).await.unwrap(), 1);
+        assert_eq!(
+            text_within(&mut alice, LOCAL).await.as_deref(),
+            Some(format!("a {sent}").as_str()),
+            "a local broadcast during the hang"
+        );
+        assert_eq!(
+            text_within(&mut bob, LOCAL).await.as_deref(),
+            Some(format!("b {sent}").as_str()),
+            "a local send during the hang"
+        );
+        assert!(
+            t.elapsed() <= LOCAL,
+            "two local sends took {:?}",
+            t.elapsed()
+        );
+        for (seen, m) in noticed.iter_mut().zip([&a, &b, &c]) {
+            if seen.is_none() && m.backplane_status() == Some(BackplaneStatus::Disconnected) {
+                *seen = Some(stopped.elapsed());
+            }
+        }
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("{sent} local sends per node during the hang; noticed after {noticed:?}");
+    for (node, seen) in ["a (publishing)", "b (local sends)", "c (quiet)"]
+        .iter()
+        .zip(noticed)
+    {
+        let seen = seen.unwrap_or_else(|| panic!("{node} never noticed the hang"));
+        assert!(seen <= DETECTION, "{node} noticed the hang after {seen:?}");
+    }
+    assert!(
+        !redis.answers_within(Duration::from_millis(100)).await,
+        "redis-server answered during the hang"
+    );
+    assert_silent(&mut carol, Duration::from_millis(10)).await;
+
+    redis.resume();
+    cross_node_resumes(&a, &mut [&mut bob, &mut carol]).await;
+    for m in [&a, &b, &c] {
+        status_is(m, BackplaneStatus::Connected).await;
+    }
+    // Nothing sent during the hang arrives late (only more probes), and c reaches a.
+    for ws in [&mut alice, &mut bob, &mut carol] {
+        while let Some(text) = text_within(ws, QUIET).await {
+            assert!(text.starts_with("probe "), "late: {text:?}");
+        }
+    }
+    assert_eq!(c.send_to_user("alice", "from c").await.unwrap(), 0);
+    assert_eq!(next_text(&mut alice).await, "from c");
+}
+
+/// Only the subscription connection hangs (a proxy stops passing its bytes, the connection
+/// stays open) while publishing works: the node notices through the ping on that connection
+/// within the detection bound, connects again, and receives from the other node again.
+#[tokio::test]
+async fn a_hung_subscription_connection_is_noticed_and_replaced() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let proxy = PubSubFreezer::start(&redis).await;
+    let (a, addr_a) = node(RedisBackplane::new(&proxy.url()).unwrap()).await;
+    let (b, _) = redis_node(&redis).await;
+    let mut alice = connect(addr_a, "/ws/alice").await;
+    connected(&a, 1).await;
+    redis.subscribers(&["all"], 2).await;
+    redis.subscribers(&["user:alice"], 1).await;
+    assert_eq!(b.send_to_user("alice", "before").await.unwrap(), 0);
+    assert_eq!(next_text(&mut alice).await, "before");
+
+    assert_eq!(proxy.freeze_pubsub(), 1, "a's one pub/sub connection");
+    let frozen = tokio::time::Instant::now();
+    // a keeps publishing (its heartbeat, every 100 ms) on its other connection, which works.
+    status_is(&a, BackplaneStatus::Disconnected).await;
+    let noticed = frozen.elapsed();
+    eprintln!("the hung subscription was noticed after {noticed:?}");
+    assert!(noticed <= DETECTION, "noticed after {noticed:?}");
+    cross_node_resumes(&b, &mut [&mut alice]).await;
+    status_is(&a, BackplaneStatus::Connected).await;
 }
