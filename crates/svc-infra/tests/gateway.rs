@@ -16,7 +16,7 @@ use common::{
     gateway::*,
     raw::http,
     redis::RedisServer,
-    server::{connect_from_origin, next_close},
+    server::{Client, connect_from_origin, next_close},
     within,
 };
 use futures_util::{SinkExt, StreamExt};
@@ -296,6 +296,108 @@ async fn two_gateways_on_one_redis_are_one_cluster() {
     .await;
     send(&mut alice, json!({"type": "echo", "data": "alone"})).await;
     assert_eq!(next(&mut alice).await["data"], "alone");
+}
+
+/// Redis that hangs (`SIGSTOP`: connections open, nothing answers) rather than dies: a
+/// gateway keeps answering `/health` and its own users at once, says `degraded` within the
+/// backplane's detection bound (2 s), drops and counts what it sends meanwhile to the other
+/// gateway, and after `SIGCONT` delivers across gateways again within 2 s.
+#[tokio::test]
+async fn a_gateway_is_degraded_while_redis_hangs() {
+    const PROMPT: Duration = Duration::from_millis(100);
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let config = GatewayConfig::default().with_redis_url(redis.url());
+    let a = start(config.clone()).await;
+    let b = start(config).await;
+    for gw in [&a, &b] {
+        within("backplane connected", async {
+            while get_json(gw.addr, "/health").await["status"] != "ok" {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+    }
+    let mut alice = connect(&a, "?user=alice").await;
+    let mut bob = connect(&b, "?user=bob").await;
+    // Sends from a to bob every 50 ms until one arrives; how long that took.
+    async fn reaches_bob(alice: &mut Client, bob: &mut Client, what: &str) -> Duration {
+        let started = tokio::time::Instant::now();
+        within(&format!("{what} reaches bob"), async {
+            for n in 0.. {
+                let data = format!("{what} {n}");
+                send(alice, json!({"type": "send", "to": "bob", "data": data})).await;
+                if let Ok(got) = tokio::time::timeout(Duration::from_millis(50), next(bob)).await {
+                    assert!(got["data"].as_str().unwrap().starts_with(what), "{got}");
+                    return;
+                }
+            }
+        })
+        .await;
+        started.elapsed()
+    }
+    reaches_bob(&mut alice, &mut bob, "hello").await;
+
+    redis.stop();
+    let stopped = tokio::time::Instant::now();
+    assert!(
+        !redis.answers_within(Duration::from_millis(200)).await,
+        "redis-server still answers: it was not stopped"
+    );
+    let mut degraded = None;
+    for n in 0.. {
+        let t = tokio::time::Instant::now();
+        let health = get_json(a.addr, "/health").await;
+        send(&mut alice, json!({"type": "echo", "data": n})).await;
+        assert_eq!(next(&mut alice).await["data"], n);
+        assert!(
+            t.elapsed() <= PROMPT,
+            "/health and an echo took {:?}",
+            t.elapsed()
+        );
+        if health["status"] == "degraded" {
+            assert_eq!(health["backplane"], "disconnected");
+            degraded = Some(stopped.elapsed());
+            break;
+        }
+        assert!(
+            stopped.elapsed() <= Duration::from_secs(3),
+            "never degraded: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let degraded = degraded.unwrap();
+    eprintln!("degraded {degraded:?} after Redis stopped");
+    assert!(
+        degraded <= Duration::from_millis(2_500),
+        "degraded after {degraded:?}"
+    );
+    let dropped = counter(a.addr, "svc_ws_backplane_dropped_total").await;
+    for data in ["lost 1", "lost 2"] {
+        send(
+            &mut alice,
+            json!({"type": "send", "to": "bob", "data": data}),
+        )
+        .await;
+    }
+    send(&mut alice, json!({"type": "echo", "data": "after"})).await;
+    assert_eq!(next(&mut alice).await["data"], "after");
+    let now = counter(a.addr, "svc_ws_backplane_dropped_total").await;
+    assert!(now >= dropped + 2, "dropped {dropped} then {now}");
+    assert!(
+        !redis.answers_within(Duration::from_millis(100)).await,
+        "redis-server answered during the hang"
+    );
+
+    redis.resume();
+    // The first message bob gets is a probe: what a sent during the hang is gone.
+    let took = reaches_bob(&mut alice, &mut bob, "probe").await;
+    eprintln!("cross-gateway delivery resumed {took:?} after SIGCONT");
+    assert!(took <= Duration::from_secs(2), "resumed after {took:?}");
+    for gw in [&a, &b] {
+        assert_eq!(get_json(gw.addr, "/health").await["status"], "ok");
+    }
 }
 
 /// Other services push through `POST /api/publish` with an API key or an admin JWT. The

@@ -115,9 +115,14 @@ pub fn with_secret() -> GatewayConfig {
 /// `svc_ws_connects_total` in the Prometheus text (0 before the first connect). The recorder
 /// is process-wide, so the tests of this file running beside each other all count in it.
 pub async fn connects_total(addr: SocketAddr) -> u64 {
+    counter(addr, "svc_ws_connects_total").await
+}
+
+/// A counter of the process-wide recorder, from `/metrics` (0 before its first increment).
+pub async fn counter(addr: SocketAddr, name: &str) -> u64 {
     let (status, text) = http(addr, "GET", "/metrics", "", "").await;
     assert_eq!(status, 200, "{text}");
     text.lines()
-        .find_map(|l| l.strip_prefix("svc_ws_connects_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .map_or(0, |n| n.trim().parse().unwrap())
 }
