@@ -144,7 +144,9 @@ async fn node(redis: &Redis, user: &str) -> Result<(ConnectionManager, Client), 
     let addr: SocketAddr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
     let url = format!("ws://{addr}/ws/{user}");
-    let (client, _) = timeout(STEP, tokio_tungstenite::connect_async(&url)).await??;
+    // No Nagle on the client either, as on the server: a pong must not hold back a read.
+    let connect = tokio_tungstenite::connect_async_with_config(&url, None, true);
+    let (client, _) = timeout(STEP, connect).await??;
     Ok((manager, client))
 }
 
