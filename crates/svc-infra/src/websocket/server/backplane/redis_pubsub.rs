@@ -33,8 +33,8 @@ const SUBSCRIBE_BATCH: usize = 1024;
 /// that a node is back within a second of Redis, however long Redis was away (a longer
 /// cap would make a long outage cost more after its end); the wide jitter spreads the
 /// attempts of a whole cluster, so that they neither arrive together at a Redis that comes
-/// back nor stay in step while it is away (a thousand nodes are some 2,000 connection
-/// attempts a second, which a Redis and its host absorb).
+/// back nor stay in step while it is away (against a dead Redis, a thousand nodes make some
+/// 2,000 attempts, 4,000 TCP connections, a second, which a Redis and its host absorb).
 const RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(500), 0.5);
 /// While Redis stays away, one failed attempt in this many is logged as a warning (one every
 /// minute or two); the others at debug level.
