@@ -15,6 +15,8 @@
 #
 # Parameters (environment; defaults are the issue's):
 #   WORKLOADS="idle fanout echo"   PORT=3900   SERVER_CPU=0   CLIENT_CPU=1
+#   (a fourth workload, connect, is the reconnect storm of issue 8: WORKLOADS="connect")
+#   CONNECT_N=10000  CONNECT_CONCURRENCY=200
 #   IDLE_N=10000  IDLE_HOLD_SECS=3
 #   FANOUT_N=10000  FANOUT_M=50  FANOUT_SIZE=128  FANOUT_INTERVAL_MS=20
 #   ECHO_C=50  ECHO_M=2000  ECHO_SIZE=128
@@ -38,6 +40,8 @@ WORKLOADS=${WORKLOADS:-"idle fanout echo"}
 PORT=${PORT:-3900}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
+CONNECT_N=${CONNECT_N:-10000}
+CONNECT_CONCURRENCY=${CONNECT_CONCURRENCY:-200}
 IDLE_N=${IDLE_N:-10000}
 IDLE_HOLD_SECS=${IDLE_HOLD_SECS:-3}
 FANOUT_N=${FANOUT_N:-10000}
@@ -57,7 +61,7 @@ export RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0
 NOFILE=65536
 if ! (ulimit -n "$NOFILE") 2>/dev/null; then
     hard=$(ulimit -Hn)
-    need=$(( $( printf '%s\n' "$IDLE_N" "$FANOUT_N" "$ECHO_C" | sort -n | tail -1) + 256 ))
+    need=$(( $( printf '%s\n' "$CONNECT_N" "$IDLE_N" "$FANOUT_N" "$ECHO_C" | sort -n | tail -1) + 256 ))
     if [ "$hard" != unlimited ] && [ "$hard" -lt "$need" ]; then
         echo "bench.sh: the open-file limit cannot be raised to $need (hard limit $hard)" >&2
         exit 1
@@ -167,8 +171,12 @@ for workload in $WORKLOADS; do
     echo "== $workload (load average $(cut -d' ' -f1-3 /proc/loadavg))"
     start_server
     case "$workload" in
+        connect)
+            loadgen connect -n "$CONNECT_N" --connect-concurrency "$CONNECT_CONCURRENCY" \
+                --server-pid "$SERVER_PID" || failed=1
+            ;;
         idle)
-            loadgen idle -n "$IDLE_N" --hold-secs "$IDLE_HOLD_SECS" --server-pid "$SERVER_PID" || failed=1
+            loadgen idle -n "$IDLE_N" --hold-secs "$IDLE_HOLD_SECS" --server-pid "$SERVER_PID" ${IDLE_ARGS:-} || failed=1
             ;;
         fanout)
             loadgen fanout -n "$FANOUT_N" -m "$FANOUT_M" --size "$FANOUT_SIZE" \
@@ -199,7 +207,13 @@ for w in workloads:
     except (OSError, ValueError):
         print(f"{w}: no figures")
         continue
-    if w == "idle":
+    if w == "connect":
+        h, t = r["handshake"], r["tcp_connect"]
+        print(f"connect: {r['connected']} connections, {r['connections_per_s']:.0f} connections/s, handshake "
+              f"p50 {h['p50_ms']} ms, p99 {h['p99_ms']} ms, max {h['max_ms']} ms (TCP connect p99 {t['p99_ms']} ms), "
+              f"over 1 s {r['handshakes_over_1s']}, kernel {r['kernel']}, server CPU {r['server_cpu_percent']}%, "
+              f"client CPU {r['client_cpu_percent']}%")
+    elif w == "idle":
         print(f"idle:   {r['connected']} connections, server RSS {r['server_rss_per_conn_kib']} KiB/conn "
               f"({r['server_rss_before_kib']} -> {r['server_rss_after_kib']} KiB), dropped {r['dropped']}")
     elif w == "fanout":

@@ -161,6 +161,28 @@ async fn idle_holds_connections_and_reads_the_server_rss() {
     assert!(figures["server_rss_per_conn_kib"].is_number());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_times_every_handshake() {
+    let (addr, _server) = serve(plain_axum()).await;
+    for client in [&[][..], &["--tungstenite"]] {
+        let mut args = vec!["connect", "-n", "60", "--connect-concurrency", "8"];
+        args.extend_from_slice(client);
+        let run = bench(addr, &args).await;
+        assert!(run.success);
+        let figures = run.json();
+        assert_eq!(figures["workload"], "connect");
+        assert_eq!(figures["connected"], 60);
+        assert_eq!(figures["failed"], 0);
+        assert_eq!(figures["handshake"]["count"], 60);
+        assert!(figures["stats_connections"].as_u64().expect("stats") >= 60);
+        assert!(figures["connections_per_s"].as_f64().expect("rate") > 0.0);
+        assert!(figures["kernel"].is_object());
+        // The lean client times the TCP connect on its own; tokio-tungstenite's does not.
+        let tcp = figures["tcp_connect"]["count"].as_u64().expect("tcp count");
+        assert_eq!(tcp, if client.is_empty() { 60 } else { 0 });
+    }
+}
+
 /// A server whose `/ws` connections are closed 150 ms after the upgrade, and whose `/stats`
 /// claims plenty of connections.
 fn dropping_server() -> Router {
@@ -289,7 +311,8 @@ async fn nothing_listening_is_a_failure() {
     let addr = listener.local_addr().expect("local addr");
     drop(listener);
     for workload in [
-        &["echo", "-c", "1"][..],
+        &["connect", "-n", "1"][..],
+        &["echo", "-c", "1"],
         &["fanout", "-n", "1"],
         &["idle", "-n", "1"],
     ] {

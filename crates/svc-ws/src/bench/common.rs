@@ -135,6 +135,18 @@ impl Target {
         .await
     }
 
+    /// [`connect_raw`](Self::connect_raw), also returning how long the TCP connect took.
+    pub(crate) async fn connect_raw_timed(&self, path: &str) -> anyhow::Result<(RawWs, Duration)> {
+        RawWs::connect_timed(
+            &self.host,
+            self.port,
+            path,
+            self.read_buffer,
+            self.connect_timeout,
+        )
+        .await
+    }
+
     /// `GET /stats` → the `connections` figure.
     pub(crate) async fn stats(&self) -> anyhow::Result<u64> {
         let request = format!(

@@ -9,14 +9,16 @@
 //! - `GET /stats` answers `{"connections": N}`;
 //! - `GET /echo` is a WebSocket that echoes every text and binary message.
 //!
-//! Workloads: `echo` (round-trip rate and RTT percentiles), `fanout` (paced broadcasts to N
-//! subscribers: delivery latency, missing and duplicate deliveries) and `idle` (hold N
-//! connections; with `--server-pid`, the server's RSS growth per connection) and `hostile`
-//! (stalled handshakes, frames announced and never sent, a request flood). Each prints
+//! Workloads: `connect` (a reconnect storm: handshakes per second and handshake latency),
+//! `echo` (round-trip rate and RTT percentiles), `fanout` (paced broadcasts to N subscribers:
+//! delivery latency, missing and duplicate deliveries), `idle` (hold N connections; with
+//! `--server-pid`, the server's RSS growth per connection) and `hostile` (stalled
+//! handshakes, frames announced and never sent, a request flood). Each prints
 //! human-readable lines and, with `--json`, one final JSON line with every figure. Every await
 //! on the network has a timeout; a failed connection makes the run exit non-zero.
 
 mod common;
+mod connect;
 mod echo;
 mod fanout;
 mod hostile;
@@ -32,6 +34,9 @@ pub(crate) struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum Workload {
+    /// Open N connections as fast as the server accepts them (a reconnect storm): the
+    /// handshake rate and handshake latency percentiles.
+    Connect(connect::Args),
     /// C connections × M sequential echo round trips each, all connections at once.
     Echo(echo::Args),
     /// N subscribers, one publisher sending M paced broadcasts; delivery latency and losses.
@@ -44,6 +49,7 @@ enum Workload {
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     match args.workload {
+        Workload::Connect(args) => connect::run(args).await,
         Workload::Echo(args) => echo::run(args).await,
         Workload::Fanout(args) => fanout::run(args).await,
         Workload::Idle(args) => idle::run(args).await,

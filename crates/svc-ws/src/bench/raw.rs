@@ -6,7 +6,7 @@
 //! read with the time that read returned, and answer pings and closes themselves (client
 //! frames are masked, as RFC 6455 requires).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use svc_infra::websocket::protocol::{
@@ -53,8 +53,24 @@ impl RawWs {
         buffer: usize,
         within: Duration,
     ) -> anyhow::Result<Self> {
+        Ok(Self::connect_timed(host, port, path, buffer, within)
+            .await?
+            .0)
+    }
+
+    /// [`connect`](Self::connect), also returning how long the TCP connect took (a SYN
+    /// the server's kernel dropped shows here as the 1 s retransmission delay).
+    pub(crate) async fn connect_timed(
+        host: &str,
+        port: u16,
+        path: &str,
+        buffer: usize,
+        within: Duration,
+    ) -> anyhow::Result<(Self, Duration)> {
         let attempt = async {
+            let started = Instant::now();
             let mut tcp = TcpStream::connect((host, port)).await?;
+            let tcp_connect = started.elapsed();
             tcp.set_nodelay(true)?;
             let request = format!(
                 "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n\
@@ -83,12 +99,13 @@ impl RawWs {
                     .unwrap_or_default();
                 bail!("upgrade refused: {}", String::from_utf8_lossy(line));
             }
-            anyhow::Ok(Self {
+            let ws = Self {
                 tcp,
                 buf,
                 start: header_end,
                 end,
-            })
+            };
+            anyhow::Ok((ws, tcp_connect))
         };
         timeout(within, attempt)
             .await
