@@ -114,7 +114,8 @@ async fn main() -> std::io::Result<()> {
     let manager = builder.build();
     let app = app(manager.clone());
     let addr = SocketAddr::from(([127, 0, 0, 1], port()));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    // An accept queue for a reconnect storm (tokio's `TcpListener::bind` asks for 128).
+    let listener = svc_infra::websocket::bind(addr).await?;
     eprintln!("bench_app listening on ws://{}", listener.local_addr()?);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {

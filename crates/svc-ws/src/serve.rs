@@ -49,7 +49,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     let gateway = Gateway::new(config)?;
 
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, args.port))
+    // svc_infra::websocket::bind: an accept queue of 4096, not tokio's 128 (reconnect storms).
+    let listener = svc_infra::websocket::bind(SocketAddr::new(args.host, args.port))
         .await
         .with_context(|| format!("bind {}:{}", args.host, args.port))?;
     let addr = listener.local_addr()?;

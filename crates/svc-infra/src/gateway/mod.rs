@@ -29,7 +29,7 @@
 //! #[tokio::main]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     let gateway = Gateway::new(GatewayConfig::from_env()?)?;
-//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//!     let listener = svc_infra::websocket::bind("127.0.0.1:8000").await?;
 //!     let shutdown = async {
 //!         let _ = tokio::signal::ctrl_c().await;
 //!     };
@@ -54,7 +54,7 @@
 //! let app = Router::new()
 //!     .route("/hello", get(|| async { "hello" }))
 //!     .merge(gateway.router());
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//! let listener = svc_infra::websocket::bind("127.0.0.1:8000").await?;
 //! axum::serve(listener, app)
 //!     .with_graceful_shutdown(async move {
 //!         let _ = tokio::signal::ctrl_c().await;

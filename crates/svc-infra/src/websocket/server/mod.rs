@@ -10,6 +10,7 @@ mod flush;
 mod hooks;
 mod integration;
 mod keepalive;
+mod listener;
 mod manager;
 mod message;
 mod outbound;
@@ -26,6 +27,7 @@ pub use integration::{
     ManagerNotInstalled, WsManager, add_websocket_manager, add_websocket_manager_with,
     get_ws_manager,
 };
+pub use listener::{LISTEN_BACKLOG, bind};
 pub use manager::{ConnectionManager, easy_websocket_manager};
 pub use message::{IntoMessage, Json, PreparedMessage};
 pub use outbound::SlowConsumerPolicy;
