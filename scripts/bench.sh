@@ -16,8 +16,8 @@
 # Parameters (environment; defaults are the issue's):
 #   WORKLOADS="idle fanout echo"   PORT=3900   SERVER_CPU=0   CLIENT_CPU=1
 #   (a fourth workload, connect, is the reconnect storm of issue 8: WORKLOADS="connect")
-#   CONNECT_N=10000  CONNECT_CONCURRENCY=200
-#   IDLE_N=10000  IDLE_HOLD_SECS=3
+#   CONNECT_N=10000  CONNECT_CONCURRENCY=200  CONNECT_ARGS=  (e.g. --tungstenite)
+#   IDLE_N=10000  IDLE_HOLD_SECS=3  IDLE_ARGS=  (e.g. --connect-concurrency 200)
 #   FANOUT_N=10000  FANOUT_M=50  FANOUT_SIZE=128  FANOUT_INTERVAL_MS=20
 #   ECHO_C=50  ECHO_M=2000  ECHO_SIZE=128
 #   LABEL=<server name plus args>   OUT=${CARGO_TARGET_DIR:-target}/bench
@@ -173,7 +173,7 @@ for workload in $WORKLOADS; do
     case "$workload" in
         connect)
             loadgen connect -n "$CONNECT_N" --connect-concurrency "$CONNECT_CONCURRENCY" \
-                --server-pid "$SERVER_PID" || failed=1
+                --server-pid "$SERVER_PID" ${CONNECT_ARGS:-} || failed=1
             ;;
         idle)
             loadgen idle -n "$IDLE_N" --hold-secs "$IDLE_HOLD_SECS" --server-pid "$SERVER_PID" ${IDLE_ARGS:-} || failed=1

@@ -10,7 +10,7 @@ import sys
 
 
 def load(dirs):
-    rows = {"idle": [], "fanout": [], "echo": []}
+    rows = {"connect": [], "idle": [], "fanout": [], "echo": []}
     for d in dirs:
         for path in sorted(pathlib.Path(d).glob("*.json")):
             label, _, workload = path.stem.rpartition("-")
@@ -25,6 +25,16 @@ def load(dirs):
 
 def main(dirs):
     rows = load(dirs)
+    if rows["connect"]:
+        print("| server | connections (in flight) | connections/s | handshake p50 ms | p99 ms | max ms | over 1 s | "
+              "ListenOverflows | TCPSynRetrans | server CPU % | client CPU % |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for label, r in rows["connect"]:
+            h, k = r["handshake"], r["kernel"]
+            print(f"| {label} | {r['connected']} ({r['concurrency']}) | {r['connections_per_s']:.0f} | {h['p50_ms']} | "
+                  f"{h['p99_ms']} | {h['max_ms']} | {r['handshakes_over_1s']} | {k.get('ListenOverflows')} | "
+                  f"{k.get('TCPSynRetrans')} | {r.get('server_cpu_percent')} | {r.get('client_cpu_percent')} |")
+        print()
     if rows["idle"]:
         print("| server | connections | RSS before (KiB) | RSS after (KiB) | KiB per connection |")
         print("|---|---|---|---|---|")
