@@ -1,5 +1,6 @@
-//! [`bind`]: the listener a WebSocket server accepts on, with an accept queue sized for the
-//! moment a node restarts and all its clients come back at once.
+//! [`bind`]: the listener a WebSocket server accepts on, ready for the moment a node
+//! restarts and all its clients come back at once: an accept queue that holds them, and a
+//! descriptor table that need not grow while they arrive.
 
 use std::io;
 
@@ -9,17 +10,30 @@ use tokio::net::{TcpListener, TcpSocket, ToSocketAddrs, lookup_host};
 /// default since kernel 5.4), so asking for more gains nothing there.
 pub const LISTEN_BACKLOG: u32 = 4096;
 
+/// How many descriptors [`bind`] makes room for in the process's descriptor table (fewer
+/// when the open-file soft limit is lower): 65,536, 512 KiB of kernel memory.
+const DESCRIPTOR_TABLE: u32 = 65_536;
+
 /// Binds a TCP listener to `addr` (the first of its addresses that binds) with a listen
 /// backlog of [`LISTEN_BACKLOG`] and `SO_REUSEADDR` on Unix, as
-/// [`tokio::net::TcpListener::bind`] sets it.
+/// [`tokio::net::TcpListener::bind`] sets it; on Linux it also grows the process's
+/// descriptor table, once, to 65,536 entries (or the largest power of two within the
+/// open-file soft limit).
 ///
-/// Use it instead of `TcpListener::bind`, which asks for a backlog of 128, as the standard
-/// library does. When more connections than that complete their TCP handshake before the
-/// accept loop takes them, the kernel drops the next SYNs (`ListenOverflows` in
-/// `nstat`), and each of those clients tries again only after the SYN retransmission
-/// timeout of 1 s (then 2 s more). Measured on a reconnect storm of 10,000 clients, 200
-/// handshakes in flight (docs/benchmarks.md, "Handshake rate"): 71 or more connections
-/// dropped per run at 128, none at 4096.
+/// Use it instead of `TcpListener::bind`, for two reasons measured on a reconnect storm of
+/// 10,000 clients, 200 handshakes in flight (docs/benchmarks.md, "Handshake rate"):
+///
+/// - `TcpListener::bind` asks for a backlog of 128, as the standard library does. When
+///   more connections than that complete their TCP handshake before the accept loop takes
+///   them, the kernel drops the next SYNs (`ListenOverflows` in `nstat`), and each of those
+///   clients tries again only after the SYN retransmission timeout of 1 s (then 2 s more).
+/// - Linux grows a process's descriptor table by doubling when a new descriptor does not
+///   fit, and in a multi-threaded process each growth waits for an RCU grace period
+///   (`expand_files`, `synchronize_rcu`) with the thread that asked blocked: here the
+///   accept loop, 12 to 41 ms each time, six times on the way to 10,000 connections. No
+///   connection is accepted meanwhile: with a backlog of 128 that is when SYNs are
+///   dropped, and with any backlog it is the tail of the handshake times. Grown here,
+///   before anything waits, the table does not grow during the storm.
 ///
 /// ```no_run
 /// # async fn run() -> std::io::Result<()> {
@@ -41,7 +55,11 @@ pub async fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
             .bind(addr)
             .and_then(|()| socket.listen(LISTEN_BACKLOG))
         {
-            Ok(listener) => return Ok(listener),
+            Ok(listener) => {
+                #[cfg(target_os = "linux")]
+                grow_descriptor_table(&listener);
+                return Ok(listener);
+            }
             Err(e) => last_error = Some(e),
         }
     }
@@ -51,6 +69,23 @@ pub async fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
             "could not resolve to any address",
         )
     }))
+}
+
+/// Grows the descriptor table to [`DESCRIPTOR_TABLE`] entries, or to the largest power of
+/// two the open-file soft limit allows: a duplicate of `listener` at `n - 1` or above makes
+/// the kernel size the table to hold it; the duplicate is closed at once and the table
+/// stays (Linux never shrinks it). A limit too low for 1,024 is left alone.
+#[cfg(target_os = "linux")]
+fn grow_descriptor_table(listener: &TcpListener) {
+    let mut entries = DESCRIPTOR_TABLE;
+    while entries >= 1024 {
+        let highest = i32::try_from(entries - 1).unwrap_or(i32::MAX);
+        // EINVAL when `highest` is at or above the soft limit: try half as many.
+        if rustix::io::fcntl_dupfd_cloexec(listener, highest).is_ok() {
+            return;
+        }
+        entries /= 2;
+    }
 }
 
 #[cfg(test)]
@@ -101,6 +136,45 @@ mod tests {
         let in_time = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
         assert_eq!(in_time, 300, "connects done before the SYN retransmission");
         drop(listener);
+    }
+
+    /// The table is grown by `bind`, not by the connections that come later.
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bind_grows_the_descriptor_table() {
+        let status = |field: &str| -> u64 {
+            std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix(field))
+                        .and_then(|v| v.trim().parse().ok())
+                })
+                .unwrap_or(0)
+        };
+        let soft: u64 = std::fs::read_to_string("/proc/self/limits")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("Max open files"))
+                    .and_then(|l| l.split_whitespace().nth(3))
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0);
+        let _listener = bind("127.0.0.1:0").await.expect("bind");
+        let mut want = u64::from(DESCRIPTOR_TABLE);
+        while want > soft && want >= 1024 {
+            want /= 2;
+        }
+        if want < 1024 {
+            eprintln!("skipped: open-file soft limit {soft} is below 1,024");
+            return;
+        }
+        assert!(
+            status("FDSize:") >= want,
+            "FDSize {} after bind, want at least {want} (soft limit {soft})",
+            status("FDSize:")
+        );
     }
 
     #[tokio::test]
