@@ -22,6 +22,7 @@
 #   ECHO_C=50  ECHO_M=2000  ECHO_SIZE=128
 #   LABEL=<server name plus args>   OUT=${CARGO_TARGET_DIR:-target}/bench
 #   SERVER_BIN=<path>  (plain_axum, bench_app: use this prebuilt binary instead of building)
+#   LOADGEN_BIN=<path> (a prebuilt svc-ws to run as the load generator instead of building it)
 #   NICE=-10   (niceness of server and load generator, each in its own session and so its own
 #               scheduler autogroup whose nice value is set too: on a shared machine this keeps
 #               other work from skewing the figures; ignored where it is not permitted)
@@ -89,8 +90,10 @@ for tool in taskset curl; do
 done
 
 echo "== building release binaries"
-cargo build --release -p svc-ws --bin svc-ws
-LOADGEN=$TARGET/release/svc-ws
+if [ -z "${LOADGEN_BIN:-}" ]; then
+    cargo build --release -p svc-ws --bin svc-ws
+fi
+LOADGEN=${LOADGEN_BIN:-$TARGET/release/svc-ws}
 SERVER_ENV=()
 case "$SERVER" in
     plain_axum)

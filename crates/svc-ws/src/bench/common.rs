@@ -376,8 +376,31 @@ fn cpu_ticks(pid: Option<u32>) -> Option<u64> {
     Some(utime + stime)
 }
 
-/// Raises RLIMIT_NOFILE so that `want` sockets fit; returns the soft limit now in force.
+/// Raises RLIMIT_NOFILE so that `want` sockets fit and grows the descriptor table to hold
+/// them; returns the soft limit now in force.
 pub(crate) fn raise_nofile(want: u64) -> u64 {
+    let soft = raise_nofile_limit(want);
+    #[cfg(target_os = "linux")]
+    grow_descriptor_table(want.min(soft));
+    soft
+}
+
+/// Grows this process's descriptor table to hold `entries` now. Linux grows it by doubling
+/// when a new descriptor does not fit, and in a multi-threaded process each growth blocks
+/// the thread opening the descriptor for an RCU grace period (12 to 41 ms measured): six
+/// stalls of every connect in flight on the way to 10,000 connections, counted in every
+/// handshake time. A duplicate of `/dev/null` at `entries - 1` sizes the table once; it is
+/// closed at once and the table stays.
+#[cfg(target_os = "linux")]
+fn grow_descriptor_table(entries: u64) {
+    let Ok(null) = std::fs::File::open("/dev/null") else {
+        return;
+    };
+    let highest = i32::try_from(entries.saturating_sub(1)).unwrap_or(i32::MAX);
+    let _ = rustix::io::fcntl_dupfd_cloexec(&null, highest);
+}
+
+fn raise_nofile_limit(want: u64) -> u64 {
     use rlimit::Resource;
     if let Ok((soft, hard)) = Resource::NOFILE.get() {
         if hard < want {
