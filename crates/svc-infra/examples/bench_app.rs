@@ -114,7 +114,8 @@ async fn main() -> std::io::Result<()> {
     let manager = builder.build();
     let app = app(manager.clone());
     let addr = SocketAddr::from(([127, 0, 0, 1], port()));
-    // An accept queue for a reconnect storm (tokio's `TcpListener::bind` asks for 128).
+    // Ready for a reconnect storm: an accept queue of 4096 (tokio's `TcpListener::bind` asks
+    // for 128) and a descriptor table grown now, not while the clients arrive.
     let listener = svc_infra::websocket::bind(addr).await?;
     eprintln!("bench_app listening on ws://{}", listener.local_addr()?);
     axum::serve(listener, app)

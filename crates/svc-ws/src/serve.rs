@@ -49,7 +49,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     let gateway = Gateway::new(config)?;
 
-    // svc_infra::websocket::bind: an accept queue of 4096, not tokio's 128 (reconnect storms).
+    // svc_infra::websocket::bind: an accept queue of 4096, not tokio's 128, and a descriptor
+    // table grown before the clients arrive (reconnect storms).
     let listener = svc_infra::websocket::bind(SocketAddr::new(args.host, args.port))
         .await
         .with_context(|| format!("bind {}:{}", args.host, args.port))?;
