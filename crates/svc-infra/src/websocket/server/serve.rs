@@ -28,16 +28,17 @@ use crate::websocket::WebSocketConfig;
 /// The timeout ends with the request's headers: an upgraded WebSocket is then governed by its
 /// keepalive (`WS_PING_INTERVAL`), an HTTP handler by its own deadlines. Requests carry
 /// [`ConnectInfo<SocketAddr>`] with the peer's address, as with
-/// `into_make_service_with_connect_info`.
+/// `into_make_service_with_connect_info`. Take the listener from [`bind`](super::bind).
 ///
 /// ```no_run
 /// use axum::{Router, routing::get};
-/// use svc_infra::websocket::{WebSocketConfig, serve};
+/// use svc_infra::websocket::{WebSocketConfig, bind, serve};
 ///
 /// # async fn run() -> std::io::Result<()> {
 /// let config = WebSocketConfig::from_env().expect("WS_* settings");
 /// let app: Router = Router::new().route("/", get(|| async { "hi" }));
-/// let listener = tokio::net::TcpListener::bind("0.0.0.0:8000").await?;
+/// // An accept queue for reconnect storms (tokio's `TcpListener::bind` has 128).
+/// let listener = bind("0.0.0.0:8000").await?;
 /// serve(listener, app)
 ///     .config(&config) // WS_HANDSHAKE_TIMEOUT
 ///     .with_graceful_shutdown(async { tokio::signal::ctrl_c().await.ok(); })
