@@ -184,11 +184,13 @@ impl Cluster {
         }
     }
 
-    /// Connections on the other nodes (as of their last presence message).
+    /// Connections on the other nodes (as of their last presence message). Each count is
+    /// what a node claims: the sum saturates rather than overflow.
     pub(super) fn connections(&self) -> usize {
         let remote = self.remote();
         let live = remote.values().filter(|n| n.is_live());
-        live.map(|n| n.connections).sum::<u64>() as usize
+        let sum = live.fold(0u64, |sum, n| sum.saturating_add(n.connections));
+        usize::try_from(sum).unwrap_or(usize::MAX)
     }
 
     /// Rooms with members on other nodes that `is_local` does not count already.
@@ -314,5 +316,38 @@ async fn presence_heartbeat(inner: Weak<Inner>) {
             changes,
         });
         inner.cluster.forget_silent();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::websocket::WebSocketConfig;
+
+    fn presence(node: u64, connections: u64) -> Presence {
+        Presence {
+            node,
+            snapshot: true,
+            connections,
+            heartbeat_ms: 60_000,
+            changes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn connection_counts_that_other_nodes_claim_saturate() {
+        // Found by the backplane_presence fuzz target: two nodes claiming u64::MAX
+        // connections overflowed the sum (a panic in debug builds, a wrong count in release).
+        let manager = ConnectionManager::builder(WebSocketConfig::default())
+            .backplane(crate::websocket::backplane::InMemoryBackplane::new())
+            .build();
+        let cluster = &manager.inner.cluster;
+        cluster.record(&presence(1, 3));
+        cluster.record(&presence(2, 4));
+        assert_eq!(manager.connection_count(), 7);
+        cluster.record(&presence(1, u64::MAX));
+        cluster.record(&presence(2, u64::MAX));
+        assert_eq!(cluster.connections(), usize::MAX);
+        assert_eq!(manager.connection_count(), usize::MAX);
     }
 }

@@ -670,7 +670,8 @@ impl ConnectionManager {
     /// Number of connections; with a backplane, on every node (another node's count is as
     /// of its last presence message: at most one heartbeat old).
     pub fn connection_count(&self) -> usize {
-        self.local_connection_count() + self.inner.cluster.connections()
+        self.local_connection_count()
+            .saturating_add(self.inner.cluster.connections())
     }
 
     /// Number of connections to this node.
