@@ -304,8 +304,16 @@ fn is_token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Reads until the end of the response head; returns the head and any bytes after it.
+/// Reads until the end of the response head; returns the head and any bytes after it. A
+/// head (blank line included) over [`MAX_RESPONSE_HEAD`] bytes is refused, however the
+/// bytes were cut into reads.
 async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+    let too_large = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("handshake response head larger than {MAX_RESPONSE_HEAD} bytes"),
+        )
+    };
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
@@ -323,14 +331,15 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<(Vec
             .position(|w| w == b"\r\n\r\n")
         {
             let end = searched_from + pos + 4;
+            if end > MAX_RESPONSE_HEAD {
+                return Err(too_large());
+            }
             let tail = buf.split_off(end);
             return Ok((buf, tail));
         }
-        if buf.len() > MAX_RESPONSE_HEAD {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("handshake response head larger than {MAX_RESPONSE_HEAD} bytes"),
-            ));
+        // No end yet: a head that ends later is over the limit.
+        if buf.len() >= MAX_RESPONSE_HEAD {
+            return Err(too_large());
         }
     }
 }
@@ -616,6 +625,55 @@ mod tests {
         }
         let protos = ["has space".to_owned()];
         assert!(Target::new("ws://h/", cfg, &[], &protos, &roots).is_err());
+    }
+
+    /// Hands out its bytes `step` at a time, then the end of the stream.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl AsyncRead for Trickle<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = self.step.min(self.data.len()).min(buf.remaining());
+            buf.put_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_head_limit_holds_however_the_reads_cut_the_head() {
+        // Found by the client_read fuzz target: the limit was checked only after a read
+        // that did not complete the head, so a head of up to 1023 bytes over the limit
+        // passed when it arrived in large reads and not in small ones.
+        for len in [
+            MAX_RESPONSE_HEAD - 1,
+            MAX_RESPONSE_HEAD,
+            MAX_RESPONSE_HEAD + 1,
+            MAX_RESPONSE_HEAD + 500,
+        ] {
+            let mut head = b"HTTP/1.1 101 OK\r\nX-Pad: ".to_vec();
+            head.resize(len - 4, b'p');
+            head.extend_from_slice(b"\r\n\r\nafter");
+            for step in [1, 7, 1024, usize::MAX] {
+                let mut stream = Trickle { data: &head, step };
+                let read = read_head(&mut stream).await;
+                assert_eq!(
+                    read.is_ok(),
+                    len <= MAX_RESPONSE_HEAD,
+                    "{len} bytes by {step}"
+                );
+                if let Ok((got, tail)) = read {
+                    assert_eq!(got.len(), len);
+                    assert_eq!(&tail[..], &b"after"[..tail.len()]);
+                }
+            }
+        }
     }
 
     #[test]
