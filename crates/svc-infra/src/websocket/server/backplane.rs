@@ -88,8 +88,8 @@ const VERSION: u8 = 1;
 
 impl Envelope {
     /// The wire form: version (1), origin (u64, big-endian), topic kind (0 all, 1 room,
-    /// 2 user) and name (u16 length + UTF-8), excluded user (0, or 1 + u16 length + UTF-8),
-    /// then the frame.
+    /// 2 user) and name (u16 length + UTF-8; empty for all), excluded user (0, or 1 + u16
+    /// length + UTF-8), then the frame.
     pub fn to_bytes(&self) -> Bytes {
         let (kind, name) = match &self.topic {
             Topic::All => (0u8, ""),
@@ -115,7 +115,8 @@ impl Envelope {
         out.freeze()
     }
 
-    /// Parses the wire form of [`to_bytes`](Self::to_bytes).
+    /// Parses the wire form of [`to_bytes`](Self::to_bytes); anything else is an error,
+    /// so that one envelope has one wire form.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, EnvelopeError> {
         let mut r = Reader(bytes);
         if r.u8()? != VERSION {
@@ -125,7 +126,8 @@ impl Envelope {
         let kind = r.u8()?;
         let name = r.str()?;
         let topic = match kind {
-            0 => Topic::All,
+            0 if name.is_empty() => Topic::All,
+            0 => return Err(EnvelopeError("a name with topic all")),
             1 => Topic::Room(name),
             2 => Topic::User(name),
             _ => return Err(EnvelopeError("unknown topic kind")),
@@ -627,6 +629,11 @@ mod tests {
         assert!(Envelope::from_bytes(&bad).is_err());
         let mut bad = good.to_vec();
         bad[9] = 7; // topic kind
+        assert!(Envelope::from_bytes(&bad).is_err());
+        // A name with topic all was read and dropped, so two wire forms meant one envelope
+        // (found by the backplane_envelope fuzz target: bytes must re-encode to themselves).
+        let mut bad = good.to_vec();
+        bad[9] = 0; // topic all, name "r"
         assert!(Envelope::from_bytes(&bad).is_err());
     }
 }
