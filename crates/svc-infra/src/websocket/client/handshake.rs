@@ -410,10 +410,7 @@ async fn read_error_body<S: AsyncRead + Unpin>(
     let mut raw = tail;
     let read_more = async {
         let mut chunk = [0u8; 512];
-        while raw.len() < want {
-            if chunked && raw.windows(5).any(|w| w == b"0\r\n\r\n") {
-                break;
-            }
+        while raw.len() < want && !(chunked && dechunk(&raw).1) {
             match stream.read(&mut chunk).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => raw.extend_from_slice(&chunk[..n]),
@@ -421,32 +418,37 @@ async fn read_error_body<S: AsyncRead + Unpin>(
         }
     };
     let _ = tokio::time::timeout(ERROR_BODY_TIMEOUT, read_more).await;
-    let body = if chunked { dechunk(&raw) } else { raw };
+    // A read may bring more than wanted: keep `want` bytes, so that the body reported does
+    // not depend on how the server's bytes were cut into reads.
+    raw.truncate(want);
+    let body = if chunked { dechunk(&raw).0 } else { raw };
     let text = String::from_utf8_lossy(&body[..body.len().min(want).min(MAX_ERROR_BODY)]);
     text.into_owned()
 }
 
-/// Best-effort decoding of a chunked body (stops at the first malformed or missing chunk).
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+/// Best-effort decoding of a chunked body: the data up to the first malformed or
+/// incomplete chunk, and whether the body is over (its last chunk, or a malformed chunk
+/// that more bytes would not mend).
+fn dechunk(mut raw: &[u8]) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
     while let Some(line_end) = raw.windows(2).position(|w| w == b"\r\n") {
         let size_field = String::from_utf8_lossy(&raw[..line_end]);
         let size_hex = size_field.split(';').next().unwrap_or("").trim();
         let Ok(size) = usize::from_str_radix(size_hex, 16) else {
-            break;
+            return (out, true);
         };
         if size == 0 {
-            break;
+            return (out, true);
         }
         let start = line_end + 2;
-        let end = start.saturating_add(size).min(raw.len());
-        out.extend_from_slice(&raw[start..end]);
-        if end < start + size || raw.len() < end + 2 {
-            break;
+        let end = start.saturating_add(size);
+        out.extend_from_slice(&raw[start..end.min(raw.len())]);
+        if raw.len() < end.saturating_add(2) {
+            return (out, false); // the rest of the chunk has not arrived
         }
         raw = &raw[end + 2..];
     }
-    out
+    (out, false)
 }
 
 /// Where a `ws://` or `wss://` URL points.
@@ -678,12 +680,57 @@ mod tests {
 
     #[test]
     fn chunked_bodies_are_decoded() {
+        let done = |d: &[u8]| (d.to_vec(), true);
+        let so_far = |d: &[u8]| (d.to_vec(), false);
         assert_eq!(
             dechunk(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
-            b"hello world"
+            done(b"hello world")
         );
-        assert_eq!(dechunk(b"5\r\nhel"), b"hel");
-        assert_eq!(dechunk(b"zz\r\n"), b"");
+        assert_eq!(dechunk(b"5\r\nhel"), so_far(b"hel"));
+        assert_eq!(dechunk(b"5\r\nhello"), so_far(b"hello"));
+        assert_eq!(dechunk(b"5\r\nhello\r\n"), so_far(b"hello"));
+        assert_eq!(dechunk(b"zz\r\n"), done(b""));
+        // Data that looks like the last chunk is data.
+        assert_eq!(dechunk(b"5\r\n0\r\n\r\n\r\n1\r\n!"), so_far(b"0\r\n\r\n!"));
+        // A size near usize::MAX neither overflows nor waits for more than arrives.
+        assert_eq!(dechunk(b"ffffffffffffffff\r\nab"), so_far(b"ab"));
+    }
+
+    #[tokio::test]
+    async fn the_error_body_does_not_depend_on_how_reads_cut_it() {
+        // Found by the client_read fuzz target: a read could bring more than the bytes
+        // wanted (the body reported then depended on the reads' sizes), and chunked bodies
+        // stopped at data that looked like the last chunk.
+        let head = Head {
+            status: 401,
+            reason: String::new(),
+            headers: vec![("Transfer-Encoding".to_owned(), "chunked".to_owned())],
+        };
+        let mut body = Vec::new();
+        for i in 0..400u32 {
+            if i == 20 {
+                body.extend_from_slice(b"5\r\n0\r\n\r\n\r\n");
+            }
+            body.extend_from_slice(format!("1\r\n{}\r\n", i % 10).as_bytes());
+        }
+        body.extend_from_slice(b"0\r\n\r\n");
+        let mut seen = Vec::new();
+        for (tail, step) in [
+            (0, 1),
+            (0, 7),
+            (0, 512),
+            (0, usize::MAX),
+            (900, 1),
+            (1023, 3),
+        ] {
+            let mut rest = Trickle {
+                data: &body[tail..],
+                step,
+            };
+            seen.push(read_error_body(&mut rest, &head, body[..tail].to_vec()).await);
+        }
+        assert!(seen.iter().all(|b| *b == seen[0]), "{seen:?}");
+        assert!(seen[0].contains("0\r\n\r\n"), "{:?}", seen[0]);
     }
 
     #[test]
