@@ -23,3 +23,6 @@ pub mod auth;
 #[cfg(feature = "gateway")]
 #[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
 pub mod gateway;
+
+#[doc(hidden)]
+pub mod fuzzing;

@@ -87,6 +87,7 @@ mod rate;
 
 pub use config::GatewayConfig;
 pub use error::GatewayError;
+pub(crate) use protocol::answer;
 
 /// The close code every connection gets on shutdown (1001, going away).
 const SHUTDOWN_CODE: u16 = 1001;

@@ -244,6 +244,22 @@ fn request_id(message: &WebSocketMessage) -> Option<Value> {
     serde_json::from_str::<Id>(text).ok()?.id
 }
 
+/// What `/ws` answers `message` with for `user` (its JSON text), if anything: the protocol
+/// without a connection, for the `gateway_request` fuzz target ([`crate::fuzzing`]).
+pub(crate) async fn answer(
+    gw: &Gateway,
+    user: &str,
+    can_broadcast: bool,
+    message: &WebSocketMessage,
+) -> Option<String> {
+    let session = Session {
+        gw: gw.clone(),
+        user: user.to_owned(),
+        can_broadcast,
+    };
+    session.handle(message).await.map(|v| v.to_string())
+}
+
 fn check_name(what: &str, name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_NAME_BYTES {
         return Err(format!("a {what} name has 1 to {MAX_NAME_BYTES} bytes"));

@@ -21,13 +21,13 @@ use rustls_pki_types::{CertificateDer, pem::PemObject};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::{mpsc, oneshot};
 
-use self::{
-    actor::{Command, Shared},
-    handshake::TlsRoots,
-};
+use self::actor::{Command, Shared};
 use super::{ConnectionState, Result, WebSocketConfig, WebSocketError, WebSocketMessage, protocol};
 
-pub(crate) use self::{actor::CloseOrigin, handshake::Target};
+pub(crate) use self::{
+    actor::CloseOrigin,
+    handshake::{Target, TlsRoots},
+};
 
 /// A connected WebSocket client.
 ///

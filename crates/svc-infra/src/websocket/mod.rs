@@ -29,6 +29,8 @@ mod server;
 pub use client::{
     ClientBuilder, RootCertificate, WebSocketClient, WebSocketSender, easy_websocket_client,
 };
+#[cfg(feature = "client")]
+pub(crate) use client::{Target, TlsRoots};
 pub use config::{ConfigError, WebSocketConfig, get_default_config};
 pub use error::{BoxError, ConnectFailure, Result, WebSocketError};
 pub use models::{ConnectionInfo, ConnectionState, WebSocketMessage};

@@ -15,7 +15,7 @@ use std::{
 
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
 };
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite};
@@ -148,7 +148,7 @@ impl Target {
         // Small frames (pings, chat messages) should not wait for Nagle.
         tcp.set_nodelay(true).map_err(io_err)?;
 
-        let mut stream = match &self.tls {
+        let stream = match &self.tls {
             None => MaybeTlsStream::Plain(tcp),
             Some(config) => {
                 let name = match &self.host {
@@ -175,6 +175,22 @@ impl Target {
         };
 
         let key = tungstenite::handshake::client::generate_key();
+        self.handshake(stream, &key).await
+    }
+
+    /// The opening handshake on a connected `stream` with the nonce `key`: sends the
+    /// request, reads and checks the response (RFC 6455 §4.1), and hands the bytes after
+    /// it to tungstenite. Generic over the stream so that it runs without a network too
+    /// (the `client_read` fuzz target).
+    pub(crate) async fn handshake<S>(
+        &self,
+        mut stream: S,
+        key: &str,
+    ) -> Result<(WebSocketStream<S>, Option<String>)>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let io_err = |e: std::io::Error| WebSocketError::failed(&self.url, ConnectFailure::Io(e));
         let request = format!("{}Sec-WebSocket-Key: {key}\r\n\r\n", self.request_head);
         stream.write_all(request.as_bytes()).await.map_err(io_err)?;
         stream.flush().await.map_err(io_err)?;
@@ -199,7 +215,7 @@ impl Target {
                 ),
             });
         }
-        let subprotocol = self.verify_upgrade(&response, &key)?;
+        let subprotocol = self.verify_upgrade(&response, key)?;
 
         let socket = WebSocketStream::from_partially_read(
             stream,

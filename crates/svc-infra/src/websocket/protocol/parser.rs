@@ -10,7 +10,7 @@ use super::{
 
 /// What the parser produced.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Event {
+pub enum Event {
     /// A complete text message (validated UTF-8).
     Text(Bytes),
     /// A complete binary message.
@@ -25,9 +25,11 @@ pub(crate) enum Event {
 
 /// Why the parser gave up; the connection must be closed with `code`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Violation {
-    pub(crate) code: u16,
-    pub(crate) reason: &'static str,
+pub struct Violation {
+    /// The close code to fail the connection with (1002, 1007 or 1009).
+    pub code: u16,
+    /// The close reason.
+    pub reason: &'static str,
 }
 
 const fn violation(code: u16, reason: &'static str) -> Violation {
@@ -53,7 +55,7 @@ enum State {
 /// Holds at most a partial header (14 bytes, inline) between reads; payloads go straight
 /// into the message being assembled, so an idle connection owns no buffer at all.
 #[derive(Debug)]
-pub(crate) struct FrameParser {
+pub struct FrameParser {
     state: State,
     header: [u8; 14],
     header_len: usize,
@@ -66,7 +68,8 @@ pub(crate) struct FrameParser {
 }
 
 impl FrameParser {
-    pub(crate) fn new(max_message_size: usize) -> Self {
+    /// A parser that refuses messages over `max_message_size` bytes (close code 1009).
+    pub fn new(max_message_size: usize) -> Self {
         Self {
             state: State::Header,
             header: [0; 14],
@@ -79,8 +82,9 @@ impl FrameParser {
     }
 
     /// Consumes bytes from `input` until one event is complete or the input runs out.
-    /// Returns how many bytes were consumed and the event, if any.
-    pub(crate) fn feed(&mut self, input: &[u8]) -> Result<(usize, Option<Event>), Violation> {
+    /// Returns how many bytes were consumed and the event, if any: without an event, all of
+    /// `input` was consumed. After a violation the parser must not be fed again.
+    pub fn feed(&mut self, input: &[u8]) -> Result<(usize, Option<Event>), Violation> {
         let mut pos = 0;
         loop {
             match &mut self.state {
@@ -264,10 +268,15 @@ impl FrameParser {
         }
     }
 
-    /// Whether a frame or message is partly received (the peer is mid-message).
-    #[cfg(test)]
-    pub(crate) fn is_idle(&self) -> bool {
+    /// Whether no frame or message is partly received (the peer is between messages).
+    pub fn is_idle(&self) -> bool {
         matches!(self.state, State::Header) && self.header_len == 0 && self.message.is_none()
+    }
+
+    /// The bytes of heap memory the parser holds now: the capacity of the message being
+    /// assembled and of the control frame buffer (the partial header is inline).
+    pub fn held_bytes(&self) -> usize {
+        self.message.as_ref().map_or(0, |(_, buf)| buf.capacity()) + self.control.capacity()
     }
 }
 
