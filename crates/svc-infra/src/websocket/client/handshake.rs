@@ -320,44 +320,57 @@ fn is_token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Reads until the end of the response head; returns the head and any bytes after it. A
-/// head (blank line included) over [`MAX_RESPONSE_HEAD`] bytes is refused, however the
-/// bytes were cut into reads.
+/// Reads until the end of the response head; returns the head and any bytes after it. The
+/// head ends where the HTTP parser that reads it says (a bare LF ends a line too); a head
+/// that cannot be valid is returned as it is, for [`parse_head`] to say what is wrong. A
+/// head over [`MAX_RESPONSE_HEAD`] bytes is refused. None of this depends on how the bytes
+/// were cut into reads.
 async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
-    let too_large = || {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("handshake response head larger than {MAX_RESPONSE_HEAD} bytes"),
-        )
-    };
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
         let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the server closed the connection during the handshake",
-            ));
-        }
-        let searched_from = buf.len().saturating_sub(3);
+        let eof = n == 0;
         buf.extend_from_slice(&chunk[..n]);
-        if let Some(pos) = buf[searched_from..]
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-        {
-            let end = searched_from + pos + 4;
-            if end > MAX_RESPONSE_HEAD {
-                return Err(too_large());
-            }
-            let tail = buf.split_off(end);
-            return Ok((buf, tail));
+        // A head can only end at a line feed: parse when one arrives, at the limit, or at
+        // the end of the stream.
+        if !(eof || chunk[..n].contains(&b'\n') || buf.len() >= MAX_RESPONSE_HEAD) {
+            continue;
         }
-        // No end yet: a head that ends later is over the limit.
-        if buf.len() >= MAX_RESPONSE_HEAD {
-            return Err(too_large());
+        match head_len(&buf[..buf.len().min(MAX_RESPONSE_HEAD)]) {
+            Ok(Some(end)) => {
+                let tail = buf.split_off(end);
+                return Ok((buf, tail));
+            }
+            Err(_) => return Ok((buf, Vec::new())),
+            Ok(None) if buf.len() >= MAX_RESPONSE_HEAD => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("handshake response head larger than {MAX_RESPONSE_HEAD} bytes"),
+                ));
+            }
+            Ok(None) if eof => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection during the handshake",
+                ));
+            }
+            Ok(None) => {}
         }
     }
+}
+
+/// Most headers a response head may have.
+const MAX_HEADERS: usize = 64;
+
+/// The length of the response head at the start of `bytes`: `Some` once it is complete,
+/// `None` while it may still become one, an error when it cannot.
+fn head_len(bytes: &[u8]) -> Result<Option<usize>, httparse::Error> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    Ok(match httparse::Response::new(&mut headers).parse(bytes)? {
+        httparse::Status::Complete(len) => Some(len),
+        httparse::Status::Partial => None,
+    })
 }
 
 /// A parsed response head.
@@ -378,7 +391,7 @@ impl Head {
 }
 
 fn parse_head(bytes: &[u8]) -> std::result::Result<Head, String> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
     match response.parse(bytes) {
         Ok(httparse::Status::Complete(_)) => {}
@@ -690,6 +703,30 @@ mod tests {
                     assert_eq!(got.len(), len);
                     assert_eq!(&tail[..], &b"after"[..tail.len()]);
                 }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_head_ends_where_the_http_parser_says() {
+        // Found by the client_read fuzz target: the head was cut at the first CRLF CRLF,
+        // while httparse, which reads it, ends a line at a bare LF too; the bytes between
+        // the two ends were lost, and a head of bare LFs never ended.
+        let frames = b"\x81\x02hi\r\n\r\n";
+        for head in [
+            &b"HTTP/1.1 101 OK\r\nUpgrade: websocket\n\r\n"[..],
+            b"HTTP/1.1 101 OK\nUpgrade: websocket\n\n",
+        ] {
+            let stream = [head, frames].concat();
+            for step in [1, 3, usize::MAX] {
+                let mut reads = Trickle {
+                    data: &stream,
+                    step,
+                };
+                let (got, tail) = read_head(&mut reads).await.unwrap();
+                assert_eq!(got, head, "by {step}");
+                assert_eq!(tail, &frames[..tail.len()]);
+                assert_eq!(parse_head(&got).unwrap().status, 101);
             }
         }
     }
