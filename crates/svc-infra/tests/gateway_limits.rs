@@ -85,6 +85,36 @@ async fn ws_handshake_timeout() {
 }
 
 #[tokio::test]
+async fn ws_handshake_timeout_also_bounds_a_slow_publish_body() {
+    let gw = gateway(&[("WS_HANDSHAKE_TIMEOUT", "0.3")]).await;
+    let mut tcp = within("tcp", TcpStream::connect(gw.addr)).await.unwrap();
+    let request = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"data\":",
+        token("ops", &["admin"])
+    );
+    let started = Instant::now();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !response.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = within("response", tcp.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "closed without a response");
+        response.extend_from_slice(&buf[..n]);
+    }
+    let took = started.elapsed();
+    assert!(
+        response.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
 async fn ws_max_connections() {
     let gw = gateway(&[("WS_MAX_CONNECTIONS", "2")]).await;
     let _a = connect(&gw, "?user=a").await;

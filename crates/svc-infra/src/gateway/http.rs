@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use axum::{
     Json,
-    body::Bytes,
+    body::Body,
     extract::State,
     http::{HeaderMap, StatusCode, Uri},
     response::{Html, IntoResponse, Response},
@@ -113,6 +113,8 @@ enum PublishRejection {
     BadRequest(String),
     /// 413: a message larger than `WS_MAX_MESSAGE_SIZE`; nothing was sent.
     TooLarge(String),
+    /// 408: the body did not arrive within `WS_HANDSHAKE_TIMEOUT` (a slow-body attack).
+    Timeout,
 }
 
 impl IntoResponse for PublishRejection {
@@ -130,6 +132,11 @@ impl IntoResponse for PublishRejection {
             ),
             Self::BadRequest(reason) => (StatusCode::BAD_REQUEST, "bad_request", reason),
             Self::TooLarge(reason) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", reason),
+            Self::Timeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                "The request body did not arrive in time".to_owned(),
+            ),
         };
         (status, Json(json!({"error": error, "reason": reason}))).into_response()
     }
@@ -141,7 +148,7 @@ pub(super) async fn publish(
     State(gw): State<Gateway>,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let principal = match gw
         .inner
@@ -160,6 +167,24 @@ pub(super) async fn publish(
         }
         .into_response();
     }
+    // The body has as long as the headers had (`serve` bounds those): a client that sends
+    // it a byte at a time does not hold the request open. Its size is bounded by the
+    // largest message plus the JSON around it.
+    let config = gw.inner.manager.config();
+    let limit = config
+        .max_message_size
+        .saturating_mul(2)
+        .saturating_add(64 * 1024);
+    let body =
+        match tokio::time::timeout(config.handshake_timeout, axum::body::to_bytes(body, limit))
+            .await
+        {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => {
+                return PublishRejection::TooLarge(format!("request body: {e}")).into_response();
+            }
+            Err(_) => return PublishRejection::Timeout.into_response(),
+        };
     let body: PublishBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => return PublishRejection::BadRequest(e.to_string()).into_response(),
