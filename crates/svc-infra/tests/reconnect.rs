@@ -126,6 +126,33 @@ async fn retry_delays_follow_the_policy_and_max_attempts_is_respected() {
 }
 
 #[tokio::test]
+async fn a_refusal_with_retry_after_is_waited_out() {
+    // Every request gets 429 with Retry-After: 1 (a server at its per-user limit): the retry
+    // waits the second the server asked for, not the 50 ms of the backoff.
+    let (addr, accepts) = raw_server(|mut s| async move {
+        let _ = read_request(&mut s).await;
+        let _ = s
+            .write_all(
+                b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+    })
+    .await;
+    let config = policy(50, 50, 0.0, 2);
+    let mut clients =
+        websocket_connect(WebSocketClient::builder(format!("ws://{addr}/")).config(config));
+    let err = step(clients.next()).await.unwrap().unwrap_err();
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(1)), "{err:?}");
+    let times = accepts.lock().unwrap().clone();
+    assert_eq!(times.len(), 2);
+    let gap = times[1] - times[0];
+    assert!(
+        gap >= Duration::from_millis(1000) && gap < Duration::from_millis(1500),
+        "{gap:?}"
+    );
+}
+
+#[tokio::test]
 async fn authentication_failures_are_not_retried() {
     let server = TestServer::start().await;
     let mut clients = websocket_connect(

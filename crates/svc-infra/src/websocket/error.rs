@@ -141,6 +141,10 @@ pub enum ConnectFailure {
         reason: String,
         /// The response body, possibly empty (truncated to 1 KiB).
         body: String,
+        /// The server's `Retry-After` in seconds (what a server at its connection limit
+        /// sends with 503 or 429), at most an hour; `websocket_connect` waits at least this
+        /// long before its next attempt.
+        retry_after: Option<std::time::Duration>,
     },
 
     /// DNS or TCP failed, or the connection dropped during the TLS or HTTP handshake.
@@ -188,6 +192,18 @@ fn body_suffix(body: &str) -> String {
 }
 
 impl WebSocketError {
+    /// How long the server asked us to wait before trying again (`Retry-After` on a refused
+    /// handshake), if it did.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::ConnectionFailed {
+                source: ConnectFailure::HttpStatus { retry_after, .. },
+                ..
+            } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// Shorthand for [`ConnectionClosed`](Self::ConnectionClosed).
     pub fn closed(code: u16, reason: impl Into<String>) -> Self {
         Self::ConnectionClosed {

@@ -56,8 +56,9 @@ use super::{
 ///   `min(base * 2^n, max)` times a random factor in `[1 - jitter, 1 + jitter]`
 ///   ([`WebSocketConfig::jittered_backoff_delay`]). The first connection is tried at once;
 ///   after a drop the first retry already waits `base`, so a server that accepts and drops
-///   at once is not hammered. Each retry is logged (`tracing::warn!`) with its delay and
-///   cause.
+///   at once is not hammered. A refusal with `Retry-After` (a server at its connection
+///   limit: 503 or 429) makes the next attempt wait at least that long. Each retry is
+///   logged (`tracing::warn!`) with its delay and cause.
 /// - **Connect errors** that are retried: network errors, timeouts, HTTP 5xx (and 408/429).
 ///   Never retried: 401/403 ([`Authentication`](WebSocketError::Authentication)), other 4xx,
 ///   an invalid URL or header, a TLS certificate or protocol failure, a WebSocket protocol
@@ -166,9 +167,13 @@ impl Reconnector {
         let max = config.reconnect_max_attempts;
         let mut retry: u32 = 0;
         let mut failures: u32 = 0;
+        // The server's `Retry-After` on the last refusal: the next attempt waits at least that.
+        let mut asked = None;
         loop {
             if let Some(cause) = cause.take() {
-                let delay = config.jittered_backoff_delay(retry);
+                let delay = config
+                    .jittered_backoff_delay(retry)
+                    .max(asked.take().unwrap_or_default());
                 retry = retry.saturating_add(1);
                 tracing::warn!(
                     url = %target.url,
@@ -198,6 +203,7 @@ impl Reconnector {
                         self.done = true;
                         return Some(Err(e));
                     }
+                    asked = e.retry_after();
                     cause = Some(e.to_string());
                 }
             }

@@ -205,14 +205,18 @@ impl Target {
                     status: response.status,
                     body,
                 },
-                status => WebSocketError::failed(
-                    &self.url,
-                    ConnectFailure::HttpStatus {
-                        status,
-                        reason: response.reason,
-                        body,
-                    },
-                ),
+                status => {
+                    let retry_after = response.header("retry-after").and_then(retry_after);
+                    WebSocketError::failed(
+                        &self.url,
+                        ConnectFailure::HttpStatus {
+                            status,
+                            reason: response.reason,
+                            body,
+                            retry_after,
+                        },
+                    )
+                }
             });
         }
         let subprotocol = self.verify_upgrade(&response, key)?;
@@ -388,6 +392,13 @@ impl Head {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// A `Retry-After` in delay-seconds (an HTTP date is not used by servers of ours and is
+/// ignored), at most an hour.
+fn retry_after(value: &str) -> Option<std::time::Duration> {
+    let secs: u64 = value.trim().parse().ok()?;
+    Some(std::time::Duration::from_secs(secs.min(3600)))
 }
 
 fn parse_head(bytes: &[u8]) -> std::result::Result<Head, String> {
@@ -792,7 +803,14 @@ mod tests {
             status,
             reason: String::new(),
             body: String::new(),
+            retry_after: None,
         };
+        assert_eq!(retry_after(" 5 "), Some(std::time::Duration::from_secs(5)));
+        assert_eq!(
+            retry_after("999999"),
+            Some(std::time::Duration::from_secs(3600))
+        );
+        assert_eq!(retry_after("Wed, 21 Oct 2026 07:28:00 GMT"), None);
         assert!(!status(404).is_retryable());
         assert!(status(503).is_retryable());
         assert!(status(429).is_retryable());
