@@ -346,8 +346,19 @@ async fn flood(args: &Args, target: &Target) -> anyhow::Result<()> {
     let mut sent = 0_u64;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut report = started + Duration::from_secs(1);
     while Instant::now() < end {
         tick.tick().await;
+        if Instant::now() >= report {
+            // One line a second: a run cut short (killed when the measurement beside it is
+            // done) still says what rate it reached.
+            println!(
+                "flood: {sent} sent in {:.1} s ({:.0}/s)",
+                started.elapsed().as_secs_f64(),
+                sent as f64 / started.elapsed().as_secs_f64()
+            );
+            report += Duration::from_secs(1);
+        }
         let due = (started.elapsed().as_secs_f64() * args.rate as f64) as u64;
         if sent + per_batch as u64 > due {
             continue;
