@@ -280,6 +280,31 @@ async fn ws_gateway_request_rate_and_burst() {
 }
 
 #[tokio::test]
+async fn ws_max_incoming_rate_and_burst() {
+    // 200 frames/s, bursts of 20: 120 requests written at once take at least 0.5 s to be read
+    // (the gateway's own request rate, 500/s with bursts of 5,000, never refuses them).
+    let gw = gateway(&[
+        ("WS_MAX_INCOMING_RATE", "200"),
+        ("WS_MAX_INCOMING_BURST", "20"),
+    ])
+    .await;
+    let mut ws = connect(&gw, "?user=hasty").await;
+    let start = Instant::now();
+    for i in 0..120 {
+        send(&mut ws, json!({"type": "echo", "data": i, "id": i})).await;
+    }
+    for i in 0..120 {
+        assert_eq!(
+            next(&mut ws).await,
+            json!({"type": "echo", "data": i, "id": i})
+        );
+    }
+    let elapsed = start.elapsed();
+    assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
+    assert!(metric(&gw, "svc_ws_read_pauses_total").await >= 1.0);
+}
+
+#[tokio::test]
 async fn a_client_that_writes_before_reading_is_slowed_down_not_disconnected() {
     // The default queue (16 messages) and rate; 3,000 requests written before any answer is
     // read, as a client does that stops reading its socket while it writes.

@@ -18,7 +18,7 @@ use tokio::{
 };
 
 /// `/ws/{user}` names its user before the upgrade (`for_user`); `/late/{user}` does not, so
-/// only registration can refuse it. Both echo text until the connection ends.
+/// only registration can refuse it. Both echo (`reply`) until the connection ends.
 async fn start(manager: ConnectionManager, handshake_timeout: Duration) -> std::net::SocketAddr {
     async fn run(ws: WsUpgrade, user: String, manager: ConnectionManager) -> Response {
         ws.on_upgrade(move |socket| async move {
@@ -26,7 +26,7 @@ async fn start(manager: ConnectionManager, handshake_timeout: Duration) -> std::
                 return;
             };
             while let Some(Ok(message)) = conn.recv().await {
-                if conn.send(message).is_err() {
+                if conn.reply(message).await.is_err() {
                     break;
                 }
             }
@@ -229,4 +229,46 @@ async fn a_manager_shutting_down_answers_503() {
     let (status, retry_after) = refused(addr, "/ws/late").await;
     assert!(status.starts_with("HTTP/1.1 503"), "{status}");
     assert_eq!(retry_after.as_deref(), Some("5"));
+}
+
+/// Writes `n` numbered text frames in one go, then reads their echoes: the time from the
+/// write to the last echo, after checking each arrived, in order.
+async fn echo_burst(addr: std::net::SocketAddr, path: &str, n: usize) -> (Duration, TcpStream) {
+    let mut tcp = raw_upgrade(addr, path).await;
+    let frames: Vec<u8> = (0..n)
+        .flat_map(|i| {
+            protocol::encode_masked_frame(protocol::OP_TEXT, i.to_string().as_bytes(), [1, 2, 3, 4])
+        })
+        .collect();
+    let start = Instant::now();
+    within("write the burst", tcp.write_all(&frames))
+        .await
+        .unwrap();
+    for i in 0..n {
+        let (opcode, payload) = read_server_frame(&mut tcp).await;
+        assert_eq!(opcode, protocol::OP_TEXT, "frame {i}: {payload:?}");
+        assert_eq!(String::from_utf8(payload).unwrap(), i.to_string());
+    }
+    (start.elapsed(), tcp)
+}
+
+#[tokio::test]
+async fn a_connection_over_its_read_budget_is_slowed_down_not_closed() {
+    // 1,000 frames/s, bursts of 50: 550 frames written at once take at least 0.5 s to read.
+    let config = WebSocketConfig::default().with_max_incoming_rate(1_000, 50);
+    let addr = start(ConnectionManager::new(config), Duration::from_secs(10)).await;
+    let (slowed, mut tcp) = echo_burst(addr, "/ws/flooder", 550).await;
+    assert!(slowed >= Duration::from_millis(450), "{slowed:?}");
+    // Still open, and a frame within the budget is answered at once.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ping = protocol::encode_masked_frame(protocol::OP_TEXT, b"still here", [1, 2, 3, 4]);
+    tcp.write_all(&ping).await.unwrap();
+    let (_, payload) = within("answer", read_server_frame(&mut tcp)).await;
+    assert_eq!(payload, b"still here");
+
+    // The same burst without a budget is read as fast as it comes.
+    let unlimited = WebSocketConfig::default().with_max_incoming_rate(0, 1);
+    let addr = start(ConnectionManager::new(unlimited), Duration::from_secs(10)).await;
+    let (fast, _) = echo_burst(addr, "/ws/flooder", 550).await;
+    assert!(fast < Duration::from_millis(300), "{fast:?}");
 }

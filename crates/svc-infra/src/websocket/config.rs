@@ -43,6 +43,8 @@ use super::backoff::Backoff;
 /// | `WS_HANDSHAKE_TIMEOUT` | `10.0` | Server: time a connection has to send its upgrade request ([`serve`](crate::websocket::serve)) | finite number > 0 |
 /// | `WS_MAX_CONNECTIONS` | `0` | Server: connections this node accepts (more get HTTP 503) | integer ≥ 0; `0` = no limit |
 /// | `WS_MAX_CONNECTIONS_PER_USER` | `100` | Server: connections one user may hold on this node (more get HTTP 429) | integer ≥ 0; `0` = no limit |
+/// | `WS_MAX_INCOMING_RATE` | `10000` | Server: frames per second one connection may send; beyond it the server reads more slowly (never closes, never drops) | integer ≥ 0; `0` = no limit |
+/// | `WS_MAX_INCOMING_BURST` | `10000` | Server: frames a connection may send at once above that rate | integer > 0 |
 /// | `WS_ALLOWED_ORIGINS` | `*` | Browser origins the server accepts upgrades from (others get 403) | comma-separated exact origins (`https://app.example.com`), or `*` for any |
 ///
 /// A value outside what the table allows is a [`ConfigError`] that names the variable, the
@@ -91,6 +93,15 @@ pub struct WebSocketConfig {
     /// Server side: the most connections one user holds on this node; an upgrade beyond it
     /// is answered with HTTP 429 and `Retry-After`. 0 sets no limit. Default 100.
     pub max_connections_per_user: usize,
+    /// Server side: frames per second one connection may send (its read budget). A
+    /// connection over it is neither closed nor loses anything: the server stops reading
+    /// its socket until the budget allows the next frame, so TCP slows the sender down and
+    /// a flooding client costs the server no more than this rate. 0 sets no limit.
+    /// Default 10,000.
+    pub max_incoming_rate: u32,
+    /// Server side: how many frames a connection may send at once above
+    /// [`max_incoming_rate`](Self::max_incoming_rate). Default 10,000.
+    pub max_incoming_burst: u32,
 }
 
 impl Default for WebSocketConfig {
@@ -111,6 +122,8 @@ impl Default for WebSocketConfig {
             handshake_timeout: Duration::from_secs(10),
             max_connections: 0,
             max_connections_per_user: 100,
+            max_incoming_rate: 10_000,
+            max_incoming_burst: 10_000,
         }
     }
 }
@@ -205,6 +218,13 @@ impl WebSocketConfig {
                     config.max_connections_per_user =
                         parse_uint(var, raw, "an integer ≥ 0 (0 = no limit)")?;
                 }
+                "MAX_INCOMING_RATE" => {
+                    config.max_incoming_rate =
+                        parse_uint(var, raw, "an integer ≥ 0 (0 = no limit)")?;
+                }
+                "MAX_INCOMING_BURST" => {
+                    config.max_incoming_burst = parse_uint(var, raw, "an integer > 0")?;
+                }
                 "ALLOWED_ORIGINS" => config.allowed_origins = parse_origins(var, raw)?,
                 "RECONNECT_ENABLED" => config.reconnect_enabled = parse_bool(var, raw)?,
                 "RECONNECT_MAX_ATTEMPTS" => {
@@ -278,6 +298,9 @@ impl WebSocketConfig {
         if self.max_queue_size == 0 {
             return err("max_queue_size", &self.max_queue_size, "> 0");
         }
+        if self.max_incoming_burst == 0 {
+            return err("max_incoming_burst", &self.max_incoming_burst, "> 0");
+        }
         if self.reconnect_backoff_max < self.reconnect_backoff_base {
             return err(
                 "reconnect_backoff_max",
@@ -338,6 +361,13 @@ impl WebSocketConfig {
     /// Sets [`max_connections_per_user`](Self::max_connections_per_user); 0 = no limit.
     pub fn with_max_connections_per_user(mut self, connections: usize) -> Self {
         self.max_connections_per_user = connections;
+        self
+    }
+    /// Sets [`max_incoming_rate`](Self::max_incoming_rate) (frames per second; 0 = no
+    /// limit) and [`max_incoming_burst`](Self::max_incoming_burst).
+    pub fn with_max_incoming_rate(mut self, per_second: u32, burst: u32) -> Self {
+        self.max_incoming_rate = per_second;
+        self.max_incoming_burst = burst;
         self
     }
     /// Sets [`allowed_origins`](Self::allowed_origins) to exactly these origins.

@@ -2,6 +2,7 @@
 //! [`ConnectionManager`], and the axum integration.
 
 pub mod backplane;
+mod budget;
 mod builder;
 mod clock;
 mod cluster;

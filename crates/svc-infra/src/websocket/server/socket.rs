@@ -15,7 +15,8 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use super::{
-    clock::now_ms,
+    budget::ReadBudget,
+    clock::clock_origin,
     flush::Deferred,
     outbound::{BoxWrite, Outbound, Push, SlowConsumerPolicy},
 };
@@ -38,6 +39,8 @@ struct Cold {
     closed_with: Option<(u16, String)>,
     /// An error to hand out on the next `recv`.
     pending_error: Option<WebSocketError>,
+    /// When reading may resume, while the connection is over its read budget.
+    throttle: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,12 +65,16 @@ pub struct WebSocket {
     leftover: Bytes,
     parser: FrameParser,
     out: Arc<Outbound>,
+    /// How fast the peer may send (`max_incoming_rate`).
+    budget: ReadBudget,
     phase: Phase,
     /// The peer's close frame arrived (or we answered one): only the TCP close is left.
     peer_closed: bool,
     /// We failed the connection: send close, FIN, then discard input until EOF.
     draining: bool,
     fin_sent: bool,
+    /// Over the read budget: nothing is read until `cold.throttle` fires.
+    throttled: bool,
     /// State needed only once closing starts or after an error, allocated then.
     cold: Option<Box<Cold>>,
     /// This is the background close of a dropped socket.
@@ -98,10 +105,12 @@ impl WebSocket {
             leftover: already_read,
             parser: FrameParser::new(config.max_message_size),
             out: Arc::new(Outbound::new(writer, config, policy, protocol)),
+            budget: ReadBudget::new(config.max_incoming_rate, config.max_incoming_burst),
             phase: Phase::Open,
             peer_closed: false,
             draining: false,
             fin_sent: false,
+            throttled: false,
             cold: None,
             lingering: false,
         }
@@ -326,6 +335,17 @@ impl WebSocket {
                 };
             }
 
+            // Over the read budget: read nothing until it allows the next frame.
+            if self.throttled {
+                if self.phase == Phase::Open {
+                    let throttle = self.cold.as_mut().and_then(|c| c.throttle.as_mut());
+                    if throttle.is_some_and(|t| t.as_mut().poll(cx).is_pending()) {
+                        return Poll::Pending;
+                    }
+                }
+                self.throttled = false;
+            }
+
             // Parse what was read before, then read more.
             let event = if !self.leftover.is_empty() {
                 match self.parser.feed(&self.leftover) {
@@ -363,7 +383,13 @@ impl WebSocket {
     /// Handles one parsed event: a data message while open is returned; control frames
     /// are answered here (pong, the close echo); anything else is dropped.
     fn on_event(&mut self, event: Event) -> Option<WebSocketMessage> {
-        self.out.last_seen.store(now_ms(), Ordering::Relaxed);
+        let now = clock_origin().elapsed();
+        self.out
+            .last_seen
+            .store(now.as_millis() as u64 + 1, Ordering::Relaxed);
+        if let Some(resume_ns) = self.budget.charge(now.as_nanos() as u64) {
+            self.pause_reading(resume_ns);
+        }
         match event {
             Event::Text(bytes) if self.phase == Phase::Open => {
                 match WebSocketMessage::text_from_bytes(bytes) {
@@ -404,6 +430,20 @@ impl WebSocket {
             }
         }
         None
+    }
+
+    /// Stops reading until `resume_ns` (nanoseconds since the clock origin): the peer
+    /// sends faster than `max_incoming_rate`.
+    #[cold]
+    fn pause_reading(&mut self, resume_ns: u64) {
+        let deadline =
+            tokio::time::Instant::from_std(clock_origin() + Duration::from_nanos(resume_ns));
+        match &mut self.cold().throttle {
+            Some(sleep) => sleep.as_mut().reset(deadline),
+            slot => *slot = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        self.throttled = true;
+        metrics::counter!("svc_ws_read_pauses_total").increment(1);
     }
 
     fn poll_read_event(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Event>, ReadError>> {
@@ -470,8 +510,10 @@ impl Drop for WebSocket {
             out: self.out.clone(),
             phase: self.phase,
             peer_closed: self.peer_closed,
+            budget: self.budget,
             draining: self.draining,
             fin_sent: self.fin_sent,
+            throttled: false,
             cold: self.cold.take(),
             lingering: true,
         };
