@@ -303,6 +303,70 @@ async fn two_gateways_on_one_redis_are_one_cluster() {
 /// backplane's detection bound (2 s), drops and counts what it sends meanwhile to the other
 /// gateway, and after `SIGCONT` delivers across gateways again within 2 s.
 #[tokio::test]
+async fn malformed_backplane_messages_are_dropped_and_counted() {
+    // A peer (or anyone who can publish on the Redis) sends garbage on the channels every node
+    // listens to: it is dropped with a warning, counted, and nothing else changes.
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let gw = start(GatewayConfig::default().with_redis_url(redis.url())).await;
+    within("backplane connected", async {
+        while get_json(gw.addr, "/health").await["backplane"] != "connected" {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let mut alice = connect(&gw, "?user=alice").await;
+    send(
+        &mut alice,
+        json!({"type": "join", "room": "lobby", "id": 1}),
+    )
+    .await;
+    assert_eq!(next(&mut alice).await["type"], "ack");
+
+    // The recorder is the process's: other tests' gateways count into it too.
+    let before = counter(gw.addr, "svc_ws_backplane_malformed_total").await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = within("redis", client.get_multiplexed_async_connection())
+        .await
+        .unwrap();
+    let garbage: [(&str, &[u8]); 3] = [
+        ("svc-ws:all", b"\xff\x00not an envelope"),
+        ("svc-ws:room:lobby", b"{\"type\":\"message\"}"),
+        ("svc-ws:presence", b""),
+    ];
+    for (channel, payload) in garbage {
+        let receivers: i64 = within(
+            "publish",
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(payload)
+                .query_async(&mut c),
+        )
+        .await
+        .unwrap();
+        assert!(receivers >= 1, "nobody listens on {channel}");
+    }
+    within("counted", async {
+        while counter(gw.addr, "svc_ws_backplane_malformed_total").await < before + 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    silent(&mut alice).await;
+    // Still a working node: a publish from another connection reaches alice.
+    let mut bob = connect(&gw, "?user=bob").await;
+    send(
+        &mut bob,
+        json!({"type": "publish", "room": "lobby", "data": "still", "id": 2}),
+    )
+    .await;
+    assert_eq!(next(&mut bob).await["type"], "ack");
+    assert_eq!(next(&mut alice).await["data"], "still");
+    assert_eq!(get_json(gw.addr, "/health").await["status"], "ok");
+}
+
+#[tokio::test]
 async fn a_gateway_is_degraded_while_redis_hangs() {
     const PROMPT: Duration = Duration::from_millis(100);
     let Some(redis) = RedisServer::start().await else {
