@@ -74,7 +74,10 @@ impl<S: Send + Sync> FromRequestParts<S> for WsIdentity {
     type Rejection = WsAuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        required(parts).await.map(Self)
+        required(parts)
+            .await
+            .map(Self)
+            .map_err(WsAuthRejection::counted)
     }
 }
 
@@ -87,7 +90,10 @@ impl<S: Send + Sync> FromRequestParts<S> for OptionalWsIdentity {
     type Rejection = WsAuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        resolve(parts, &AuthPolicy::optional()).await.map(Self)
+        resolve(parts, &AuthPolicy::optional())
+            .await
+            .map(Self)
+            .map_err(WsAuthRejection::counted)
     }
 }
 
@@ -148,9 +154,9 @@ impl<S: Send + Sync, T: ScopeSet> FromRequestParts<S> for RequireWsScopes<T> {
     type Rejection = WsAuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let principal = required(parts).await?;
+        let principal = required(parts).await.map_err(WsAuthRejection::counted)?;
         if !principal.has_all_scopes(T::SCOPES) {
-            return Err(InsufficientScope.into());
+            return Err(WsAuthRejection::from(InsufficientScope).counted());
         }
         Ok(Self {
             principal,
@@ -187,9 +193,9 @@ impl<S: Send + Sync, T: ScopeSet> FromRequestParts<S> for RequireWsAnyScope<T> {
     type Rejection = WsAuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let principal = required(parts).await?;
+        let principal = required(parts).await.map_err(WsAuthRejection::counted)?;
         if !principal.has_any_scope(T::SCOPES) {
-            return Err(InsufficientScope.into());
+            return Err(WsAuthRejection::from(InsufficientScope).counted());
         }
         Ok(Self {
             principal,

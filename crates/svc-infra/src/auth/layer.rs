@@ -110,7 +110,7 @@ where
                         path = req.uri().path(),
                         "WebSocket handshake rejected"
                     );
-                    return Ok(rejection.into_response());
+                    return Ok(rejection.counted().into_response());
                 }
             };
             req.extensions_mut()

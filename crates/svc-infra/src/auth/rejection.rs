@@ -219,6 +219,22 @@ impl WsAuthRejection {
         }
     }
 
+    /// Counts this refusal of a WebSocket upgrade in
+    /// `svc_ws_upgrades_refused_total{reason}` (`unauthorized`, `forbidden`,
+    /// `keys_unavailable`; a route without auth configured is a bug, not a refusal).
+    pub(crate) fn counted(self) -> Self {
+        let label = match self.status() {
+            StatusCode::UNAUTHORIZED => Some("unauthorized"),
+            StatusCode::FORBIDDEN => Some("forbidden"),
+            StatusCode::SERVICE_UNAVAILABLE => Some("keys_unavailable"),
+            _ => None,
+        };
+        if let Some(label) = label {
+            metrics::counter!("svc_ws_upgrades_refused_total", "reason" => label).increment(1);
+        }
+        self
+    }
+
     /// The WebSocket close code the Python code used for the same failure (1008 policy
     /// violation; 1011 for server-side problems), for logs and for handlers that accept first
     /// and close later.

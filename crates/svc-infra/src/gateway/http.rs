@@ -10,7 +10,7 @@ use axum::{
     http::{HeaderMap, StatusCode, Uri},
     response::{Html, IntoResponse, Response},
 };
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -19,6 +19,15 @@ use crate::{
     auth::{AuthPolicy, TokenSource},
     websocket::{WebSocketError, backplane::BackplaneStatus},
 };
+
+/// The buckets of every `_seconds` histogram: 0.5 ms to 10 s.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The statuses `POST /api/publish` answers with (`svc_ws_http_publishes_total{status}`).
+pub(super) const PUBLISH_STATUSES: &[&str] =
+    &["200", "400", "401", "403", "408", "413", "500", "503"];
 
 /// The handle of the process-wide Prometheus recorder, installed by the first gateway that
 /// asks for it; `None` when another recorder was installed first.
@@ -30,7 +39,8 @@ pub(super) fn prometheus() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             PrometheusBuilder::new()
-                .install_recorder()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)
+                .and_then(|b| b.install_recorder())
                 .inspect_err(|e| tracing::warn!("no /metrics: {e}"))
                 .ok()
         })
@@ -77,14 +87,17 @@ pub(super) async fn stats(State(gw): State<Gateway>) -> Json<Value> {
     }))
 }
 
-/// `GET /metrics`: Prometheus text, or 404 without a recorder.
+/// `GET /metrics`: Prometheus text (the gauges sampled now), or 404 without a recorder.
 pub(super) async fn metrics(State(gw): State<Gateway>) -> Response {
     match &gw.inner.metrics {
-        Some(handle) => (
-            [("content-type", "text/plain; version=0.0.4")],
-            handle.render(),
-        )
-            .into_response(),
+        Some(handle) => {
+            gw.inner.manager.update_gauges();
+            (
+                [("content-type", "text/plain; version=0.0.4")],
+                handle.render(),
+            )
+                .into_response()
+        }
         None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
     }
 }
@@ -144,12 +157,23 @@ impl IntoResponse for PublishRejection {
 
 /// `POST /api/publish`: other services push to a user, a room or everyone. An API key, or a
 /// JWT with the admin scope. Answers `{"delivered": n}`, this node's connections reached.
+/// Counted in `svc_ws_http_publishes_total{status}`, timed in
+/// `svc_ws_http_publish_duration_seconds`.
 pub(super) async fn publish(
     State(gw): State<Gateway>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let started = std::time::Instant::now();
+    let response = publish_inner(gw, uri, headers, body).await;
+    let status = response.status().as_str().to_owned();
+    metrics::counter!("svc_ws_http_publishes_total", "status" => status).increment(1);
+    metrics::histogram!("svc_ws_http_publish_duration_seconds").record(started.elapsed());
+    response
+}
+
+async fn publish_inner(gw: Gateway, uri: Uri, headers: HeaderMap, body: Body) -> Response {
     let principal = match gw
         .inner
         .auth

@@ -85,9 +85,55 @@ mod http;
 mod protocol;
 mod rate;
 
+use crate::websocket::metrics::{MetricKind, MetricSeries};
 pub use config::GatewayConfig;
 pub use error::GatewayError;
 pub(crate) use protocol::answer;
+
+/// The gateway's own series, beside the library's
+/// ([`websocket::metrics::SERIES`](crate::websocket::metrics::SERIES)); `/metrics` lists both,
+/// at zero from the start (`docs/operations.md`).
+pub const METRICS: &[MetricSeries] = &[
+    MetricSeries::new(
+        "svc_ws_gateway_requests_total",
+        MetricKind::Counter,
+        "Requests on /ws handled, by type (invalid: not a request) and outcome (error: an error answer); those refused by the request rate are counted apart.",
+        &[
+            ("type", protocol::REQUEST_TYPES),
+            ("outcome", &["ok", "error"]),
+        ],
+    ),
+    MetricSeries::new(
+        "svc_ws_gateway_rate_limited_total",
+        MetricKind::Counter,
+        "Requests on /ws refused with an error answer because the connection was over WS_GATEWAY_REQUEST_RATE.",
+        &[],
+    ),
+    MetricSeries::new(
+        "svc_ws_gateway_rate_limit_closes_total",
+        MetricKind::Counter,
+        "Connections closed with 1008 for staying far over WS_GATEWAY_REQUEST_RATE.",
+        &[],
+    ),
+    MetricSeries::new(
+        "svc_ws_gateway_room_limit_total",
+        MetricKind::Counter,
+        "Joins refused because the user was in WS_GATEWAY_MAX_ROOMS_PER_USER rooms.",
+        &[],
+    ),
+    MetricSeries::new(
+        "svc_ws_http_publishes_total",
+        MetricKind::Counter,
+        "POST /api/publish requests, by HTTP status of the answer.",
+        &[("status", http::PUBLISH_STATUSES)],
+    ),
+    MetricSeries::new(
+        "svc_ws_http_publish_duration_seconds",
+        MetricKind::Histogram,
+        "From a POST /api/publish request's headers to its answer (local delivery included).",
+        &[],
+    ),
+];
 
 /// The close code every connection gets on shutdown (1001, going away).
 const SHUTDOWN_CODE: u16 = 1001;
@@ -147,12 +193,14 @@ impl Gateway {
         }
         let anonymous = config.allows_anonymous();
         let auth = config.auth.clone().build().map_err(GatewayError::Auth)?;
-        let manager = build_manager(&config)?;
+        // The recorder first: the manager takes its metric handles when it is built.
         let metrics = if config.metrics {
             http::prometheus()
         } else {
             None
         };
+        crate::websocket::metrics::describe(METRICS);
+        let manager = build_manager(&config)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 manager,

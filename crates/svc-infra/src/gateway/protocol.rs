@@ -105,6 +105,21 @@ enum Request {
     },
 }
 
+impl Request {
+    /// Its `type`, one of [`REQUEST_TYPES`].
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Join { .. } => "join",
+            Self::Leave { .. } => "leave",
+            Self::Publish { .. } => "publish",
+            Self::Send { .. } => "send",
+            Self::Broadcast { .. } => "broadcast",
+            Self::Echo { .. } => "echo",
+            Self::Presence { .. } => "presence",
+        }
+    }
+}
+
 /// One connection of one user, running the protocol.
 struct Session {
     gw: Gateway,
@@ -157,10 +172,24 @@ impl Session {
         }
     }
 
-    /// What to answer `message` with, if anything.
+    /// What to answer `message` with, if anything; counted in
+    /// `svc_ws_gateway_requests_total{type, outcome}`.
     async fn handle(&self, message: &WebSocketMessage) -> Option<Value> {
+        let (kind, answer) = self.answer(message).await;
+        let failed = answer
+            .as_ref()
+            .is_some_and(|a| a.get("type").and_then(Value::as_str) == Some("error"));
+        let outcome = if failed { "error" } else { "ok" };
+        metrics::counter!("svc_ws_gateway_requests_total", "type" => kind, "outcome" => outcome)
+            .increment(1);
+        answer
+    }
+
+    /// The request's type (`invalid` when it is not a request) and the answer, if any.
+    async fn answer(&self, message: &WebSocketMessage) -> (&'static str, Option<Value>) {
         let Some(text) = message.as_text() else {
-            return Some(error(None, "binary messages are not part of the protocol"));
+            let answer = error(None, "binary messages are not part of the protocol");
+            return ("invalid", Some(answer));
         };
         let request: Request = match serde_json::from_str(text) {
             Ok(r) => r,
@@ -168,9 +197,14 @@ impl Session {
                 let id = serde_json::from_str::<Value>(text)
                     .ok()
                     .and_then(|v| v.get("id").cloned());
-                return Some(error(id, &format!("bad request: {e}")));
+                return ("invalid", Some(error(id, &format!("bad request: {e}"))));
             }
         };
+        (request.kind(), self.run_request(request).await)
+    }
+
+    /// Runs a valid request; the answer, if any.
+    async fn run_request(&self, request: Request) -> Option<Value> {
         let m = &self.gw.inner.manager;
         let user = self.user.as_str();
         match request {
@@ -233,6 +267,19 @@ impl Session {
         }
     }
 }
+
+/// The request types of the protocol, the `type` label of `svc_ws_gateway_requests_total`
+/// (`invalid`: not a request).
+pub(crate) const REQUEST_TYPES: &[&str] = &[
+    "join",
+    "leave",
+    "publish",
+    "send",
+    "broadcast",
+    "echo",
+    "presence",
+    "invalid",
+];
 
 /// The `id` of a request that is not handled, if it has one.
 fn request_id(message: &WebSocketMessage) -> Option<Value> {

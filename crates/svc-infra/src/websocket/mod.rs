@@ -42,6 +42,9 @@ pub use reconnect::{Reconnect, websocket_connect};
 pub use server::backplane;
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
+pub use server::metrics;
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub use server::{
     Connection, ConnectionHooks, ConnectionManager, IntoMessage, Json, LISTEN_BACKLOG,
     ManagerBuilder, ManagerNotInstalled, ManagerStats, Metadata, PreparedMessage, Serve,

@@ -62,7 +62,10 @@ impl Connection {
     pub async fn recv(&mut self) -> Option<Result<WebSocketMessage, WebSocketError>> {
         let item = self.socket.recv().await;
         match &item {
-            Some(Ok(_)) => self.conn.touch(unix_ms()),
+            Some(Ok(message)) => {
+                self.conn.touch(unix_ms());
+                self.manager.inner.counters.received(message.len());
+            }
             Some(Err(_)) | None => {
                 self.manager.remove(&self.conn, true);
             }
@@ -77,15 +80,16 @@ impl Connection {
     pub fn send(&self, message: impl IntoMessage) -> Result<(), WebSocketError> {
         let message = self.manager.prepare(message)?;
         let counters = &self.manager.inner.counters;
+        let len = message.frame().len();
         match self.socket.send_frame(message.frame().clone()) {
             Ok(true) => {
                 self.conn.touch(unix_ms());
-                counters.sends(1, 0, 0);
+                counters.sends(1, len, 0, 0);
             }
-            Ok(false) => counters.sends(0, 1, 0),
+            Ok(false) => counters.sends(0, len, 1, 0),
             Err(e) => {
                 if e.close_code() == Some(1013) {
-                    counters.sends(0, 0, 1);
+                    counters.sends(0, len, 0, 1);
                 }
                 return Err(e);
             }
@@ -98,9 +102,10 @@ impl Connection {
     /// [`WebSocket::reply`]). Broadcasts and sends from elsewhere keep the policy.
     pub async fn reply(&mut self, message: impl IntoMessage) -> Result<(), WebSocketError> {
         let message = self.manager.prepare(message)?;
+        let len = message.frame().len();
         self.socket.reply_frame(message.frame().clone()).await?;
         self.conn.touch(unix_ms());
-        self.manager.inner.counters.sends(1, 0, 0);
+        self.manager.inner.counters.sends(1, len, 0, 0);
         Ok(())
     }
 

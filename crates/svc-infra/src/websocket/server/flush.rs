@@ -3,7 +3,10 @@
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::Poll,
 };
 
@@ -56,6 +59,9 @@ fn fail(outs: &[Arc<Outbound>]) {
 #[derive(Debug, Default)]
 pub(crate) struct FlushQueue {
     line: Mutex<Line>,
+    /// Connections in the line or in the batch being worked (the gauge
+    /// `svc_ws_flush_queue_connections`).
+    pending: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +72,11 @@ struct Line {
 }
 
 impl FlushQueue {
+    /// Connections waiting to be flushed.
+    pub(crate) fn len(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
     /// Puts `deferred`'s connections at the end of the line.
     pub(crate) fn extend(self: &Arc<Self>, mut deferred: Deferred) {
         if deferred.0.is_empty() {
@@ -75,6 +86,7 @@ impl FlushQueue {
             return fail(&std::mem::take(&mut deferred.0));
         };
         let mut line = self.line.lock().unwrap_or_else(|p| p.into_inner());
+        self.pending.fetch_add(deferred.0.len(), Ordering::Relaxed);
         line.waiting.extend(deferred.0.drain(..));
         if !line.running {
             line.running = true;
@@ -103,6 +115,7 @@ impl FlushQueue {
                 std::mem::swap(&mut batch, &mut line.waiting);
             }
             if let Some(out) = batch.pop_front() {
+                self.pending.fetch_sub(1, Ordering::Relaxed);
                 flush_one(out, true).await;
             }
         }

@@ -70,6 +70,7 @@ pub(crate) struct Inner {
     next_id: AtomicU64,
     shutting_down: AtomicBool,
     pub(super) keepalive_started: AtomicBool,
+    pub(super) sampler_started: AtomicBool,
     pub(super) counters: Counters,
     /// Notified whenever a connection is removed (shutdown waits on it).
     removed: Notify,
@@ -146,6 +147,7 @@ impl ConnectionManager {
         backplane: Option<Arc<dyn Backplane>>,
         heartbeat: Duration,
     ) -> Self {
+        super::metrics::describe_metrics();
         let inner = Arc::new(Inner {
             config,
             policy,
@@ -154,7 +156,8 @@ impl ConnectionManager {
             next_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             keepalive_started: AtomicBool::new(false),
-            counters: Counters::default(),
+            sampler_started: AtomicBool::new(false),
+            counters: Counters::new(),
             removed: Notify::new(),
             hook_tasks: TaskTracker::new(),
             flush_queue: Arc::default(),
@@ -287,6 +290,7 @@ impl ConnectionManager {
         metadata: Metadata,
     ) -> Result<Connection, (Box<WebSocket>, Refused)> {
         self.start_keepalive();
+        self.start_sampler();
         let conn = Arc::new(Conn {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             user_id: Arc::from(user_id),
@@ -529,6 +533,7 @@ impl ConnectionManager {
         conns: impl Iterator<Item = &'a Arc<Conn>>,
         message: &PreparedMessage,
     ) -> usize {
+        let started = std::time::Instant::now();
         let now = unix_ms();
         let mut reached = 0;
         let mut dead = Vec::new();
@@ -552,9 +557,9 @@ impl ConnectionManager {
             }
         }
         self.inner.flush_queue.extend(deferred);
-        self.inner
-            .counters
-            .sends(reached as u64, dropped, overflowed);
+        let counters = &self.inner.counters;
+        counters.sends(reached as u64, message.frame().len(), dropped, overflowed);
+        counters.delivered_in(started.elapsed());
         for conn in dead {
             // A failed send removes the dead connection.
             self.remove(&conn, true);

@@ -14,6 +14,7 @@ mod keepalive;
 mod listener;
 mod manager;
 mod message;
+pub mod metrics;
 mod outbound;
 mod registry;
 mod serve;

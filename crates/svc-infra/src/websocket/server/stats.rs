@@ -23,8 +23,9 @@ pub struct ManagerStats {
     pub keepalive_timeouts: u64,
 }
 
-/// The live counters behind [`ManagerStats`].
-#[derive(Debug, Default)]
+/// The live counters behind [`ManagerStats`], and the handles of the `metrics` series they
+/// feed (taken once, when the manager is built: an exporter installed later sees nothing).
+#[derive(Debug)]
 pub(super) struct Counters {
     connects: AtomicU64,
     disconnects: AtomicU64,
@@ -32,39 +33,95 @@ pub(super) struct Counters {
     dropped: AtomicU64,
     slow_consumer_disconnects: AtomicU64,
     keepalive_timeouts: AtomicU64,
+    m: Handles,
+}
+
+#[derive(Debug)]
+struct Handles {
+    connects: metrics::Counter,
+    disconnects: metrics::Counter,
+    keepalive_timeouts: metrics::Counter,
+    messages_sent: metrics::Counter,
+    bytes_sent: metrics::Counter,
+    messages_received: metrics::Counter,
+    bytes_received: metrics::Counter,
+    dropped: metrics::Counter,
+    slow_consumer_disconnects: metrics::Counter,
+    broadcast_duration: metrics::Histogram,
 }
 
 impl Counters {
+    pub(super) fn new() -> Self {
+        Self {
+            connects: AtomicU64::new(0),
+            disconnects: AtomicU64::new(0),
+            frames_sent: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            slow_consumer_disconnects: AtomicU64::new(0),
+            keepalive_timeouts: AtomicU64::new(0),
+            m: Handles {
+                connects: metrics::counter!("svc_ws_connects_total"),
+                disconnects: metrics::counter!("svc_ws_disconnects_total"),
+                keepalive_timeouts: metrics::counter!("svc_ws_keepalive_timeouts_total"),
+                messages_sent: metrics::counter!("svc_ws_messages_sent_total"),
+                bytes_sent: metrics::counter!("svc_ws_bytes_sent_total"),
+                messages_received: metrics::counter!("svc_ws_messages_received_total"),
+                bytes_received: metrics::counter!("svc_ws_bytes_received_total"),
+                dropped: metrics::counter!("svc_ws_messages_dropped_total"),
+                slow_consumer_disconnects: metrics::counter!(
+                    "svc_ws_slow_consumer_disconnects_total"
+                ),
+                broadcast_duration: metrics::histogram!("svc_ws_broadcast_duration_seconds"),
+            },
+        }
+    }
+
     /// A connection was registered.
     pub(super) fn connected(&self) {
         self.connects.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("svc_ws_connects_total").increment(1);
+        self.m.connects.increment(1);
     }
 
     /// A connection was removed.
     pub(super) fn disconnected(&self) {
         self.disconnects.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("svc_ws_disconnects_total").increment(1);
+        self.m.disconnects.increment(1);
     }
 
     /// A connection did not answer its keepalive ping in time.
     pub(super) fn keepalive_timeout(&self) {
         self.keepalive_timeouts.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("svc_ws_keepalive_timeouts_total").increment(1);
+        self.m.keepalive_timeouts.increment(1);
     }
 
-    /// What sends did: one place for broadcasts and `Connection::send` alike.
-    pub(super) fn sends(&self, sent: u64, dropped: u64, overflowed: u64) {
-        self.frames_sent.fetch_add(sent, Ordering::Relaxed);
+    /// What sends of one frame of `frame_len` bytes did: one place for broadcasts and
+    /// `Connection::send` alike.
+    pub(super) fn sends(&self, sent: u64, frame_len: usize, dropped: u64, overflowed: u64) {
+        if sent > 0 {
+            self.frames_sent.fetch_add(sent, Ordering::Relaxed);
+            self.m.messages_sent.increment(sent);
+            self.m.bytes_sent.increment(sent * frame_len as u64);
+        }
         if dropped > 0 {
             self.dropped.fetch_add(dropped, Ordering::Relaxed);
-            metrics::counter!("svc_ws_messages_dropped_total").increment(dropped);
+            self.m.dropped.increment(dropped);
         }
         if overflowed > 0 {
             self.slow_consumer_disconnects
                 .fetch_add(overflowed, Ordering::Relaxed);
-            metrics::counter!("svc_ws_slow_consumer_disconnects_total").increment(overflowed);
+            self.m.slow_consumer_disconnects.increment(overflowed);
         }
+    }
+
+    /// A message of `len` payload bytes arrived from a registered connection.
+    pub(super) fn received(&self, len: usize) {
+        self.m.messages_received.increment(1);
+        self.m.bytes_received.increment(len as u64);
+    }
+
+    /// How long a delivery to this node's connections took.
+    pub(super) fn delivered_in(&self, took: std::time::Duration) {
+        self.m.broadcast_duration.record(took);
     }
 
     /// The counters now.

@@ -54,6 +54,8 @@ pub struct WsUpgrade {
     /// The user the connection will be registered for, if the handler said
     /// ([`for_user`](Self::for_user)).
     user: Option<String>,
+    /// When the request was extracted (`svc_ws_handshake_duration_seconds`).
+    started: std::time::Instant,
 }
 
 impl std::fmt::Debug for WsUpgrade {
@@ -111,8 +113,10 @@ impl WsUpgrade {
     }
 
     /// Answers the request with `101 Switching Protocols` and runs `callback` with the
-    /// socket once the client has it. Nothing runs, and the request is answered instead
-    /// (counted in `svc_ws_upgrades_refused_total{reason}`), when:
+    /// socket once the client has it (counted in `svc_ws_upgrades_accepted_total`, timed in
+    /// `svc_ws_handshake_duration_seconds` from the extraction of the request). Nothing
+    /// runs, and the request is answered instead (counted in
+    /// `svc_ws_upgrades_refused_total{reason}`), when:
     /// - its `Origin` is not one of the configuration's
     ///   [`allowed_origins`](WebSocketConfig::allowed_origins): HTTP 403 (`origin`);
     /// - the installed manager is at `WS_MAX_CONNECTIONS` (`node_full`) or shutting down
@@ -134,17 +138,15 @@ impl WsUpgrade {
             origin,
             manager,
             user,
+            started,
             ..
         } = self;
         // A header that is not text cannot be any allowed origin.
         if !config.allows_origin(origin.as_ref().map(|v| v.to_str().unwrap_or("\0"))) {
-            metrics::counter!("svc_ws_upgrades_refused_total", "reason" => "origin").increment(1);
             tracing::debug!(origin = ?origin, "websocket upgrade refused: origin not allowed");
             return WsUpgradeRejection::OriginNotAllowed.into_response();
         }
         if let Some(Err(why)) = manager.map(|m| m.admits(user.as_deref())) {
-            metrics::counter!("svc_ws_upgrades_refused_total", "reason" => why.reason())
-                .increment(1);
             tracing::debug!(user = ?user, reason = why.reason(), "websocket upgrade refused");
             return WsUpgradeRejection::from(why).into_response();
         }
@@ -163,6 +165,8 @@ impl WsUpgrade {
             };
             let (reader, writer, already_read) = split_upgraded(upgraded);
             let socket = WebSocket::new(reader, writer, already_read, &config, policy, protocol);
+            metrics::counter!("svc_ws_upgrades_accepted_total").increment(1);
+            metrics::histogram!("svc_ws_handshake_duration_seconds").record(started.elapsed());
             // A task of its own, so that for the life of the connection the task holds only
             // the handler's future, not this one's upgrade state.
             tokio::spawn(callback(socket));
@@ -269,8 +273,23 @@ impl std::fmt::Display for WsUpgradeRejection {
 
 impl std::error::Error for WsUpgradeRejection {}
 
+impl WsUpgradeRejection {
+    /// The `reason` label of `svc_ws_upgrades_refused_total` this refusal counts under.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::OriginNotAllowed => "origin",
+            Self::ServerFull => "node_full",
+            Self::TooManyConnectionsForUser => "user_full",
+            Self::ShuttingDown => "shutting_down",
+            _ => "bad_request",
+        }
+    }
+}
+
 impl IntoResponse for WsUpgradeRejection {
+    /// The answer, counted in `svc_ws_upgrades_refused_total{reason}`.
     fn into_response(self) -> Response {
+        metrics::counter!("svc_ws_upgrades_refused_total", "reason" => self.reason()).increment(1);
         let status = match self {
             Self::MethodNotGet => StatusCode::METHOD_NOT_ALLOWED,
             Self::ConnectionNotUpgradable => StatusCode::UPGRADE_REQUIRED,
@@ -367,6 +386,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
             origin: parts.headers.get(header::ORIGIN).cloned(),
             manager,
             user: None,
+            started: std::time::Instant::now(),
         })
     }
 }
