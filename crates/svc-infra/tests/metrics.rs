@@ -258,3 +258,25 @@ async fn metrics_exist_from_the_first_scrape_and_move_as_documented() {
     assert_eq!(value(&last, "svc_ws_connections", &[]), 2.0);
     drop(sloth);
 }
+
+/// The table of `docs/operations.md` is the catalogue: every series in it, nothing else.
+#[test]
+fn the_operations_doc_lists_the_catalogue() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/operations.md"
+    ))
+    .unwrap();
+    let rows: HashSet<&str> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `svc_ws_"))
+        .filter_map(|l| l.split('`').next())
+        .collect();
+    let catalogue: HashSet<String> = SERIES
+        .iter()
+        .chain(METRICS)
+        .map(|s| s.name.trim_start_matches("svc_ws_").to_owned())
+        .collect();
+    let rows: HashSet<String> = rows.into_iter().map(str::to_owned).collect();
+    assert_eq!(rows, catalogue, "docs/operations.md's table and the catalogue differ");
+}
