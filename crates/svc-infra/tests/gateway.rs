@@ -534,17 +534,17 @@ async fn api_publish_and_metrics() {
     assert!(after >= connects_before + 2, "{connects_before} -> {after}");
 }
 
-/// The shutdown future closes every connection with 1001, as docs/protocol.md says, and
+/// The shutdown future closes every connection with 1012, as docs/protocol.md says, and
 /// `serve` returns; the listener is closed.
 #[tokio::test]
-async fn shutdown_closes_connections_with_1001() {
+async fn shutdown_closes_connections_with_1012() {
     let mut gw = start(GatewayConfig::default()).await;
     let mut alice = connect(&gw, "?user=alice").await;
     registered(&gw, 1).await;
     gw.stop.take().unwrap().send(()).unwrap();
     assert_eq!(
         next_close(&mut alice).await,
-        Some((1001, "server shutting down".to_owned()))
+        Some((1012, "service restart".to_owned()))
     );
     // Keep reading so the client's close reply goes out and the drain ends at once.
     while let Some(Ok(_)) = within("end of stream", alice.next()).await {}
@@ -554,6 +554,78 @@ async fn shutdown_closes_connections_with_1001() {
         .unwrap();
     let refused = within("connect", tokio::net::TcpStream::connect(gw.addr)).await;
     assert!(refused.is_err(), "the listener is closed");
+}
+
+/// A rolling restart: the moment shutdown begins, `/health/ready` says 503 and new upgrades
+/// get 503 with `Retry-After`, while every connection stays open for the grace period and
+/// `/health/live` still says 200; then the connections are closed with 1012 spread over the
+/// window, not all at once.
+#[tokio::test]
+async fn shutdown_turns_unready_first_then_closes_over_the_spread() {
+    const N: usize = 20;
+    let grace = Duration::from_millis(400);
+    let spread = Duration::from_millis(800);
+    let mut gw = start(GatewayConfig::default().with_shutdown_ramp(grace, spread)).await;
+    assert_eq!(http(gw.addr, "GET", "/health/ready", "", "").await.0, 200);
+    let mut closes = Vec::new();
+    for i in 0..N {
+        let mut ws = connect(&gw, &format!("?user=u{i}")).await;
+        closes.push(tokio::spawn(async move {
+            let close = next_close(&mut ws).await;
+            let at = std::time::Instant::now();
+            while let Some(Ok(_)) = within("end of stream", ws.next()).await {}
+            (at, close)
+        }));
+    }
+    registered(&gw, N as u64).await;
+
+    let begun = std::time::Instant::now();
+    gw.stop.take().unwrap().send(()).unwrap();
+    within("not ready", async {
+        while http(gw.addr, "GET", "/health/ready", "", "").await.0 != 503 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let unready = std::time::Instant::now();
+    let (status, body) = http(gw.addr, "GET", "/health/ready", "", "").await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        json!({"ready": false, "reason": "shutting down"})
+    );
+    assert_eq!(http(gw.addr, "GET", "/health/live", "", "").await.0, 200);
+    let tcp = within("tcp", tokio::net::TcpStream::connect(gw.addr))
+        .await
+        .unwrap();
+    let (_, head) = common::raw::upgrade_request(tcp, gw.addr, "/ws?user=late").await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(head.contains("retry-after: 5"), "{head}");
+
+    let mut times = Vec::new();
+    for task in closes {
+        let (at, close) = within("close", task).await.unwrap();
+        assert_eq!(close, Some((1012, "service restart".to_owned())));
+        times.push(at);
+    }
+    let first = *times.iter().min().unwrap();
+    let last = *times.iter().max().unwrap();
+    assert!(unready < first, "a connection closed before the node said it was going");
+    assert!(
+        first.duration_since(begun) >= grace - Duration::from_millis(50),
+        "the first close came {:?} after the shutdown began, before the grace ended",
+        first.duration_since(begun)
+    );
+    // The last of 20 closes is due after 19/20 of the spread.
+    assert!(
+        last.duration_since(first) >= spread.mul_f64(0.7),
+        "closes spread over only {:?}",
+        last.duration_since(first)
+    );
+    within("serve to return", &mut gw.served)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 /// The router mounted beside an application's own routes, served by the application.
@@ -584,7 +656,7 @@ async fn the_router_mounts_beside_other_routes() {
     let closing = tokio::spawn(async move { gateway.shutdown().await });
     assert_eq!(
         next_close(&mut ws).await,
-        Some((1001, "server shutting down".to_owned()))
+        Some((1012, "service restart".to_owned()))
     );
     while let Some(Ok(_)) = within("end of stream", ws.next()).await {}
     within("shutdown", closing).await.unwrap();

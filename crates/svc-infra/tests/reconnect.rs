@@ -279,3 +279,34 @@ async fn a_normal_close_by_the_server_is_not_retried() {
     assert!(step(clients.next()).await.is_none());
     assert_eq!(server.hits(), 1);
 }
+
+#[tokio::test]
+async fn a_service_restart_reconnects_at_once_with_jitter() {
+    // Every connection is closed with 1012. With a base of 1 s and jitter 0.1 an ordinary
+    // retry waits 0.9–1.1 s; after 1012 the first retry waits a random 0–1 s instead, so in
+    // five restarts at least one is shorter than 0.9 s (all five not: 0.1^5).
+    let server = TestServer::start().await;
+    let config = policy(1_000, 5_000, 0.1, 0);
+    let url = server.url("/close/1012/service%20restart");
+    let mut clients = websocket_connect(WebSocketClient::builder(url).config(config));
+    let mut previous = step(clients.next()).await.unwrap().unwrap();
+    let mut waits = Vec::new();
+    for _ in 0..5 {
+        // The close may come as an error item (1012 is not a normal close); then the end.
+        while let Some(item) = step(previous.next()).await {
+            assert!(item.is_err(), "{item:?}");
+        }
+        assert_eq!(previous.close_status().map(|s| s.0), Some(1012));
+        let started = Instant::now();
+        previous = step(clients.next()).await.unwrap().unwrap();
+        waits.push(started.elapsed());
+    }
+    assert!(
+        waits.iter().all(|w| *w <= Duration::from_millis(1_300)),
+        "{waits:?}"
+    );
+    assert!(
+        waits.iter().any(|w| *w < Duration::from_millis(900)),
+        "{waits:?}"
+    );
+}

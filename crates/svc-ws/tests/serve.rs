@@ -250,10 +250,10 @@ async fn bad_configuration_exits_with_1_and_bad_flags_with_2() {
     assert_eq!(code, Some(2), "{stderr}");
 }
 
-/// SIGTERM (what a container runtime sends) closes every connection with 1001, as
+/// SIGTERM (what a container runtime sends) closes every connection with 1012, as
 /// docs/protocol.md says, and the process exits with 0.
 #[tokio::test]
-async fn sigterm_closes_connections_with_1001() {
+async fn sigterm_closes_connections_with_1012() {
     let mut gw = gateway(&[], &[]).await;
     let mut alice = connect(&gw, "?user=alice").await;
     registered(&gw, 1).await;
@@ -263,8 +263,8 @@ async fn sigterm_closes_connections_with_1001() {
     loop {
         match within("close frame", alice.next()).await {
             Some(Ok(Message::Close(Some(frame)))) => {
-                assert_eq!(u16::from(frame.code), 1001);
-                assert_eq!(frame.reason.as_str(), "server shutting down");
+                assert_eq!(u16::from(frame.code), 1012);
+                assert_eq!(frame.reason.as_str(), "service restart");
                 // Keep reading so the client's close reply goes out and the server's drain
                 // ends at once.
                 while let Some(Ok(_)) = within("end of stream", alice.next()).await {}

@@ -52,8 +52,21 @@ pub struct GatewayConfig {
     /// installed and `/metrics` answers 404. Default `true`.
     pub metrics: bool,
     /// On shutdown, how long the connections get to finish the closing handshake after the
-    /// close frame (1001 "server shutting down") before they are dropped. Default 5 s.
+    /// last close frame (1012 "service restart") before they are dropped. Default 5 s.
     pub shutdown_timeout: Duration,
+    /// On shutdown, how long the gateway goes on serving its connections after it stopped
+    /// being ready (`/health/ready` 503, new upgrades 503), so that a load balancer notices
+    /// before any connection closes (`WS_SHUTDOWN_GRACE`, seconds). Set it to what your
+    /// readiness probe needs to see a node go (period × failure threshold). Default 0.
+    pub shutdown_grace: Duration,
+    /// On shutdown, the window over which the connections are closed (1012), evenly, so the
+    /// other nodes see their clients come back as a ramp, not all at once
+    /// (`WS_SHUTDOWN_SPREAD`, seconds). Default 5 s.
+    pub shutdown_spread: Duration,
+    /// Whether `/health/ready` says not ready while a configured backplane is disconnected
+    /// (`WS_GATEWAY_READY_REQUIRES_BACKPLANE`): a node cut off from the others then gets no
+    /// new clients. Default `false`: it still serves its own users, and says `degraded`.
+    pub ready_requires_backplane: bool,
     /// The most rooms one user may be in at once (across their connections on this node); a
     /// `join` beyond it gets an `error` answer. 0 sets no limit. Default 1,000.
     pub max_rooms_per_user: usize,
@@ -78,6 +91,9 @@ impl Default for GatewayConfig {
             admin_scope: "admin".to_owned(),
             metrics: true,
             shutdown_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::ZERO,
+            shutdown_spread: Duration::from_secs(5),
+            ready_requires_backplane: false,
             max_rooms_per_user: 1_000,
             request_rate: 500.0,
             request_burst: 5_000,
@@ -100,6 +116,9 @@ impl GatewayConfig {
     /// | `WS_GATEWAY_MAX_ROOMS_PER_USER` | `1000` | Rooms one user may be in; `0` = no limit ([`max_rooms_per_user`](Self::max_rooms_per_user)) |
     /// | `WS_GATEWAY_REQUEST_RATE` | `500` | Requests per second per connection ([`request_rate`](Self::request_rate)) |
     /// | `WS_GATEWAY_REQUEST_BURST` | `5000` | Requests at once above the rate ([`request_burst`](Self::request_burst)) |
+    /// | `WS_SHUTDOWN_GRACE` | `0` | Seconds between not ready and the first close on shutdown ([`shutdown_grace`](Self::shutdown_grace)) |
+    /// | `WS_SHUTDOWN_SPREAD` | `5` | Seconds over which the connections are closed on shutdown ([`shutdown_spread`](Self::shutdown_spread)) |
+    /// | `WS_GATEWAY_READY_REQUIRES_BACKPLANE` | `false` | Not ready while Redis is away ([`ready_requires_backplane`](Self::ready_requires_backplane)) |
     ///
     /// Empty values count as unset. The address to listen on is not here: the caller binds
     /// the listener it hands to [`Gateway::serve`](super::Gateway::serve) (`svc-ws serve`
@@ -147,6 +166,15 @@ impl GatewayConfig {
                 ))
             })?);
         }
+        if let Some(raw) = get("WS_GATEWAY_READY_REQUIRES_BACKPLANE") {
+            config.ready_requires_backplane = parse_bool(raw).ok_or_else(|| {
+                GatewayError::Invalid(ConfigError::new(
+                    "WS_GATEWAY_READY_REQUIRES_BACKPLANE",
+                    raw,
+                    "true or false",
+                ))
+            })?;
+        }
         if let Some(scope) = get("WS_GATEWAY_BROADCAST_SCOPE") {
             config.broadcast_scope = scope.to_owned();
         }
@@ -177,6 +205,13 @@ impl GatewayConfig {
         const BURST: &str = "an integer ≥ 1";
         if let Some(v) = number("WS_GATEWAY_REQUEST_BURST", BURST)? {
             config.request_burst = whole(v, "WS_GATEWAY_REQUEST_BURST", BURST)?;
+        }
+        const SECS: &str = "a number of seconds ≥ 0";
+        if let Some(v) = number("WS_SHUTDOWN_GRACE", SECS)? {
+            config.shutdown_grace = Duration::from_secs_f64(v);
+        }
+        if let Some(v) = number("WS_SHUTDOWN_SPREAD", SECS)? {
+            config.shutdown_spread = Duration::from_secs_f64(v);
         }
         config.validate_as_env()?;
         Ok(config)
@@ -283,6 +318,20 @@ impl GatewayConfig {
     pub fn with_request_rate(mut self, per_second: f64, burst: u32) -> Self {
         self.request_rate = per_second;
         self.request_burst = burst;
+        self
+    }
+
+    /// Sets [`shutdown_grace`](Self::shutdown_grace) and
+    /// [`shutdown_spread`](Self::shutdown_spread).
+    pub fn with_shutdown_ramp(mut self, grace: Duration, spread: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self.shutdown_spread = spread;
+        self
+    }
+
+    /// Sets [`ready_requires_backplane`](Self::ready_requires_backplane).
+    pub fn with_ready_requires_backplane(mut self, required: bool) -> Self {
+        self.ready_requires_backplane = required;
         self
     }
 

@@ -68,6 +68,25 @@ pub(super) async fn health(State(gw): State<Gateway>) -> Json<Value> {
     }))
 }
 
+/// `GET /health/live`: 200 while the process serves HTTP at all.
+pub(super) async fn live() -> Json<Value> {
+    Json(json!({"status": "live"}))
+}
+
+/// `GET /health/ready`: 200 `{"ready": true}` when the gateway takes new connections; 503
+/// `{"ready": false, "reason": …}` once it is shutting down (or, if so configured, while its
+/// backplane is disconnected).
+pub(super) async fn ready(State(gw): State<Gateway>) -> Response {
+    match gw.is_ready() {
+        Ok(()) => Json(json!({"ready": true})).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": reason})),
+        )
+            .into_response(),
+    }
+}
+
 /// `GET /ws/stats`: the manager's counters, this node's and the cluster's connections.
 pub(super) async fn stats(State(gw): State<Gateway>) -> Json<Value> {
     let m = &gw.inner.manager;

@@ -135,10 +135,11 @@ pub const METRICS: &[MetricSeries] = &[
     ),
 ];
 
-/// The close code every connection gets on shutdown (1001, going away).
-const SHUTDOWN_CODE: u16 = 1001;
+/// The close code every connection gets on shutdown (1012, service restart: come back, to
+/// any node, soon).
+const SHUTDOWN_CODE: u16 = 1012;
 /// The close reason every connection gets on shutdown.
-const SHUTDOWN_REASON: &str = "server shutting down";
+const SHUTDOWN_REASON: &str = "service restart";
 
 /// A gateway: its connections, its authenticator and its routes. Cheap to clone (the clones
 /// share everything).
@@ -160,6 +161,11 @@ struct Inner {
     backplane: bool,
     metrics: Option<PrometheusHandle>,
     shutdown_timeout: std::time::Duration,
+    shutdown_grace: std::time::Duration,
+    shutdown_spread: std::time::Duration,
+    ready_requires_backplane: bool,
+    /// Shutdown has begun: not ready any more.
+    draining: std::sync::atomic::AtomicBool,
     max_rooms_per_user: usize,
     rate: rate::Rate,
 }
@@ -211,6 +217,10 @@ impl Gateway {
                 backplane: config.redis_url.is_some(),
                 metrics,
                 shutdown_timeout: config.shutdown_timeout,
+                shutdown_grace: config.shutdown_grace,
+                shutdown_spread: config.shutdown_spread,
+                ready_requires_backplane: config.ready_requires_backplane,
+                draining: std::sync::atomic::AtomicBool::new(false),
                 max_rooms_per_user: config.max_rooms_per_user,
                 rate: rate::Rate {
                     per_second: config.request_rate,
@@ -235,6 +245,8 @@ impl Gateway {
             .route("/", get(http::demo))
             .route("/api/publish", post(http::publish))
             .route("/health", get(http::health))
+            .route("/health/live", get(http::live))
+            .route("/health/ready", get(http::ready))
             .route("/ws/stats", get(http::stats))
             .route("/metrics", get(http::metrics))
             .with_state(self.clone());
@@ -269,15 +281,55 @@ impl Gateway {
             .map_err(GatewayError::Serve)
     }
 
-    /// Closes every connection with 1001 "server shutting down" and waits up to
-    /// [`shutdown_timeout`](GatewayConfig::shutdown_timeout) for the closing handshakes; new
-    /// connections are refused from now on. [`serve`](Self::serve) calls it; an application
-    /// that mounts [`router`](Self::router) itself calls it from its own shutdown.
+    /// The rolling-restart sequence: at once, `/health/ready` turns 503 and new upgrades
+    /// get 503 with `Retry-After`; after [`shutdown_grace`](GatewayConfig::shutdown_grace)
+    /// (for the load balancer to notice) every connection is closed with 1012 "service
+    /// restart", after what is already queued for it, evenly over
+    /// [`shutdown_spread`](GatewayConfig::shutdown_spread); then this waits up to
+    /// [`shutdown_timeout`](GatewayConfig::shutdown_timeout) for the closing handshakes.
+    /// [`serve`](Self::serve) calls it (the HTTP server keeps answering meanwhile, so probes
+    /// see the node go); an application that mounts [`router`](Self::router) itself calls it
+    /// from its own shutdown.
     pub async fn shutdown(&self) {
-        self.inner
+        let inner = &self.inner;
+        inner
+            .draining
+            .store(true, std::sync::atomic::Ordering::Release);
+        inner.manager.stop_admitting();
+        tracing::info!(
+            connections = inner.manager.local_connection_count(),
+            grace = ?inner.shutdown_grace,
+            spread = ?inner.shutdown_spread,
+            "shutting down: not ready; closing the connections with 1012 after the grace, over the spread"
+        );
+        tokio::time::sleep(inner.shutdown_grace).await;
+        inner
             .manager
-            .shutdown(SHUTDOWN_CODE, SHUTDOWN_REASON, self.inner.shutdown_timeout)
+            .shutdown_over(
+                SHUTDOWN_CODE,
+                SHUTDOWN_REASON,
+                inner.shutdown_spread,
+                inner.shutdown_timeout,
+            )
             .await;
+    }
+
+    /// Whether the gateway takes new connections: not once shutdown began, and, with
+    /// [`ready_requires_backplane`](GatewayConfig::ready_requires_backplane), not while its
+    /// backplane is disconnected. `/health/ready` answers this.
+    pub fn is_ready(&self) -> Result<(), &'static str> {
+        let inner = &self.inner;
+        if inner.draining.load(std::sync::atomic::Ordering::Acquire) {
+            return Err("shutting down");
+        }
+        if inner.ready_requires_backplane
+            && inner.backplane
+            && inner.manager.backplane_status()
+                != Some(crate::websocket::backplane::BackplaneStatus::Connected)
+        {
+            return Err("backplane disconnected");
+        }
+        Ok(())
     }
 
     /// The connection manager behind `/ws`: send to its users and rooms from the

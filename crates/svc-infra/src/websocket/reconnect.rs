@@ -54,7 +54,9 @@ use super::{
 ///     1013, 1014) and a client dropped while still open are retried.
 /// - **Retrying**: attempt *n* (0-based, counted from the last good connection) waits
 ///   `min(base * 2^n, max)` times a random factor in `[1 - jitter, 1 + jitter]`
-///   ([`WebSocketConfig::jittered_backoff_delay`]). The first connection is tried at once;
+///   ([`WebSocketConfig::jittered_backoff_delay`]); after a 1012 "service restart" (a
+///   server closing its clients on purpose while it restarts) the first retry waits a
+///   random time between 0 and the base instead. The first connection is tried at once;
 ///   after a drop the first retry already waits `base`, so a server that accepts and drops
 ///   at once is not hammered. A refusal with `Retry-After` (a server at its connection
 ///   limit: 503 or 429) makes the next attempt wait at least that long. Each retry is
@@ -170,10 +172,15 @@ impl Reconnector {
         // The server's `Retry-After` on the last refusal: the next attempt waits at least that.
         let mut asked = None;
         loop {
-            if let Some(cause) = cause.take() {
-                let delay = config
-                    .jittered_backoff_delay(retry)
-                    .max(asked.take().unwrap_or_default());
+            if let Some((cause, restart)) = cause.take() {
+                let delay = if restart && retry == 0 {
+                    config
+                        .reconnect_backoff_base
+                        .mul_f64(rand::random::<f64>())
+                } else {
+                    config.jittered_backoff_delay(retry)
+                }
+                .max(asked.take().unwrap_or_default());
                 retry = retry.saturating_add(1);
                 tracing::warn!(
                     url = %target.url,
@@ -204,7 +211,7 @@ impl Reconnector {
                         return Some(Err(e));
                     }
                     asked = e.retry_after();
-                    cause = Some(e.to_string());
+                    cause = Some((e.to_string(), false));
                 }
             }
         }
@@ -213,24 +220,28 @@ impl Reconnector {
 
 /// Waits for the previous client to end, then says why to connect again; `None` when not
 /// to (reconnect off, a close the caller asked for, a close that is final).
-async fn why_reconnect(previous: ClientWatch, target: &Target) -> Option<String> {
+/// Why to reconnect, if at all, and whether the server said it restarts (1012 "service
+/// restart": it closes its clients over a window on purpose, and any other node takes them, so
+/// the first retry goes at once, after a random pause of up to the backoff base).
+async fn why_reconnect(previous: ClientWatch, target: &Target) -> Option<(String, bool)> {
     previous.closed().await;
     if !target.config.reconnect_enabled {
         return None;
     }
     match previous.close_record() {
         Some(r) if r.origin == CloseOrigin::User => None,
-        Some(r) if r.origin == CloseOrigin::Dropped => {
-            Some("the previous client was dropped while connected".to_owned())
-        }
+        Some(r) if r.origin == CloseOrigin::Dropped => Some((
+            "the previous client was dropped while connected".to_owned(),
+            false,
+        )),
         Some(r) => {
             let ended = WebSocketError::closed(r.code, r.reason);
             if !ended.is_retryable() {
                 tracing::info!(url = %target.url, cause = %ended, "websocket closed; not reconnecting");
                 return None;
             }
-            Some(ended.to_string())
+            Some((ended.to_string(), r.code == 1012))
         }
-        None => Some("the connection ended".to_owned()),
+        None => Some(("the connection ended".to_owned(), false)),
     }
 }
