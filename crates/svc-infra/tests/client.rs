@@ -155,6 +155,7 @@ async fn close_codes_and_reasons_are_reported_as_sent() {
     );
     assert!(!ws.is_connected());
     assert_eq!(ws.close_status(), Some((4001, "bye".to_owned())));
+    assert!(ws.closed_by_peer());
     // The close was answered with the same code.
     assert_eq!(
         server.next_seen().await,
@@ -220,6 +221,7 @@ async fn client_close_is_seen_by_the_server_and_idempotent() {
     );
     step(ws.close(1000, "")).await.unwrap(); // no-op
     assert_eq!(ws.close_status(), Some((4000, "done".to_owned())));
+    assert!(!ws.closed_by_peer(), "we closed");
     let err = step(ws.recv()).await.unwrap_err();
     assert_eq!(err.close_code(), Some(4000));
     // A close we asked for ends the stream quietly.
@@ -407,6 +409,8 @@ async fn a_peer_that_stops_answering_pings_is_detected() {
         "{err:?}"
     );
     assert!(!ws.is_connected());
+    // Our keepalive failed it, not a 1011 from the server.
+    assert!(!ws.closed_by_peer());
     assert!(took >= interval + timeout, "{took:?}");
     // Detected within ping_interval + ping_timeout (plus scheduling slack on a busy box).
     assert!(

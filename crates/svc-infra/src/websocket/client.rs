@@ -396,6 +396,15 @@ impl WebSocketClient {
         self.sender.close_status()
     }
 
+    /// Whether the connection ended because the peer sent a close frame: then
+    /// [`close_status`](Self::close_status) is the peer's code and reason. `false` while
+    /// open, after a close we asked for, and when we failed the connection ourselves
+    /// (keepalive or write timeout 1011, too-big message 1009, protocol error 1002/1007) or
+    /// it dropped (1006). Tells apart a peer's `1011 "keepalive ping timeout"` from ours.
+    pub fn closed_by_peer(&self) -> bool {
+        self.sender.closed_by_peer()
+    }
+
     /// Sends a text or binary message; see [`WebSocketSender::send`].
     ///
     /// # Errors
@@ -520,6 +529,13 @@ impl WebSocketSender {
     /// See [`WebSocketClient::close_status`].
     pub fn close_status(&self) -> Option<(u16, String)> {
         self.shared.close_record().map(|r| (r.code, r.reason))
+    }
+
+    /// See [`WebSocketClient::closed_by_peer`].
+    pub fn closed_by_peer(&self) -> bool {
+        self.shared
+            .close_record()
+            .is_some_and(|r| r.origin == CloseOrigin::Peer)
     }
 
     /// Sends a text (`&str`, `String`) or binary (`Vec<u8>`, `Bytes`, `&[u8]`) message and
