@@ -6,7 +6,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 mod bench;
 mod connect;
@@ -40,13 +40,19 @@ fn main() -> anyhow::Result<ExitCode> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    // Parsed by hand rather than with `Cli::parse()`: `serve --print-config` tells where each
+    // value came from (flag, environment or default).
+    let matches = Cli::command().get_matches();
+    let cli =
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut Cli::command()).exit());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Serve(args) => serve::run(args, matches.subcommand_matches("serve"))
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::Token(args) => token::run(args).map(|()| ExitCode::SUCCESS),
             Command::Connect(args) => connect::run(args).await,
             Command::Bench(args) => bench::run(args).await.map(|()| ExitCode::SUCCESS),

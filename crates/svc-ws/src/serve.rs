@@ -1,17 +1,29 @@
 //! `svc-ws serve`: the gateway ([`svc_infra::gateway`]) behind a command line: the flags
 //! below over the environment of [`GatewayConfig::from_env`], a listener on `--host`/`--port`,
-//! and SIGINT/SIGTERM as the shutdown signal.
+//! and SIGINT/SIGTERM as the shutdown signal. `--print-config` prints the settings in effect
+//! instead ([`settings`]).
+//!
+//! A bad setting stops the start, with `--print-config` too: a bad flag (or a value clap
+//! reads from `HOST`, `PORT`, `WS_GATEWAY_ANONYMOUS`) is a usage error (exit status 2), any
+//! other bad variable exits with 1, the message naming the variable and what it accepts.
 
-use std::net::SocketAddr;
+use std::{io::Write as _, net::SocketAddr};
 
 use anyhow::Context as _;
-use svc_infra::gateway::{Gateway, GatewayConfig};
+use clap::ArgMatches;
+use svc_infra::{
+    gateway::{Gateway, GatewayConfig, GatewayError},
+    websocket::backplane::RedisBackplane,
+};
+
+mod settings;
 
 /// Arguments of `svc-ws serve`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Configuration comes from the environment: WS_* (limits, keepalive), AUTH_JWT_* (token \
 verification; see docs/auth.md) and REDIS_URL (join other gateways; in memory otherwise). \
+--print-config shows what is in effect, secrets redacted. \
 The protocol of /ws is in docs/protocol.md.")]
 pub(crate) struct Args {
     /// Address to listen on.
@@ -34,18 +46,35 @@ pub(crate) struct Args {
     /// The scope a JWT needs for `POST /api/publish` (API keys need none).
     #[arg(long, env = "WS_GATEWAY_ADMIN_SCOPE", default_value = "admin")]
     admin_scope: String,
+    /// Print the settings in effect, one `NAME=value  # source` line each (source: flag, env
+    /// or default; secrets redacted), and exit without listening. A bad setting fails as it
+    /// would at start.
+    #[arg(long)]
+    print_config: bool,
 }
 
-pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+/// `svc-ws serve`; `matches` are the subcommand's, for where each flag's value came from.
+pub(crate) async fn run(args: Args, matches: Option<&ArgMatches>) -> anyhow::Result<()> {
     // The flags (which clap also fills from the same variables) over the environment.
     let mut config = GatewayConfig::from_env()?
-        .with_broadcast_scope(args.broadcast_scope)
-        .with_admin_scope(args.admin_scope);
-    if let Some(url) = args.redis_url {
-        config = config.with_redis_url(url);
+        .with_broadcast_scope(args.broadcast_scope.clone())
+        .with_admin_scope(args.admin_scope.clone());
+    if let Some(url) = &args.redis_url {
+        config = config.with_redis_url(url.clone());
     }
     if let Some(anonymous) = args.anonymous {
         config = config.with_anonymous(anonymous);
+    }
+    if args.print_config {
+        preflight(&config)?;
+        let env = settings::Env::from_process();
+        let text = settings::render(&settings::collect(&args, matches, &config, &env));
+        // Not `print!`, which panics on a closed stdout (`| head`).
+        std::io::stdout()
+            .lock()
+            .write_all(text.as_bytes())
+            .context("writing to stdout")?;
+        return Ok(());
     }
     let gateway = Gateway::new(config)?;
 
@@ -74,6 +103,18 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             eprintln!("svc-ws serve: shutting down");
         })
         .await?;
+    Ok(())
+}
+
+/// The checks [`Gateway::new`] makes beyond [`GatewayConfig::validate`] (a production-like
+/// `APP_ENV` needs a JWT key; `REDIS_URL` must be a Redis URL), without starting the
+/// backplane or anything else, so that `--print-config` fails where the start would.
+fn preflight(config: &GatewayConfig) -> Result<(), GatewayError> {
+    config.validate()?;
+    config.auth.clone().build().map_err(GatewayError::Auth)?;
+    if let Some(url) = &config.redis_url {
+        RedisBackplane::new(url).map_err(GatewayError::Redis)?;
+    }
     Ok(())
 }
 

@@ -40,16 +40,33 @@ impl Drop for Gateway {
 
 /// `svc-ws serve --port 0 ARGS` with only `env` of the variables the gateway reads.
 fn serve_command(args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
+    let mut with_port = vec!["--port", "0"];
+    with_port.extend_from_slice(args);
+    serve_command_as_is(&with_port, env)
+}
+
+/// `svc-ws serve ARGS` with only `env` of the variables the gateway reads.
+fn serve_command_as_is(args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_svc-ws"));
-    cmd.args(["serve", "--port", "0"])
-        .args(args)
-        .env_remove("AUTH_JWT__SECRET")
-        .env_remove("AUTH_JWT_SECRET")
-        .env_remove("JWT_SECRET")
-        .env_remove("REDIS_URL")
-        .env_remove("APP_ENV")
-        .env_remove("WS_GATEWAY_ANONYMOUS")
-        .env("RUST_LOG", "warn")
+    cmd.arg("serve").args(args);
+    // The test runner's own settings must not leak in (a shell's HOST, say).
+    for name in std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()) {
+        if name.to_ascii_uppercase().starts_with("WS_")
+            || name.starts_with("AUTH_JWT")
+            || name.starts_with("JWT_")
+            || [
+                "REDIS_URL",
+                "APP_ENV",
+                "RAILWAY_ENVIRONMENT_NAME",
+                "HOST",
+                "PORT",
+            ]
+            .contains(&name.as_str())
+        {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -82,10 +99,53 @@ async fn gateway(args: &[&str], env: &[(&str, &str)]) -> Gateway {
 
 /// Runs `svc-ws serve --port 0 ARGS` with `env`, expecting it to fail at startup.
 async fn failing(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let Output { status, stderr, .. } = within("exit", serve_command(args, env).output())
-        .await
-        .unwrap();
-    (status.code(), String::from_utf8_lossy(&stderr).into_owned())
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = within(
+        "exit",
+        serve_command(args, env).stdout(Stdio::piped()).output(),
+    )
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&stderr).into_owned();
+    assert_eq!(
+        String::from_utf8_lossy(&stdout),
+        "",
+        "{args:?} {env:?}: {stderr}"
+    );
+    (status.code(), stderr)
+}
+
+/// `svc-ws serve ARGS --print-config` with `env`: exit status, stdout, stderr.
+async fn print_config(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = within(
+        "--print-config to exit",
+        serve_command_as_is(args, env)
+            .arg("--print-config")
+            .stdout(Stdio::piped())
+            .output(),
+    )
+    .await
+    .unwrap();
+    (
+        status.code(),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+/// Asserts that each of `lines` is a whole line of `out`.
+#[track_caller]
+fn assert_lines(out: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(out.lines().any(|l| l == *line), "{line:?} not in\n{out}");
+    }
 }
 
 async fn connect(gw: &Gateway, query: &str) -> Ws {
@@ -225,29 +285,129 @@ async fn a_token_from_svc_ws_token_is_accepted() {
 }
 
 /// Bad configuration exits with 1 and names what is wrong; bad flags are usage errors (2).
+/// `--print-config` fails the same way and prints nothing.
 #[tokio::test]
 async fn bad_configuration_exits_with_1_and_bad_flags_with_2() {
-    for (env, says) in [
-        (
-            ("WS_PING_TIMEOUT", "-1"),
-            ["WS_* configuration", "WS_PING_TIMEOUT"],
-        ),
-        (
-            ("APP_ENV", "production"),
-            ["AUTH_JWT_* configuration", "no JWT secret"],
-        ),
-        (("REDIS_URL", "not-a-url"), ["REDIS_URL", "redis://"]),
-    ] {
-        let (code, stderr) = failing(&[], &[env]).await;
-        assert_eq!(code, Some(1), "{env:?}: {stderr}");
-        for s in says {
-            assert!(stderr.contains(s), "{env:?}: {stderr}");
+    for args in [&[][..], &["--print-config"]] {
+        for (env, says) in [
+            (
+                ("WS_PING_TIMEOUT", "-1"),
+                [
+                    "WS_* configuration",
+                    r#"invalid WS_PING_TIMEOUT="-1": expected a finite number > 0 (seconds), or none/null/empty/0 to disable"#,
+                ],
+            ),
+            (
+                ("APP_ENV", "production"),
+                ["AUTH_JWT_* configuration", "no JWT secret"],
+            ),
+            (("REDIS_URL", "not-a-url"), ["REDIS_URL", "redis://"]),
+        ] {
+            let (code, stderr) = failing(args, &[env]).await;
+            assert_eq!(code, Some(1), "{args:?} {env:?}: {stderr}");
+            for s in says {
+                assert!(stderr.contains(s), "{args:?} {env:?}: {stderr}");
+            }
         }
+        let mut with_flag = args.to_vec();
+        with_flag.extend(["--anonymous", "maybe"]);
+        let (code, stderr) = failing(&with_flag, &[]).await;
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(
+            stderr.contains("[possible values: true, false]"),
+            "{stderr}"
+        );
+        let (code, stderr) = failing(args, &[("WS_GATEWAY_ANONYMOUS", "1")]).await;
+        assert_eq!(code, Some(2), "{stderr}");
     }
-    let (code, stderr) = failing(&["--anonymous", "maybe"], &[]).await;
-    assert_eq!(code, Some(2), "{stderr}");
-    let (code, stderr) = failing(&[], &[("WS_GATEWAY_ANONYMOUS", "1")]).await;
-    assert_eq!(code, Some(2), "{stderr}");
+}
+
+/// `--print-config` prints every setting with where it came from, never a secret, and
+/// exits without listening (the port it is given is taken, and it still succeeds).
+#[tokio::test]
+async fn print_config_shows_the_settings_but_no_secret() {
+    let taken = within("bind", tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .await
+        .unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let api_key = "k3y-that-must-not-show";
+    let redis_password = "redis-pw-that-must-not-show";
+    let keys = format!("billing:{api_key}:publish read");
+    let redis_url = format!("redis://:{redis_password}@127.0.0.1:1/0");
+    let (code, stdout, stderr) = print_config(
+        &["--port", &port],
+        &[
+            ("AUTH_JWT__SECRET", SECRET),
+            ("WS_API_KEYS", &keys),
+            ("REDIS_URL", &redis_url),
+            ("WS_PING_TIMEOUT", "5"),
+            ("WS_GATEWAY_REQUEST_RATE", "50"),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let secret_line = format!("AUTH_JWT__SECRET=<redacted, {} bytes>  # env", SECRET.len());
+    let port_line = format!("PORT={port}  # flag");
+    assert_lines(
+        &stdout,
+        &[
+            &port_line,
+            "HOST=127.0.0.1  # default",
+            &secret_line,
+            "JWT_SECRET=  # default",
+            "WS_API_KEYS=billing:<redacted>:publish read  # env",
+            "REDIS_URL=redis://:****@127.0.0.1:1/0  # env",
+            "WS_GATEWAY_ANONYMOUS=false  # default, a JWT key is configured",
+            "WS_GATEWAY_REQUEST_RATE=50  # env",
+            "WS_PING_TIMEOUT=5  # env",
+            "WS_PING_INTERVAL=20  # default",
+            "WS_MAX_MESSAGE_SIZE=1048576  # default",
+            "WS_ALLOWED_ORIGINS=*  # default",
+        ],
+    );
+    for secret in [SECRET, api_key, redis_password] {
+        assert!(!stdout.contains(secret), "{secret} in stdout:\n{stdout}");
+        assert!(!stderr.contains(secret), "{secret} in stderr:\n{stderr}");
+    }
+    assert!(!stderr.contains("listening"), "{stderr}");
+    drop(taken);
+}
+
+/// A flag beats its variable, and the printed value and source show it.
+#[tokio::test]
+async fn print_config_shows_a_flag_over_the_environment() {
+    let (code, stdout, stderr) = print_config(
+        &[
+            "--port",
+            "0",
+            "--admin-scope",
+            "root",
+            "--anonymous",
+            "true",
+            "--redis-url",
+            "redis://:flag-pw@127.0.0.1:2",
+        ],
+        &[
+            ("PORT", "9000"),
+            ("WS_GATEWAY_ADMIN_SCOPE", "ops"),
+            ("WS_GATEWAY_BROADCAST_SCOPE", "announce"),
+            ("AUTH_JWT__SECRET", SECRET),
+            ("REDIS_URL", "redis://127.0.0.1:1"),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_lines(
+        &stdout,
+        &[
+            "PORT=0  # flag, any free port",
+            "WS_GATEWAY_ADMIN_SCOPE=root  # flag",
+            "WS_GATEWAY_BROADCAST_SCOPE=announce  # env",
+            "WS_GATEWAY_ANONYMOUS=true  # flag",
+            "REDIS_URL=redis://:****@127.0.0.1:2  # flag",
+        ],
+    );
+    assert!(!stdout.contains("flag-pw") && !stderr.contains("flag-pw"));
 }
 
 /// SIGTERM (what a container runtime sends) closes every connection with 1012, as
