@@ -41,8 +41,13 @@ fn main() -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .init();
     // Parsed by hand rather than with `Cli::parse()`: `serve --print-config` tells where each
-    // value came from (flag, environment or default).
-    let matches = Cli::command().get_matches();
+    // value came from (flag, environment or default), and a bad value that clap read from a
+    // flag's variable names that variable.
+    let command = Cli::command();
+    let matches = command
+        .clone()
+        .try_get_matches()
+        .unwrap_or_else(|e| with_env_tip(e, &command).exit());
     let cli =
         Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut Cli::command()).exit());
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -58,4 +63,47 @@ fn main() -> anyhow::Result<ExitCode> {
             Command::Bench(args) => bench::run(args).await.map(|()| ExitCode::SUCCESS),
         }
     })
+}
+
+/// clap names the flag when a value it read from a flag's environment variable is bad
+/// (`invalid value '1' for '--anonymous <ANONYMOUS>'`); add which variable held it.
+fn with_env_tip(mut error: clap::Error, command: &clap::Command) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        error.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return error;
+    }
+    let Some(ContextValue::String(invalid)) = error.get(ContextKind::InvalidArg) else {
+        return error;
+    };
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    // `--anonymous <ANONYMOUS>`: the flag comes first.
+    let flag = invalid.split_whitespace().next().unwrap_or_default();
+    let from_env = command
+        .get_subcommands()
+        .flat_map(clap::Command::get_arguments)
+        .find_map(|arg| {
+            let var = arg.get_env()?;
+            let long = format!("--{}", arg.get_long()?);
+            if long != flag {
+                return None;
+            }
+            let given = argv
+                .iter()
+                .any(|a| *a == long || a.starts_with(&format!("{long}=")));
+            (!given && std::env::var_os(var).is_some()).then(|| var.to_string_lossy().into_owned())
+        });
+    if let Some(var) = from_env {
+        error.insert(
+            ContextKind::Suggested,
+            ContextValue::StyledStrs(vec![
+                format!("the value comes from the environment variable {var}").into(),
+            ]),
+        );
+    }
+    error
 }

@@ -317,8 +317,21 @@ async fn bad_configuration_exits_with_1_and_bad_flags_with_2() {
             stderr.contains("[possible values: true, false]"),
             "{stderr}"
         );
+        // clap reads this one: the message names the variable too.
         let (code, stderr) = failing(args, &[("WS_GATEWAY_ANONYMOUS", "1")]).await;
         assert_eq!(code, Some(2), "{stderr}");
+        assert!(
+            stderr.contains(
+                "tip: the value comes from the environment variable WS_GATEWAY_ANONYMOUS"
+            ) && stderr.contains("[possible values: true, false]"),
+            "{stderr}"
+        );
+        // Given as a flag, the value is not blamed on the variable.
+        let mut with_flag = args.to_vec();
+        with_flag.extend(["--anonymous=maybe"]);
+        let (code, stderr) = failing(&with_flag, &[("WS_GATEWAY_ANONYMOUS", "1")]).await;
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(!stderr.contains("WS_GATEWAY_ANONYMOUS"), "{stderr}");
     }
 }
 
