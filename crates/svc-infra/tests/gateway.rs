@@ -610,7 +610,10 @@ async fn shutdown_turns_unready_first_then_closes_over_the_spread() {
     }
     let first = *times.iter().min().unwrap();
     let last = *times.iter().max().unwrap();
-    assert!(unready < first, "a connection closed before the node said it was going");
+    assert!(
+        unready < first,
+        "a connection closed before the node said it was going"
+    );
     assert!(
         first.duration_since(begun) >= grace - Duration::from_millis(50),
         "the first close came {:?} after the shutdown began, before the grace ended",

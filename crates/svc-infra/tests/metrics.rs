@@ -278,5 +278,8 @@ fn the_operations_doc_lists_the_catalogue() {
         .map(|s| s.name.trim_start_matches("svc_ws_").to_owned())
         .collect();
     let rows: HashSet<String> = rows.into_iter().map(str::to_owned).collect();
-    assert_eq!(rows, catalogue, "docs/operations.md's table and the catalogue differ");
+    assert_eq!(
+        rows, catalogue,
+        "docs/operations.md's table and the catalogue differ"
+    );
 }

@@ -174,9 +174,7 @@ impl Reconnector {
         loop {
             if let Some((cause, restart)) = cause.take() {
                 let delay = if restart && retry == 0 {
-                    config
-                        .reconnect_backoff_base
-                        .mul_f64(rand::random::<f64>())
+                    config.reconnect_backoff_base.mul_f64(rand::random::<f64>())
                 } else {
                     config.jittered_backoff_delay(retry)
                 }

@@ -224,6 +224,21 @@ fn gateway(matches: Option<&ArgMatches>, config: &GatewayConfig, env: &Env) -> G
                 config.request_burst,
                 env.source("WS_GATEWAY_REQUEST_BURST"),
             ),
+            Setting::new(
+                "WS_GATEWAY_READY_REQUIRES_BACKPLANE",
+                config.ready_requires_backplane,
+                env.source("WS_GATEWAY_READY_REQUIRES_BACKPLANE"),
+            ),
+            Setting::new(
+                "WS_SHUTDOWN_GRACE",
+                seconds(config.shutdown_grace),
+                env.source("WS_SHUTDOWN_GRACE"),
+            ),
+            Setting::new(
+                "WS_SHUTDOWN_SPREAD",
+                seconds(config.shutdown_spread),
+                env.source("WS_SHUTDOWN_SPREAD"),
+            ),
         ],
     }
 }
