@@ -111,6 +111,8 @@ pub fn envelope(node: &(ConnectionManager, Inbox), data: &[u8]) -> bool {
     }
     let mut f = Fields(rest);
     let origin = f.u64();
+    // Version 2 carries the origin's timestamp; version 1 does not.
+    let sent_at = (mode & 2 == 2).then(|| f.u64());
     let kind = f.u8() % 3;
     let name = if kind == 0 { String::new() } else { f.name() };
     let exclude = (f.u8() & 1 == 1).then(|| f.name());
@@ -118,8 +120,11 @@ pub fn envelope(node: &(ConnectionManager, Inbox), data: &[u8]) -> bool {
     if frame.is_empty() {
         frame.push(0x81);
     }
-    let mut wire = vec![1];
+    let mut wire = vec![if sent_at.is_some() { 2 } else { 1 }];
     wire.extend_from_slice(&origin.to_be_bytes());
+    if let Some(at) = sent_at {
+        wire.extend_from_slice(&at.to_be_bytes());
+    }
     wire.push(kind);
     put_str(&mut wire, &name);
     match &exclude {
@@ -138,6 +143,7 @@ pub fn envelope(node: &(ConnectionManager, Inbox), data: &[u8]) -> bool {
         _ => Topic::User(name),
     };
     assert_eq!(e.origin, origin);
+    assert_eq!(e.sent_at_us, sent_at);
     assert_eq!(e.topic, topic);
     assert_eq!(e.exclude_user, exclude);
     assert_eq!(&e.frame[..], &frame[..]);

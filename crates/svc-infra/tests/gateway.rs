@@ -285,6 +285,10 @@ async fn two_gateways_on_one_redis_are_one_cluster() {
     )
     .await;
     assert_eq!(next(&mut alice).await["data"], "back");
+    // Both crossed the backplane with the origin's timestamp, and were timed on arrival (the
+    // recorder is the process's: at least these two).
+    let lag_count = counter(b.addr, "svc_ws_backplane_delivery_lag_seconds_count").await;
+    assert!(lag_count >= 2, "{lag_count}");
 
     // Redis gone: each gateway says so and keeps serving its own users.
     drop(redis);

@@ -412,7 +412,7 @@ async fn subscribe(
                         _ => result.unexpected += 1,
                     }
                 }
-                Frame::Close => closed = true,
+                Frame::Close(_) => closed = true,
                 Frame::Ping | Frame::Other => {}
             })
             .await;

@@ -24,6 +24,7 @@ mod fanout;
 mod hostile;
 mod idle;
 mod raw;
+mod restart;
 
 /// Arguments of `svc-ws bench`.
 #[derive(Debug, clap::Args)]
@@ -45,6 +46,9 @@ enum Workload {
     Idle(idle::Args),
     /// Hostile clients: stalled handshakes, announced-but-unsent frames, a request flood.
     Hostile(hostile::Args),
+    /// A rolling restart: N connections on node A, SIGTERM to A, every client moves to node
+    /// B; when A's closes came and how B's handshake rate ramped.
+    Restart(restart::Args),
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
@@ -54,6 +58,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         Workload::Fanout(args) => fanout::run(args).await,
         Workload::Idle(args) => idle::run(args).await,
         Workload::Hostile(args) => hostile::run(args).await,
+        Workload::Restart(args) => restart::run(args).await,
     }
 }
 

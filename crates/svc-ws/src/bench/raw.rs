@@ -30,8 +30,8 @@ pub(crate) struct RawWs {
 pub(crate) enum Frame<'a> {
     /// A complete (FIN) text frame.
     Text(&'a [u8]),
-    /// A close frame.
-    Close,
+    /// A close frame, with its payload (code and reason).
+    Close(&'a [u8]),
     /// A ping, already answered.
     Ping,
     /// Anything else: binary, pong, continuation or a fragment.
@@ -145,7 +145,7 @@ impl RawWs {
             self.start = payload.end;
             match header.opcode {
                 OP_TEXT if header.fin => on_frame(Frame::Text(&self.buf[payload])),
-                OP_CLOSE => on_frame(Frame::Close),
+                OP_CLOSE => on_frame(Frame::Close(&self.buf[payload])),
                 OP_PING => {
                     let reply = encode_masked_frame(OP_PONG, &self.buf[payload], MASK);
                     timeout(write_timeout, self.tcp.write_all(&reply))

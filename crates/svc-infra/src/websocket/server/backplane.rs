@@ -66,6 +66,10 @@ pub struct Envelope {
     pub exclude_user: Option<String>,
     /// The complete WebSocket frame, encoded once by the origin.
     pub frame: Bytes,
+    /// When the origin published it (Unix time, microseconds), so that the receiving node
+    /// can measure the delivery lag (`svc_ws_backplane_delivery_lag_seconds`). `None` from
+    /// nodes that send version 1 of the wire form.
+    pub sent_at_us: Option<u64>,
 }
 
 impl fmt::Debug for Envelope {
@@ -75,6 +79,7 @@ impl fmt::Debug for Envelope {
             .field("topic", &self.topic)
             .field("exclude_user", &self.exclude_user)
             .field("frame_len", &self.frame.len())
+            .field("sent_at_us", &self.sent_at_us)
             .finish()
     }
 }
@@ -85,11 +90,16 @@ impl fmt::Debug for Envelope {
 pub struct EnvelopeError(&'static str);
 
 const VERSION: u8 = 1;
+/// The envelope's wire form with the origin's timestamp.
+const VERSION_TIMED: u8 = 2;
 
 impl Envelope {
-    /// The wire form: version (1), origin (u64, big-endian), topic kind (0 all, 1 room,
+    /// The wire form: version (2 with a timestamp, 1 without), origin (u64, big-endian),
+    /// in version 2 the time it was sent (u64, Unix microseconds), topic kind (0 all, 1 room,
     /// 2 user) and name (u16 length + UTF-8; empty for all), excluded user (0, or 1 + u16
-    /// length + UTF-8), then the frame.
+    /// length + UTF-8), then the frame. A node reads both versions; one that only knows
+    /// version 1 drops version 2 as malformed, so every node of a cluster should run a
+    /// version that reads 2 before any sends it.
     pub fn to_bytes(&self) -> Bytes {
         let (kind, name) = match &self.topic {
             Topic::All => (0u8, ""),
@@ -100,8 +110,17 @@ impl Envelope {
         let mut out = BytesMut::with_capacity(
             16 + name.len() + exclude.map_or(0, str::len) + self.frame.len(),
         );
-        out.put_u8(VERSION);
-        out.put_u64(self.origin);
+        match self.sent_at_us {
+            None => {
+                out.put_u8(VERSION);
+                out.put_u64(self.origin);
+            }
+            Some(at) => {
+                out.put_u8(VERSION_TIMED);
+                out.put_u64(self.origin);
+                out.put_u64(at);
+            }
+        }
         out.put_u8(kind);
         put_str(&mut out, name);
         match exclude {
@@ -119,10 +138,16 @@ impl Envelope {
     /// so that one envelope has one wire form.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, EnvelopeError> {
         let mut r = Reader(bytes);
-        if r.u8()? != VERSION {
+        let version = r.u8()?;
+        if version != VERSION && version != VERSION_TIMED {
             return Err(EnvelopeError("unknown version"));
         }
         let origin = r.u64()?;
+        let sent_at_us = if version == VERSION_TIMED {
+            Some(r.u64()?)
+        } else {
+            None
+        };
         let kind = r.u8()?;
         let name = r.str()?;
         let topic = match kind {
@@ -145,6 +170,7 @@ impl Envelope {
             topic,
             exclude_user,
             frame: Bytes::copy_from_slice(r.0),
+            sent_at_us,
         })
     }
 }
@@ -577,8 +603,16 @@ mod tests {
                 topic,
                 exclude_user: exclude,
                 frame: Bytes::from_static(b"\x81\x02hi"),
+                sent_at_us: None,
             };
             assert_eq!(Envelope::from_bytes(&e.to_bytes()).unwrap(), e);
+            let timed = Envelope {
+                sent_at_us: Some(1_764_500_000_123_456),
+                ..e
+            };
+            let wire = timed.to_bytes();
+            assert_eq!(wire[0], 2);
+            assert_eq!(Envelope::from_bytes(&wire).unwrap(), timed);
         }
     }
 
@@ -618,6 +652,7 @@ mod tests {
             topic: Topic::Room("r".into()),
             exclude_user: Some("u".into()),
             frame: Bytes::from_static(b"\x81\x00"),
+            sent_at_us: None,
         }
         .to_bytes();
         // Cut anywhere before the frame's first byte (the frame itself is opaque here).

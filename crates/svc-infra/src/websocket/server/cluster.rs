@@ -17,7 +17,7 @@ use super::{
     },
     manager::{ConnectionManager, Inner},
     message::PreparedMessage,
-    registry::Conn,
+    registry::{Conn, unix_us},
 };
 
 /// What this node knows of another node of the cluster (from its presence messages).
@@ -161,6 +161,7 @@ impl Cluster {
                 topic: topic(),
                 exclude_user: exclude_user.map(str::to_owned),
                 frame: frame.clone(),
+                sent_at_us: Some(unix_us()),
             });
         }
     }
@@ -288,6 +289,12 @@ impl ConnectionManager {
             }
         };
         metrics::counter!("svc_ws_backplane_received_total").increment(1);
+        if let Some(sent) = envelope.sent_at_us {
+            // Clocks of two hosts differ: a lag below zero is recorded as zero.
+            let lag_us = unix_us().saturating_sub(sent);
+            metrics::histogram!("svc_ws_backplane_delivery_lag_seconds")
+                .record(lag_us as f64 / 1e6);
+        }
         reached
     }
 }

@@ -247,6 +247,12 @@ pub const SERIES: &[MetricSeries] = &[
         &[],
     ),
     series(
+        "svc_ws_backplane_delivery_lag_seconds",
+        Histogram,
+        "From a send on another node to its hand-off to this node's connections, by the envelope's timestamp (the two hosts' clocks must agree; a negative lag counts as 0).",
+        &[],
+    ),
+    series(
         "svc_ws_backplane_dropped_total",
         Counter,
         "Messages for other nodes dropped because the backplane was disconnected or its queue full.",

@@ -54,6 +54,13 @@ pub(super) fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Microseconds since the Unix epoch (0 if the clock is before it).
+pub(super) fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// Who is connected to this node and which rooms they are in. Lives behind the manager's
 /// `RwLock`; every method here is synchronous and short.
 #[derive(Default)]
