@@ -32,13 +32,15 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# gateway PORT SPREAD LOG: starts a gateway pinned to the server core; prints its PID.
+# gateway PORT SPREAD LOG: starts a gateway pinned to the server core (its PID in $STARTED)
+# and waits until it is ready.
 gateway() {
     WS_GATEWAY_ANONYMOUS=true WS_SHUTDOWN_SPREAD=$2 PORT=$1 \
         taskset -c "$SERVER_CPU" "$BIN" serve >"$3" 2>&1 &
-    local pid=$!
+    STARTED=$!
+    PIDS+=("$STARTED")
     for _ in $(seq 100); do
-        curl -fsS "http://127.0.0.1:$1/health/ready" >/dev/null 2>&1 && { echo "$pid"; return 0; }
+        curl -fsS "http://127.0.0.1:$1/health/ready" >/dev/null 2>&1 && return 0
         sleep 0.1
     done
     echo "restart.sh: the gateway on $1 did not start; see $3" >&2
@@ -47,9 +49,9 @@ gateway() {
 
 for round in $(seq "$ROUNDS"); do
     for spread in "$SPREAD" 0; do
-        a=$(gateway "$PORT_A" "$spread" "$OUT/a.log")
-        b=$(gateway "$PORT_B" "$SPREAD" "$OUT/b.log")
-        PIDS=("$a" "$b")
+        gateway "$PORT_A" "$spread" "$OUT/a.log"
+        a=$STARTED
+        gateway "$PORT_B" "$SPREAD" "$OUT/b.log"
         echo "== round $round: WS_SHUTDOWN_SPREAD=$spread on node A, $N connections"
         taskset -c "$CLIENT_CPU" "$BIN" bench restart --url "ws://127.0.0.1:$PORT_A" \
             --to "ws://127.0.0.1:$PORT_B" -n "$N" --stop-pid "$a" --jitter-ms "$JITTER_MS" \
