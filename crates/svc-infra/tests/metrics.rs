@@ -283,3 +283,50 @@ fn the_operations_doc_lists_the_catalogue() {
         "docs/operations.md's table and the catalogue differ"
     );
 }
+
+/// The Grafana dashboard (`deploy/grafana/svc-ws.json`) queries only series `/metrics`
+/// exposes, and has a panel for connections, message rates, p99 latencies, refusals and the
+/// backplane.
+#[test]
+fn the_dashboard_queries_only_exposed_series() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/grafana/svc-ws.json"
+    );
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let catalogue: Vec<&MetricSeries> = SERIES.iter().chain(METRICS).collect();
+    let mut queried = HashSet::new();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    for panel in panels {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            let mut named = 0;
+            for (at, _) in expr.match_indices("svc_ws_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let series = catalogue.iter().find(|s| {
+                    name == s.name
+                        || (s.kind == MetricKind::Histogram
+                            && ["_bucket", "_sum", "_count"]
+                                .iter()
+                                .any(|suffix| name == format!("{}{suffix}", s.name)))
+                });
+                let series = series.unwrap_or_else(|| panic!("{name} in `{expr}` is not exposed"));
+                queried.insert(series.name);
+                named += 1;
+            }
+            assert!(named > 0, "`{expr}` names no series");
+        }
+    }
+    for wanted in [
+        "svc_ws_connections",
+        "svc_ws_messages_sent_total",
+        "svc_ws_broadcast_duration_seconds",
+        "svc_ws_upgrades_refused_total",
+        "svc_ws_backplane_connected",
+    ] {
+        assert!(queried.contains(wanted), "no panel shows {wanted}");
+    }
+}
