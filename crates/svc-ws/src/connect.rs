@@ -33,7 +33,7 @@ use anyhow::Context as _;
 use futures_util::StreamExt;
 use svc_infra::websocket::{
     ConnectFailure, RootCertificate, WebSocketClient, WebSocketConfig, WebSocketError,
-    WebSocketMessage,
+    WebSocketMessage, redact_url,
 };
 use tokio::{io::AsyncWriteExt, sync::mpsc};
 
@@ -95,7 +95,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let ending = match builder.connect().await {
         Ok(ws) => {
-            tracing::info!(url = %args.url, subprotocol = ?ws.subprotocol(), "connected");
+            tracing::info!(
+                url = %redact_url(&args.url),
+                subprotocol = ?ws.subprotocol(),
+                "connected"
+            );
             session(ws, args.json).await?
         }
         Err(e) => Ending::from_error(&e, None),
@@ -261,6 +265,7 @@ impl Ending {
                 format!("authentication failed: HTTP {status}{}", shown_body(body))
             }
             WebSocketError::ConnectionFailed { url, source } => match source {
+                // A `?token=` is the user's, but this line may end up in a CI log.
                 ConnectFailure::HttpStatus {
                     status,
                     reason,
@@ -278,10 +283,14 @@ impl Ending {
                     line.push_str(&shown_body(body));
                     line
                 }
-                ConnectFailure::Io(io) => format!("cannot connect to {url}: {}", io_reason(io)),
+                ConnectFailure::Io(io) => {
+                    format!("cannot connect to {}: {}", redact_url(url), io_reason(io))
+                }
                 ConnectFailure::Tls(why) => format!("TLS error: {why}"),
-                ConnectFailure::InvalidRequest(why) => format!("cannot connect to {url}: {why}"),
-                other => format!("cannot connect to {url}: {other}"),
+                ConnectFailure::InvalidRequest(why) => {
+                    format!("cannot connect to {}: {why}", redact_url(url))
+                }
+                other => format!("cannot connect to {}: {other}", redact_url(url)),
             },
             WebSocketError::Io(io) => format!("connection failed: {}", io_reason(io)),
             other => other.to_string(),

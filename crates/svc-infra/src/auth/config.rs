@@ -39,7 +39,7 @@ impl fmt::Debug for Secret {
 /// # let _ = auth;
 /// # Ok::<(), svc_infra::auth::AuthConfigError>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct WsAuthConfig {
     pub(crate) secret: Option<Secret>,
@@ -79,6 +79,35 @@ pub struct WsAuthConfig {
     /// At most this many keys are kept from a JWKS; the rest are ignored with a warning.
     /// Default 64.
     pub jwks_max_keys: usize,
+}
+
+/// Secrets show by length, API keys by name, the JWKS URL without its credentials
+/// ([`redact_url`](crate::websocket::redact_url)).
+impl fmt::Debug for WsAuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WsAuthConfig")
+            .field("secret", &self.secret)
+            .field("old_secrets", &self.old_secrets)
+            .field("public_keys", &self.public_keys)
+            .field(
+                "jwks_url",
+                &self.jwks_url.as_deref().map(crate::websocket::redact_url),
+            )
+            .field("algorithms", &self.algorithms)
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .field("leeway", &self.leeway)
+            .field("api_keys", &self.api_keys)
+            .field("max_token_bytes", &self.max_token_bytes)
+            .field("production", &self.production)
+            .field("environment", &self.environment)
+            .field("jwks_cache_ttl", &self.jwks_cache_ttl)
+            .field("jwks_min_refresh_interval", &self.jwks_min_refresh_interval)
+            .field("jwks_timeout", &self.jwks_timeout)
+            .field("jwks_max_bytes", &self.jwks_max_bytes)
+            .field("jwks_max_keys", &self.jwks_max_keys)
+            .finish()
+    }
 }
 
 impl Default for WsAuthConfig {

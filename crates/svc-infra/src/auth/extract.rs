@@ -15,8 +15,8 @@ pub const API_KEY_QUERY: &str = "api_key";
 /// The JWT query parameter.
 pub const TOKEN_QUERY: &str = "token";
 
-/// The JWT found in a request, if any.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The JWT found in a request, if any. Its `Debug` hides the token.
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) enum JwtCandidate {
     /// No JWT anywhere.
     Absent,
@@ -27,8 +27,22 @@ pub(crate) enum JwtCandidate {
     Present { token: String, via: TokenSource },
 }
 
-/// Everything credential-like in a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl std::fmt::Debug for JwtCandidate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Absent => f.write_str("Absent"),
+            Self::Blank => f.write_str("Blank"),
+            Self::Present { token, via } => f
+                .debug_struct("Present")
+                .field("token", &format_args!("<{} bytes redacted>", token.len()))
+                .field("via", via)
+                .finish(),
+        }
+    }
+}
+
+/// Everything credential-like in a request. Its `Debug` hides the token and the key.
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Credentials {
     pub(crate) jwt: JwtCandidate,
     pub(crate) api_key: Option<String>,
@@ -36,6 +50,16 @@ pub(crate) struct Credentials {
     /// `Sec-WebSocket-Protocol`, to select it in the response exactly as offered (whichever
     /// source the winning token came from: a browser that offered the pair needs it).
     pub(crate) bearer_protocol: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("jwt", &self.jwt)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("bearer_protocol", &self.bearer_protocol)
+            .finish()
+    }
 }
 
 /// Reads the credentials of a request from its query string and headers. Never fails: bad
@@ -248,6 +272,20 @@ mod tests {
             assert_eq!(c.jwt, JwtCandidate::Absent, "{v}");
             assert_eq!(c.bearer_protocol, None, "{v}");
         }
+    }
+
+    #[test]
+    fn debug_hides_the_credentials() {
+        let h = headers(&[
+            ("x-api-key", "the-api-key"),
+            ("authorization", "Bearer the.jwt.value"),
+        ]);
+        let shown = format!("{:?}", extract(None, &h));
+        assert!(
+            !shown.contains("the-api-key") && !shown.contains("the.jwt.value"),
+            "{shown}"
+        );
+        assert!(shown.contains("<13 bytes redacted>"), "{shown}");
     }
 
     #[test]

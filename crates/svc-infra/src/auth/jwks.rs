@@ -21,6 +21,7 @@ use super::{
     error::AuthConfigError,
     keys::{Family, JwtAlgorithm, PublicKey},
 };
+use crate::websocket::redact_url;
 
 pub(crate) struct JwksSettings {
     pub(crate) url: String,
@@ -132,15 +133,31 @@ impl Jwks {
         match tokio::time::timeout(self.settings.timeout, self.download()).await {
             Ok(Ok(body)) => match parse(&body, self.settings.max_keys) {
                 Ok(keys) => {
-                    tracing::debug!(url = %self.settings.url, keys = keys.len(), "JWKS fetched");
+                    tracing::debug!(
+                        url = %redact_url(&self.settings.url),
+                        keys = keys.len(),
+                        "JWKS fetched"
+                    );
                     let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
                     state.keys = Arc::new(keys);
                     state.fetched_at = Some(Instant::now());
                 }
-                Err(e) => tracing::warn!(url = %self.settings.url, error = e, "bad JWKS document"),
+                Err(e) => {
+                    tracing::warn!(
+                        url = %redact_url(&self.settings.url),
+                        error = e,
+                        "bad JWKS document"
+                    )
+                }
             },
-            Ok(Err(e)) => tracing::warn!(url = %self.settings.url, error = %e, "JWKS fetch failed"),
-            Err(_) => tracing::warn!(url = %self.settings.url, "JWKS fetch timed out"),
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    url = %redact_url(&self.settings.url),
+                    error = %e,
+                    "JWKS fetch failed"
+                )
+            }
+            Err(_) => tracing::warn!(url = %redact_url(&self.settings.url), "JWKS fetch timed out"),
         }
     }
 
@@ -151,7 +168,8 @@ impl Jwks {
             .header("accept", "application/json")
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            // reqwest's message would carry the URL, credentials and all.
+            .map_err(|e| e.without_url().to_string())?;
         if !resp.status().is_success() {
             return Err(format!("HTTP {}", resp.status()));
         }
@@ -160,7 +178,11 @@ impl Jwks {
             return Err(format!("response larger than {max} bytes"));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| e.without_url().to_string())?
+        {
             if body.len() + chunk.len() > max {
                 return Err(format!("response larger than {max} bytes"));
             }

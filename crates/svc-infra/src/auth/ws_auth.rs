@@ -93,7 +93,7 @@ impl WsAuthConfig {
                 });
                 if plain_remote {
                     tracing::warn!(
-                        url,
+                        url = %crate::websocket::redact_url(url),
                         "the JWKS URL is plain http: keys can be tampered with in transit"
                     );
                 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::GatewayError;
 use crate::{
     auth::WsAuthConfig,
-    websocket::{ConfigError, WebSocketConfig},
+    websocket::{ConfigError, WebSocketConfig, redact_url},
 };
 
 /// The settings of a [`Gateway`](super::Gateway).
@@ -25,7 +25,7 @@ use crate::{
 /// config.validate()?;
 /// # Ok::<(), svc_infra::gateway::GatewayError>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct GatewayConfig {
     /// Limits and keepalive of the connections (`WS_*`). Default
@@ -78,6 +78,29 @@ pub struct GatewayConfig {
     /// Requests a connection may send at once above the rate (a reconnecting client that
     /// joins its rooms again, or a burst written before reading any answer). Default 5,000.
     pub request_burst: u32,
+}
+
+/// The Redis URL shows without its password ([`redact_url`]), the auth settings as
+/// [`WsAuthConfig`]'s `Debug` shows them (secrets by length).
+impl std::fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayConfig")
+            .field("websocket", &self.websocket)
+            .field("auth", &self.auth)
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("anonymous", &self.anonymous)
+            .field("broadcast_scope", &self.broadcast_scope)
+            .field("admin_scope", &self.admin_scope)
+            .field("metrics", &self.metrics)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("shutdown_spread", &self.shutdown_spread)
+            .field("ready_requires_backplane", &self.ready_requires_backplane)
+            .field("max_rooms_per_user", &self.max_rooms_per_user)
+            .field("request_rate", &self.request_rate)
+            .field("request_burst", &self.request_burst)
+            .finish()
+    }
 }
 
 impl Default for GatewayConfig {

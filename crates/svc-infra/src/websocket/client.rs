@@ -335,7 +335,7 @@ impl WebSocketClient {
     pub(crate) async fn open(target: &Target) -> Result<Self> {
         let (socket, subprotocol) = target.open().await?;
         let (commands, inbound, shared) = actor::spawn(socket, &target.config);
-        tracing::debug!(url = %target.url, ?subprotocol, "websocket connected");
+        tracing::debug!(url = %super::redact_url(&target.url), ?subprotocol, "websocket connected");
         Ok(Self {
             sender: WebSocketSender {
                 commands,

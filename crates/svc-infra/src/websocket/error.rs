@@ -43,9 +43,10 @@ pub enum WebSocketError {
     /// *What to do:* look at `source` (each [`ConnectFailure`] variant says what to do), or
     /// just ask [`is_retryable`](Self::is_retryable): network trouble and 5xx are worth a
     /// retry later, a bad URL, a TLS failure or another 4xx are not.
-    #[error("Failed to connect to {url}: {source}")]
+    #[error("Failed to connect to {}: {source}", super::redact_url(.url))]
     ConnectionFailed {
-        /// The URL we tried to reach.
+        /// The URL we tried to reach (shown by `Display` with its credentials hidden:
+        /// [`redact_url`](super::redact_url)).
         url: String,
         /// What went wrong.
         #[source]

@@ -21,6 +21,7 @@ mod models;
 pub mod protocol;
 #[cfg(feature = "client")]
 mod reconnect;
+mod redact;
 #[cfg(feature = "server")]
 mod server;
 
@@ -37,6 +38,7 @@ pub use models::{ConnectionInfo, ConnectionState, WebSocketMessage};
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub use reconnect::{Reconnect, websocket_connect};
+pub use redact::redact_url;
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub use server::backplane;

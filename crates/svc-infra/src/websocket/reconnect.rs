@@ -181,7 +181,7 @@ impl Reconnector {
                 .max(asked.take().unwrap_or_default());
                 retry = retry.saturating_add(1);
                 tracing::warn!(
-                    url = %target.url,
+                    url = %super::redact_url(&target.url),
                     attempt = failures + 1,
                     max_attempts = max,
                     ?delay,
@@ -200,7 +200,7 @@ impl Reconnector {
                     let exhausted = max > 0 && failures >= max;
                     if !config.reconnect_enabled || exhausted || !e.is_retryable() {
                         tracing::warn!(
-                            url = %target.url,
+                            url = %super::redact_url(&target.url),
                             attempts = failures,
                             error = %e,
                             "websocket connect failed; giving up"
@@ -235,7 +235,11 @@ async fn why_reconnect(previous: ClientWatch, target: &Target) -> Option<(String
         Some(r) => {
             let ended = WebSocketError::closed(r.code, r.reason);
             if !ended.is_retryable() {
-                tracing::info!(url = %target.url, cause = %ended, "websocket closed; not reconnecting");
+                tracing::info!(
+                    url = %super::redact_url(&target.url),
+                    cause = %ended,
+                    "websocket closed; not reconnecting"
+                );
                 return None;
             }
             Some((ended.to_string(), r.code == 1012))

@@ -16,7 +16,7 @@
 use std::{fmt::Write as _, time::Duration};
 
 use clap::{ArgMatches, parser::ValueSource};
-use svc_infra::{auth::ApiKey, gateway::GatewayConfig};
+use svc_infra::{auth::ApiKey, gateway::GatewayConfig, websocket::redact_url};
 
 use super::Args;
 
@@ -436,55 +436,6 @@ fn optional_seconds(d: Option<Duration>) -> String {
     d.map_or_else(|| "none".to_owned(), seconds)
 }
 
-/// `url` with its credentials hidden: the password of its user info becomes `****`
-/// (`redis://:****@host:6379/0`, `redis://user:****@host`), a user info without `:` is all
-/// hidden (some put the password there), and so are the values of `pass`/`password` query
-/// parameters (`redis+unix:///run/redis.sock?pass=****`).
-pub(super) fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        // Not a URL with an authority: nothing to tell a password apart from.
-        return "<redacted>".to_owned();
-    };
-    let (scheme, rest) = url.split_at(scheme_end + 3);
-    let mut out = scheme.to_owned();
-    // The last `@` ends the user info (a password may hold `/`, `?` or `#`; hiding too much
-    // is the safe side).
-    let rest = match rest.rfind('@') {
-        Some(at) => {
-            match rest[..at].split_once(':') {
-                Some((user, _)) => {
-                    out.push_str(user);
-                    out.push_str(":****@");
-                }
-                None => out.push_str("****@"),
-            }
-            &rest[at + 1..]
-        }
-        None => rest,
-    };
-    match rest.split_once('?') {
-        Some((before, query)) => {
-            out.push_str(before);
-            out.push('?');
-            let params: Vec<String> = query
-                .split('&')
-                .map(|param| match param.split_once('=') {
-                    Some((key, _))
-                        if key.eq_ignore_ascii_case("pass")
-                            || key.eq_ignore_ascii_case("password") =>
-                    {
-                        format!("{key}=****")
-                    }
-                    _ => param.to_owned(),
-                })
-                .collect();
-            out.push_str(&params.join("&"));
-        }
-        None => out.push_str(rest),
-    }
-    out
-}
-
 /// The lines to print: a heading comment, then each group under its own.
 pub(super) fn render(groups: &[Group]) -> String {
     let mut out = String::from(
@@ -513,27 +464,6 @@ pub(super) fn render(groups: &[Group]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_lose_their_passwords() {
-        for (url, shown) in [
-            (
-                "redis://:hunter2@cache.internal:6379/0",
-                "redis://:****@cache.internal:6379/0",
-            ),
-            ("redis://user:pw@host", "redis://user:****@host"),
-            ("redis://pw-without-user@host", "redis://****@host"),
-            ("redis://:p@ss/w?rd@host:1/2", "redis://:****@host:1/2"),
-            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
-            (
-                "redis+unix:///run/redis.sock?db=1&pass=hunter2",
-                "redis+unix:///run/redis.sock?db=1&pass=****",
-            ),
-            ("not a url hunter2", "<redacted>"),
-        ] {
-            assert_eq!(redact_url(url), shown, "{url}");
-        }
-    }
 
     fn auth_lines(env: &[(&str, &str)]) -> String {
         let env = Env::from_pairs(env);
