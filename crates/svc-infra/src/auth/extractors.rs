@@ -77,7 +77,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WsIdentity {
         required(parts)
             .await
             .map(Self)
-            .map_err(WsAuthRejection::counted)
+            .map_err(|r| r.refused(&parts.uri, &parts.extensions))
     }
 }
 
@@ -93,7 +93,7 @@ impl<S: Send + Sync> FromRequestParts<S> for OptionalWsIdentity {
         resolve(parts, &AuthPolicy::optional())
             .await
             .map(Self)
-            .map_err(WsAuthRejection::counted)
+            .map_err(|r| r.refused(&parts.uri, &parts.extensions))
     }
 }
 
@@ -154,9 +154,12 @@ impl<S: Send + Sync, T: ScopeSet> FromRequestParts<S> for RequireWsScopes<T> {
     type Rejection = WsAuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let principal = required(parts).await.map_err(WsAuthRejection::counted)?;
+        let principal = required(parts)
+            .await
+            .map_err(|r| r.refused(&parts.uri, &parts.extensions))?;
         if !principal.has_all_scopes(T::SCOPES) {
-            return Err(WsAuthRejection::from(InsufficientScope).counted());
+            let rejection = WsAuthRejection::from(InsufficientScope);
+            return Err(rejection.refused(&parts.uri, &parts.extensions));
         }
         Ok(Self {
             principal,
@@ -193,9 +196,12 @@ impl<S: Send + Sync, T: ScopeSet> FromRequestParts<S> for RequireWsAnyScope<T> {
     type Rejection = WsAuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let principal = required(parts).await.map_err(WsAuthRejection::counted)?;
+        let principal = required(parts)
+            .await
+            .map_err(|r| r.refused(&parts.uri, &parts.extensions))?;
         if !principal.has_any_scope(T::SCOPES) {
-            return Err(WsAuthRejection::from(InsufficientScope).counted());
+            let rejection = WsAuthRejection::from(InsufficientScope);
+            return Err(rejection.refused(&parts.uri, &parts.extensions));
         }
         Ok(Self {
             principal,

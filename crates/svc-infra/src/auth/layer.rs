@@ -104,13 +104,8 @@ where
             {
                 Ok(o) => o,
                 Err(rejection) => {
-                    tracing::debug!(
-                        status = rejection.status().as_u16(),
-                        reason = %rejection.reason(),
-                        path = req.uri().path(),
-                        "WebSocket handshake rejected"
-                    );
-                    return Ok(rejection.counted().into_response());
+                    let rejection = rejection.refused(req.uri(), req.extensions());
+                    return Ok(rejection.into_response());
                 }
             };
             req.extensions_mut()

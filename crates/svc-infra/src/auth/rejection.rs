@@ -4,12 +4,16 @@
 //! `WWW-Authenticate: Bearer …` header (RFC 6750) on 401/403, and a small JSON body
 //! `{"error": "...", "reason": "..."}` whose reasons are the Python code's internal strings.
 
+use std::net::SocketAddr;
+
 use axum::{
     Json,
-    http::{HeaderValue, StatusCode, header},
+    extract::ConnectInfo,
+    http::{Extensions, HeaderValue, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
+use tracing::field;
 
 #[derive(Serialize)]
 struct Body<'a> {
@@ -221,16 +225,34 @@ impl WsAuthRejection {
 
     /// Counts this refusal of a WebSocket upgrade in
     /// `svc_ws_upgrades_refused_total{reason}` (`unauthorized`, `forbidden`,
-    /// `keys_unavailable`; a route without auth configured is a bug, not a refusal).
-    pub(crate) fn counted(self) -> Self {
+    /// `keys_unavailable`; a route without auth configured is a bug, not a refusal) and logs
+    /// it once: at debug, "websocket upgrade refused" with `status`, `reason` (the body's,
+    /// which never holds a credential), `kind` (the label), `path` (without the query, where
+    /// a `?token=` would be) and `peer`; a route without auth configured at error.
+    pub(crate) fn refused(self, uri: &Uri, extensions: &Extensions) -> Self {
         let label = match self.status() {
             StatusCode::UNAUTHORIZED => Some("unauthorized"),
             StatusCode::FORBIDDEN => Some("forbidden"),
             StatusCode::SERVICE_UNAVAILABLE => Some("keys_unavailable"),
             _ => None,
         };
-        if let Some(label) = label {
-            metrics::counter!("svc_ws_upgrades_refused_total", "reason" => label).increment(1);
+        let path = uri.path();
+        let peer = extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| field::display(*peer));
+        match label {
+            Some(label) => {
+                metrics::counter!("svc_ws_upgrades_refused_total", "reason" => label).increment(1);
+                tracing::debug!(
+                    status = self.status().as_u16(),
+                    reason = self.reason(),
+                    kind = label,
+                    path,
+                    peer,
+                    "websocket upgrade refused"
+                );
+            }
+            None => tracing::error!(path, peer, "{self}"),
         }
         self
     }

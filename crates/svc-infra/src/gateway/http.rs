@@ -150,6 +150,7 @@ enum PublishRejection {
 }
 
 impl IntoResponse for PublishRejection {
+    /// The answer, logged at debug ("POST /api/publish refused", with `status` and `reason`).
     fn into_response(self) -> Response {
         let (status, error, reason) = match self {
             Self::Unauthorized => (
@@ -170,6 +171,11 @@ impl IntoResponse for PublishRejection {
                 "The request body did not arrive in time".to_owned(),
             ),
         };
+        tracing::debug!(
+            status = status.as_u16(),
+            reason,
+            "POST /api/publish refused"
+        );
         (status, Json(json!({"error": error, "reason": reason}))).into_response()
     }
 }
@@ -201,7 +207,15 @@ async fn publish_inner(gw: Gateway, uri: Uri, headers: HeaderMap, body: Body) ->
     {
         Ok(Some(p)) => p,
         Ok(None) => return PublishRejection::Unauthorized.into_response(),
-        Err(rejection) => return rejection.into_response(),
+        Err(rejection) => {
+            // The body's reason: never a credential.
+            tracing::debug!(
+                status = rejection.status().as_u16(),
+                reason = rejection.reason(),
+                "POST /api/publish refused"
+            );
+            return rejection.into_response();
+        }
     };
     let admin_scope = gw.inner.admin_scope.as_str();
     if principal.via != TokenSource::ApiKey && !principal.scopes.iter().any(|s| s == admin_scope) {
@@ -257,7 +271,17 @@ async fn publish_inner(gw: Gateway, uri: Uri, headers: HeaderMap, body: Body) ->
         }
     };
     match sent {
-        Ok(n) => Json(json!({"delivered": n})).into_response(),
+        Ok(n) => {
+            tracing::debug!(
+                from,
+                via = ?principal.via,
+                to = body.to.as_deref(),
+                room = body.room.as_deref(),
+                delivered = n,
+                "POST /api/publish"
+            );
+            Json(json!({"delivered": n})).into_response()
+        }
         Err(e @ WebSocketError::MessageTooLarge { .. }) => {
             PublishRejection::TooLarge(e.to_string()).into_response()
         }

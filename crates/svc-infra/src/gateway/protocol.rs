@@ -151,7 +151,11 @@ impl Session {
                 }
                 Verdict::Close => {
                     metrics::counter!("svc_ws_gateway_rate_limit_closes_total").increment(1);
-                    tracing::debug!(user = %self.user, "closing a connection far over the request rate");
+                    tracing::debug!(
+                        user = %self.user,
+                        code = 1008,
+                        "closing a connection far over the request rate"
+                    );
                     conn.close(1008, "rate limit exceeded").await;
                     return;
                 }

@@ -4,7 +4,7 @@ use std::{fmt, sync::Arc};
 
 use super::{
     hooks::ConnectHook,
-    manager::{ConnectionManager, Refused},
+    manager::{ConnectionManager, Ended, Refused},
     message::IntoMessage,
     registry::{Conn, unix_ms},
     socket::WebSocket,
@@ -67,7 +67,8 @@ impl Connection {
                 self.manager.inner.counters.received(message.len());
             }
             Some(Err(_)) | None => {
-                self.manager.remove(&self.conn, true);
+                let ended = Ended::here(self.socket.close_code());
+                self.manager.remove(&self.conn, true, ended);
             }
         }
         item
@@ -112,13 +113,16 @@ impl Connection {
     /// Closes the connection with `code` and `reason` and removes it from the manager.
     pub async fn close(mut self, code: u16, reason: &str) {
         self.socket.close(code, reason).await;
-        self.manager.remove(&self.conn, true);
+        let ended = Ended::here(self.socket.close_code());
+        self.manager.remove(&self.conn, true, ended);
     }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.manager.remove(&self.conn, true);
+        // A socket still open closes with 1000 as it is dropped (right after this).
+        let ended = Ended::here(Some(self.socket.close_code().unwrap_or((1000, ""))));
+        self.manager.remove(&self.conn, true, ended);
     }
 }
 
@@ -129,10 +133,12 @@ pub(super) async fn refuse(
 ) -> Result<Connection, WebSocketError> {
     let (code, reason) = why.close();
     metrics::counter!("svc_ws_connections_refused_total", "reason" => why.reason()).increment(1);
-    tracing::debug!(code, reason, "connection refused after the upgrade");
     socket.close(code, reason).await;
     Err(WebSocketError::closed(code, reason))
 }
+
+/// The close reason of a connection whose `on_connect` hook failed (code 1011).
+const CONNECT_HOOK_FAILED: &str = "connect hook failed";
 
 /// Runs `on_connect`; if it fails, rolls the registration back (without `on_disconnect`:
 /// the connection never completed) and closes with 1011.
@@ -142,10 +148,16 @@ pub(super) async fn run_connect_hook(
 ) -> Result<Connection, WebSocketError> {
     let manager = connection.manager.clone();
     if let Err(e) = hook(manager.clone(), connection.conn.info()).await {
-        tracing::warn!(user_id = %connection.conn.user_id, error = %e, "on_connect hook failed; closing with 1011");
-        manager.remove(&connection.conn, false);
-        connection.socket.close(1011, "connect hook failed").await;
-        return Err(WebSocketError::closed(1011, "connect hook failed"));
+        tracing::warn!(
+            conn_id = connection.conn.id,
+            user = &*connection.conn.user_id,
+            error = %e,
+            "on_connect hook failed; closing with 1011"
+        );
+        let ended = Ended::here(Some((1011, CONNECT_HOOK_FAILED)));
+        manager.remove(&connection.conn, false, ended);
+        connection.socket.close(1011, CONNECT_HOOK_FAILED).await;
+        return Err(WebSocketError::closed(1011, CONNECT_HOOK_FAILED));
     }
     Ok(connection)
 }

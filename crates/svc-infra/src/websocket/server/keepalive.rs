@@ -9,7 +9,7 @@ use std::{
 use super::{
     clock::{now_ms, now_us},
     flush::Deferred,
-    manager::{ConnectionManager, Inner},
+    manager::{ConnectionManager, Ended, Inner},
     outbound::ping_frame,
 };
 
@@ -27,6 +27,9 @@ impl ConnectionManager {
         tokio::spawn(keepalive(weak, interval, timeout));
     }
 }
+
+/// The close reason of a connection that did not answer a ping in time (code 1011).
+const KEEPALIVE_TIMEOUT: &str = "keepalive ping timeout";
 
 /// Pings connections that have been quiet for `interval`, and closes with 1011 those that
 /// did not answer within `timeout`. One task per manager; it ends with the manager.
@@ -52,8 +55,12 @@ async fn keepalive(inner: Weak<Inner>, interval: Duration, timeout: Option<Durat
                 && now_micros.saturating_sub(sent) > t.as_micros() as u64
             {
                 manager.inner.counters.keepalive_timeout();
-                conn.out.kill(1011, "keepalive ping timeout");
-                manager.remove(conn, true);
+                conn.out.kill(1011, KEEPALIVE_TIMEOUT);
+                manager.remove(
+                    conn,
+                    true,
+                    Ended::elsewhere(Some((1011, KEEPALIVE_TIMEOUT))),
+                );
                 continue;
             }
             let quiet = now.saturating_sub(conn.out.last_seen.load(Ordering::Relaxed));

@@ -4,6 +4,7 @@
 //! the [`ManagerBuilder`].
 
 use std::{
+    borrow::Cow,
     fmt,
     sync::{
         Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
@@ -58,6 +59,29 @@ impl Refused {
             Self::NodeFull => (1013, "server full, try again later"),
             Self::UserFull => (1008, "too many connections for this user"),
         }
+    }
+}
+
+/// How a connection ended, for the one debug line its removal writes.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ended<'a> {
+    /// The close code and reason, when known.
+    pub(super) close: Option<(u16, &'a str)>,
+    /// Whether the removal runs in the connection's own task, inside its span (`conn_id`,
+    /// `user`); if not (keepalive, another connection's broadcast, `disconnect`, shutdown),
+    /// the line is written outside any span, so that it is not taken for that task's.
+    pub(super) here: bool,
+}
+
+impl<'a> Ended<'a> {
+    /// Seen by the connection's own task.
+    pub(super) fn here(close: Option<(u16, &'a str)>) -> Self {
+        Self { close, here: true }
+    }
+
+    /// Decided elsewhere: the close the connection was told to make, if known.
+    pub(super) fn elsewhere(close: Option<(u16, &'a str)>) -> Self {
+        Self { close, here: false }
     }
 }
 
@@ -291,8 +315,16 @@ impl ConnectionManager {
     ) -> Result<Connection, (Box<WebSocket>, Refused)> {
         self.start_keepalive();
         self.start_sampler();
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        // The connection's span (`WsUpgrade` opens one, at debug) gets its id and user, so
+        // every line written in its task names them.
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            span.record("conn_id", id);
+            span.record("user", user_id);
+        }
         let conn = Arc::new(Conn {
-            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            id,
             user_id: Arc::from(user_id),
             out: socket.outbound().clone(),
             connected_at: SystemTime::now(),
@@ -306,6 +338,15 @@ impl ConnectionManager {
             // passed that check together must not all get in.
             if let Err(why) = self.admits_in(&reg, Some(user_id)) {
                 drop(reg);
+                let (code, reason) = why.close();
+                tracing::debug!(
+                    conn_id = id,
+                    user = user_id,
+                    code,
+                    reason,
+                    kind = why.reason(),
+                    "connection refused after the upgrade"
+                );
                 return Err((Box::new(socket), why));
             }
             let key = match reg.users.get_key_value(user_id) {
@@ -325,6 +366,7 @@ impl ConnectionManager {
             reg.snapshot = None;
         }
         self.inner.counters.connected();
+        tracing::debug!(conn_id = id, user = user_id, "connection registered");
         Ok(Connection {
             socket,
             conn,
@@ -333,10 +375,30 @@ impl ConnectionManager {
     }
 
     /// Removes `conn` from the registry if it is still there (exactly once), and runs
-    /// `on_disconnect` for it when `notify`.
-    pub(super) fn remove(&self, conn: &Arc<Conn>, notify: bool) -> bool {
+    /// `on_disconnect` for it when `notify`. The removal that counts writes one debug line,
+    /// "connection closed", with the connection's id and user and how it `ended`.
+    pub(super) fn remove(&self, conn: &Arc<Conn>, notify: bool, ended: Ended<'_>) -> bool {
         if !conn.registered.swap(false, Ordering::AcqRel) {
             return false;
+        }
+        let (code, reason) = ended.close.unzip();
+        if ended.here {
+            tracing::debug!(
+                conn_id = conn.id,
+                user = &*conn.user_id,
+                code,
+                reason,
+                "connection closed"
+            );
+        } else {
+            tracing::debug!(
+                parent: None,
+                conn_id = conn.id,
+                user = &*conn.user_id,
+                code,
+                reason,
+                "connection closed"
+            );
         }
         {
             let mut reg = self.write();
@@ -396,7 +458,7 @@ impl ConnectionManager {
         match found {
             Some(conn) => {
                 conn.out.kill(1000, "disconnected");
-                self.remove(&conn, true)
+                self.remove(&conn, true, Ended::elsewhere(Some((1000, "disconnected"))))
             }
             None => false,
         }
@@ -409,7 +471,11 @@ impl ConnectionManager {
         let mut n = 0;
         for conn in &conns {
             conn.out.kill(1000, "disconnected");
-            n += usize::from(self.remove(conn, true));
+            n += usize::from(self.remove(
+                conn,
+                true,
+                Ended::elsewhere(Some((1000, "disconnected"))),
+            ));
         }
         if conns.is_empty() {
             // Parity with the Python manager: a user without connections leaves all rooms.
@@ -551,18 +617,26 @@ impl ConnectionManager {
                 Push::Dropped => dropped += 1,
                 Push::Overflow => {
                     overflowed += 1;
-                    dead.push(conn.clone());
+                    dead.push((conn.clone(), true));
                 }
-                Push::Closed => dead.push(conn.clone()),
+                Push::Closed => dead.push((conn.clone(), false)),
             }
         }
         self.inner.flush_queue.extend(deferred);
         let counters = &self.inner.counters;
         counters.sends(reached as u64, message.frame().len(), dropped, overflowed);
         counters.delivered_in(started.elapsed());
-        for conn in dead {
-            // A failed send removes the dead connection.
-            self.remove(&conn, true);
+        for (conn, overflowed) in dead {
+            // A failed send removes the dead connection: a slow consumer closing with 1013,
+            // or one that was closing already (with a kill's code, or 1006 when its socket
+            // failed).
+            let known = if overflowed {
+                Some((1013, Cow::Borrowed("slow consumer")))
+            } else {
+                conn.out.known_close()
+            };
+            let close = known.as_ref().map(|(code, reason)| (*code, &**reason));
+            self.remove(&conn, true, Ended::elsewhere(close));
         }
         reached
     }
@@ -768,7 +842,7 @@ impl ConnectionManager {
         let left = self.snapshot();
         for conn in left.iter() {
             conn.out.release();
-            self.remove(conn, true);
+            self.remove(conn, true, Ended::elsewhere(Some((code, reason))));
         }
         self.inner.hook_tasks.close();
         let _ = tokio::time::timeout(drain_timeout, self.inner.hook_tasks.wait()).await;

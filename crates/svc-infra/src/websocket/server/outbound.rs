@@ -286,6 +286,18 @@ impl Outbound {
         drop(st); // before `deferred` starts the flusher
     }
 
+    /// How this connection is closing, as far as the sending side knows: a kill not yet
+    /// carried out, or 1006 once the write side failed (for the log line of a removal
+    /// decided elsewhere).
+    pub(super) fn known_close(&self) -> Option<(u16, Cow<'static, str>)> {
+        let st = self.lock();
+        match &st.kill {
+            Some(kill) => Some(kill.clone()),
+            None if st.broken => Some((1006, Cow::Borrowed(""))),
+            None => None,
+        }
+    }
+
     pub(super) fn take_kill(&self) -> Option<(u16, Cow<'static, str>)> {
         self.lock().kill.take()
     }

@@ -1,15 +1,18 @@
 //! [`WsUpgrade`]: the axum extractor that turns an HTTP/1.1 upgrade request into a
 //! [`WebSocket`] running on our own framing.
 
+use std::net::SocketAddr;
+
 use axum::{
     body::Body,
-    extract::FromRequestParts,
+    extract::{ConnectInfo, FromRequestParts},
     http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header, request::Parts},
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tracing::{Instrument as _, field};
 
 use super::{
     manager::{ConnectionManager, Refused},
@@ -56,13 +59,31 @@ pub struct WsUpgrade {
     user: Option<String>,
     /// When the request was extracted (`svc_ws_handshake_duration_seconds`).
     started: std::time::Instant,
+    /// The peer's address, when the server put it in the request (`ConnectInfo`), for logs.
+    peer: Option<SocketAddr>,
 }
 
+/// The offered subprotocols show with the item after a `bearer` one (a token: the
+/// `["bearer", jwt]` form of authentication) hidden.
 impl std::fmt::Debug for WsUpgrade {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let offered: Vec<&str> = self
+            .offered
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let after_bearer = i > 0 && self.offered[i - 1].eq_ignore_ascii_case("bearer");
+                if after_bearer {
+                    "<redacted>"
+                } else {
+                    p.as_str()
+                }
+            })
+            .collect();
         f.debug_struct("WsUpgrade")
-            .field("offered", &self.offered)
+            .field("offered", &offered)
             .field("selected", &self.selected)
+            .field("user", &self.user)
             .finish_non_exhaustive()
     }
 }
@@ -123,6 +144,12 @@ impl WsUpgrade {
     ///   (`shutting_down`): HTTP 503 with `Retry-After`;
     /// - the user named by [`for_user`](Self::for_user) is at `WS_MAX_CONNECTIONS_PER_USER`
     ///   (`user_full`): HTTP 429 with `Retry-After`.
+    ///
+    /// Logs: a refusal writes one debug line, "websocket upgrade refused". With debug on, the
+    /// upgrade and `callback` run in a span `connection` (fields `peer`, and `conn_id` and
+    /// `user` once [`ConnectionManager::connect`] registers the socket), so every line
+    /// written in the connection's task names it; with debug off there is no span and no
+    /// cost.
     #[must_use = "the returned response completes the handshake"]
     pub fn on_upgrade<C, Fut>(self, callback: C) -> Response
     where
@@ -139,38 +166,59 @@ impl WsUpgrade {
             manager,
             user,
             started,
+            peer,
             ..
         } = self;
         // A header that is not text cannot be any allowed origin.
-        if !config.allows_origin(origin.as_ref().map(|v| v.to_str().unwrap_or("\0"))) {
-            tracing::debug!(origin = ?origin, "websocket upgrade refused: origin not allowed");
-            return WsUpgradeRejection::OriginNotAllowed.into_response();
+        let origin = origin.as_ref().map(|v| v.to_str().unwrap_or("\0"));
+        if !config.allows_origin(origin) {
+            return WsUpgradeRejection::OriginNotAllowed.refused(user.as_deref(), origin, peer);
         }
         if let Some(Err(why)) = manager.map(|m| m.admits(user.as_deref())) {
-            tracing::debug!(user = ?user, reason = why.reason(), "websocket upgrade refused");
-            return WsUpgradeRejection::from(why).into_response();
+            return WsUpgradeRejection::from(why).refused(user.as_deref(), None, peer);
         }
         let protocol = selected.clone();
-        tokio::spawn(async move {
-            let upgraded = match tokio::time::timeout(config.open_timeout, on_upgrade).await {
-                Ok(Ok(upgraded)) => upgraded,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "websocket upgrade failed");
-                    return;
+        // At debug only: with debug off the tasks carry no span at all.
+        let span = tracing::debug_span!(
+            "connection",
+            peer = peer.map(field::display),
+            conn_id = field::Empty,
+            user = field::Empty,
+        );
+        let upgrade = {
+            let span = span.clone();
+            async move {
+                let upgraded = match tokio::time::timeout(config.open_timeout, on_upgrade).await {
+                    Ok(Ok(upgraded)) => upgraded,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "websocket upgrade failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("websocket upgrade timed out");
+                        return;
+                    }
+                };
+                let (reader, writer, already_read) = split_upgraded(upgraded);
+                let socket =
+                    WebSocket::new(reader, writer, already_read, &config, policy, protocol);
+                metrics::counter!("svc_ws_upgrades_accepted_total").increment(1);
+                metrics::histogram!("svc_ws_handshake_duration_seconds").record(started.elapsed());
+                // A task of its own, so that for the life of the connection the task holds
+                // only the handler's future, not this one's upgrade state.
+                let handler = callback(socket);
+                if span.is_disabled() {
+                    tokio::spawn(handler);
+                } else {
+                    tokio::spawn(handler.instrument(span));
                 }
-                Err(_) => {
-                    tracing::debug!("websocket upgrade timed out");
-                    return;
-                }
-            };
-            let (reader, writer, already_read) = split_upgraded(upgraded);
-            let socket = WebSocket::new(reader, writer, already_read, &config, policy, protocol);
-            metrics::counter!("svc_ws_upgrades_accepted_total").increment(1);
-            metrics::histogram!("svc_ws_handshake_duration_seconds").record(started.elapsed());
-            // A task of its own, so that for the life of the connection the task holds only
-            // the handler's future, not this one's upgrade state.
-            tokio::spawn(callback(socket));
-        });
+            }
+        };
+        if span.is_disabled() {
+            tokio::spawn(upgrade);
+        } else {
+            tokio::spawn(upgrade.instrument(span));
+        }
 
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -287,9 +335,36 @@ impl WsUpgradeRejection {
 }
 
 impl IntoResponse for WsUpgradeRejection {
-    /// The answer, counted in `svc_ws_upgrades_refused_total{reason}`.
+    /// The answer, counted in `svc_ws_upgrades_refused_total{reason}` and logged at debug
+    /// ("websocket upgrade refused", with `status`, `reason` and `kind`, the label).
     fn into_response(self) -> Response {
+        self.refused(None, None, None)
+    }
+}
+
+impl WsUpgradeRejection {
+    /// The answer, counted, and logged once at debug with what is known of the request.
+    fn refused(
+        self,
+        user: Option<&str>,
+        origin: Option<&str>,
+        peer: Option<SocketAddr>,
+    ) -> Response {
         metrics::counter!("svc_ws_upgrades_refused_total", "reason" => self.reason()).increment(1);
+        let response = self.response();
+        tracing::debug!(
+            status = response.status().as_u16(),
+            reason = self.to_string(),
+            kind = self.reason(),
+            user,
+            origin,
+            peer = peer.map(field::display),
+            "websocket upgrade refused"
+        );
+        response
+    }
+
+    fn response(&self) -> Response {
         let status = match self {
             Self::MethodNotGet => StatusCode::METHOD_NOT_ALLOWED,
             Self::ConnectionNotUpgradable => StatusCode::UPGRADE_REQUIRED,
@@ -303,7 +378,7 @@ impl IntoResponse for WsUpgradeRejection {
             }
             Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::ServerFull | Self::ShuttingDown | Self::TooManyConnectionsForUser => {
-                let status = if self == Self::TooManyConnectionsForUser {
+                let status = if *self == Self::TooManyConnectionsForUser {
                     StatusCode::TOO_MANY_REQUESTS
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
@@ -387,6 +462,10 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
             manager,
             user: None,
             started: std::time::Instant::now(),
+            peer: parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(peer)| *peer),
         })
     }
 }

@@ -250,6 +250,7 @@ async fn run(shared: Arc<Shared>, mut publish: mpsc::Receiver<(String, Bytes)>) 
             failures = 0; // it was connected: the first retry after a loss waits the base delay
             metrics::gauge!("svc_ws_backplane_connected").set(0.0);
             tracing::warn!(
+                redis = %shared.client.get_connection_info().addr(),
                 error = %lost,
                 "Redis backplane disconnected: local delivery goes on, sends to other nodes \
                  are dropped until it is back"
@@ -309,7 +310,12 @@ async fn session(
     sync(shared, &mut sink, &mut subscribed).await?;
     shared.connected.send_replace(true);
     metrics::gauge!("svc_ws_backplane_connected").set(1.0);
-    tracing::info!(channels = subscribed.len(), "Redis backplane connected");
+    // The address only (host:port): never the URL, which may hold a password.
+    tracing::info!(
+        redis = %shared.client.get_connection_info().addr(),
+        channels = subscribed.len(),
+        "Redis backplane connected"
+    );
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
