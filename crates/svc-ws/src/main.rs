@@ -3,6 +3,9 @@
 //! Subcommands: `serve` (the gateway, `docs/protocol.md`), `connect` (an interactive / pipe
 //! WebSocket client, like websocat), `bench` (the load generator behind
 //! `docs/benchmarks.md`), `token` (development JWTs).
+//!
+//! Logs go to stderr, filtered by `RUST_LOG` (default `info`), as text or, with
+//! `LOG_FORMAT=json`, one JSON object per line ([`logs`]).
 
 use std::process::ExitCode;
 
@@ -10,6 +13,7 @@ use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 mod bench;
 mod connect;
+mod logs;
 mod serve;
 mod token;
 
@@ -32,14 +36,32 @@ enum Command {
     Bench(bench::Args),
 }
 
-fn main() -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+fn main() -> ExitCode {
+    // Before anything logs: a bad LOG_FORMAT stops here, in plain text.
+    let format = match logs::LogFormat::from_env() {
+        Ok(format) => format,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            return ExitCode::FAILURE;
+        }
+    };
+    logs::init(format);
+    match run(format) {
+        Ok(code) => code,
+        // As `main` returning the error would print it; a JSON log line in `json`.
+        Err(e) => {
+            match format {
+                logs::LogFormat::Text => eprintln!("Error: {e:?}"),
+                logs::LogFormat::Json => {
+                    tracing::error!(target: logs::STATUS_TARGET, "{e:#}");
+                }
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(format: logs::LogFormat) -> anyhow::Result<ExitCode> {
     // Parsed by hand rather than with `Cli::parse()`: `serve --print-config` tells where each
     // value came from (flag, environment or default), and a bad value that clap read from a
     // flag's variable names that variable.
@@ -55,7 +77,7 @@ fn main() -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::run(args, matches.subcommand_matches("serve"))
+            Command::Serve(args) => serve::run(args, matches.subcommand_matches("serve"), format)
                 .await
                 .map(|()| ExitCode::SUCCESS),
             Command::Token(args) => token::run(args).map(|()| ExitCode::SUCCESS),

@@ -16,6 +16,8 @@ use svc_infra::{
     websocket::backplane::RedisBackplane,
 };
 
+use crate::logs::{LogFormat, STATUS_TARGET};
+
 mod settings;
 
 /// Arguments of `svc-ws serve`.
@@ -23,6 +25,8 @@ mod settings;
 #[command(after_help = "\
 Configuration comes from the environment: WS_* (limits, keepalive), AUTH_JWT_* (token \
 verification; see docs/auth.md) and REDIS_URL (join other gateways; in memory otherwise). \
+Logs go to stderr: LOG_FORMAT=text (the default) or json, filtered by RUST_LOG (default info; \
+see docs/operations.md). \
 --print-config shows what is in effect, secrets redacted. \
 The protocol of /ws is in docs/protocol.md.")]
 pub(crate) struct Args {
@@ -54,7 +58,11 @@ pub(crate) struct Args {
 }
 
 /// `svc-ws serve`; `matches` are the subcommand's, for where each flag's value came from.
-pub(crate) async fn run(args: Args, matches: Option<&ArgMatches>) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    args: Args,
+    matches: Option<&ArgMatches>,
+    format: LogFormat,
+) -> anyhow::Result<()> {
     // The flags (which clap also fills from the same variables) over the environment.
     let mut config = GatewayConfig::from_env()?
         .with_broadcast_scope(args.broadcast_scope.clone())
@@ -84,26 +92,39 @@ pub(crate) async fn run(args: Args, matches: Option<&ArgMatches>) -> anyhow::Res
         .await
         .with_context(|| format!("bind {}:{}", args.host, args.port))?;
     let addr = listener.local_addr()?;
-    eprintln!(
-        "svc-ws serve: listening on ws://{addr}/ws ({}, {})",
-        if gateway.allows_anonymous() {
-            "anonymous connections allowed"
-        } else {
-            "credentials required"
-        },
-        if gateway.has_backplane() {
-            "Redis backplane"
-        } else {
-            "single node, in memory"
-        }
+    status(
+        format,
+        format_args!(
+            "listening on ws://{addr}/ws ({}, {})",
+            if gateway.allows_anonymous() {
+                "anonymous connections allowed"
+            } else {
+                "credentials required"
+            },
+            if gateway.has_backplane() {
+                "Redis backplane"
+            } else {
+                "single node, in memory"
+            }
+        ),
     );
     gateway
-        .serve(listener, async {
+        .serve(listener, async move {
             shutdown_signal().await;
-            eprintln!("svc-ws serve: shutting down");
+            status(format, format_args!("shutting down"));
         })
         .await?;
     Ok(())
+}
+
+/// A line for whoever runs the gateway (where it listens, that it stops), whatever `RUST_LOG`
+/// says: `svc-ws serve: …` on stderr, or with `LOG_FORMAT=json` a JSON log line at info
+/// (target `svc_ws::status`), so that every line of such a run is JSON.
+fn status(format: LogFormat, message: std::fmt::Arguments<'_>) {
+    match format {
+        LogFormat::Text => eprintln!("svc-ws serve: {message}"),
+        LogFormat::Json => tracing::info!(target: STATUS_TARGET, "{message}"),
+    }
 }
 
 /// The checks [`Gateway::new`] makes beyond [`GatewayConfig::validate`] (a production-like

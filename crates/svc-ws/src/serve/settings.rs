@@ -1,6 +1,6 @@
 //! `svc-ws serve --print-config`: the settings in effect, one `NAME=value  # source` line
-//! each, grouped (listener, gateway, connections, authentication) and sorted by name within a
-//! group.
+//! each, grouped (listener, logs, gateway, connections, authentication) and sorted by name
+//! within a group.
 //!
 //! - The value is what the gateway will use: the parsed configuration (flags over the
 //!   environment over the defaults), written the way the variable accepts it (seconds as
@@ -19,6 +19,7 @@ use clap::{ArgMatches, parser::ValueSource};
 use svc_infra::{auth::ApiKey, gateway::GatewayConfig, websocket::redact_url};
 
 use super::Args;
+use crate::logs::{LOG_FORMAT, LogFormat};
 
 /// Where a value came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +114,15 @@ impl Env {
             .map(|(_, v)| v.as_str())
     }
 
+    /// A variable as set, blank or not (`RUST_LOG`: an empty filter is a filter).
+    fn raw(&self, name: &str) -> Option<&str> {
+        self.vars
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The source of a gateway or auth variable.
     fn source(&self, name: &str) -> Source {
         if self.get(name).is_some() {
@@ -159,6 +169,7 @@ pub(super) fn collect(
                     .note_if(args.port == 0, "any free port"),
             ],
         },
+        logs(env),
         gateway(matches, config, env),
         connections(config, env),
         authentication(config, env),
@@ -167,6 +178,27 @@ pub(super) fn collect(
         group.settings.sort_by_key(|s| s.name);
     }
     groups
+}
+
+/// `LOG_FORMAT` as `svc-ws` read it at start (a bad one stopped it then), and `RUST_LOG`.
+fn logs(env: &Env) -> Group {
+    let format = LogFormat::parse(env.get(LOG_FORMAT)).unwrap_or_default();
+    let rust_log = match env.raw("RUST_LOG") {
+        None => Setting::new("RUST_LOG", "info", Source::Default),
+        Some(filter) if tracing_subscriber::EnvFilter::try_new(filter).is_ok() => {
+            Setting::new("RUST_LOG", filter, Source::Env)
+        }
+        Some(_) => {
+            Setting::new("RUST_LOG", "info", Source::Env).note("not a valid filter: info instead")
+        }
+    };
+    Group {
+        heading: "logs (LOG_FORMAT, RUST_LOG)",
+        settings: vec![
+            Setting::new(LOG_FORMAT, format.as_str(), env.source(LOG_FORMAT)),
+            rust_log,
+        ],
+    }
 }
 
 fn gateway(matches: Option<&ArgMatches>, config: &GatewayConfig, env: &Env) -> Group {
@@ -520,6 +552,22 @@ mod tests {
         );
         assert!(out.contains("\nWS_CLOSE_TIMEOUT=10  # default\n"), "{out}");
         assert_eq!(env.source("WS_GATEWAY_REQUEST_RATE"), Source::Default);
+    }
+
+    #[test]
+    fn logs_show_the_format_and_the_filter() {
+        let out = render(&[logs(&Env::default())]);
+        assert!(out.contains("\nLOG_FORMAT=text  # default\n"), "{out}");
+        assert!(out.contains("\nRUST_LOG=info  # default\n"), "{out}");
+        let env = Env::from_pairs(&[("LOG_FORMAT", "JSON"), ("RUST_LOG", "svc_infra=debug")]);
+        let out = render(&[logs(&env)]);
+        assert!(out.contains("\nLOG_FORMAT=json  # env\n"), "{out}");
+        assert!(out.contains("\nRUST_LOG=svc_infra=debug  # env\n"), "{out}");
+        let out = render(&[logs(&Env::from_pairs(&[("RUST_LOG", "a=b=c")]))]);
+        assert!(
+            out.contains("\nRUST_LOG=info  # env, not a valid filter: info instead\n"),
+            "{out}"
+        );
     }
 
     #[test]
