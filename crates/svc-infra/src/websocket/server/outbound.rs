@@ -92,6 +92,10 @@ pub(super) struct OutState {
     /// The writer supports vectored writes (asked once: behind `tokio::io::split` asking
     /// takes a lock).
     vectored: bool,
+    /// The writer may keep bytes it took until it is flushed (TLS: the encrypted records
+    /// the socket did not take yet), so every write that empties the queue ends with a
+    /// flush. A plain TCP socket never does, and is spared the call.
+    buffered: bool,
     /// The flusher's waker, to end it when the connection is released.
     pub(super) flusher: Option<Waker>,
     /// A close frame went into the queue; nothing else may follow it.
@@ -114,8 +118,10 @@ impl std::fmt::Debug for OutState {
 }
 
 impl Outbound {
+    /// `buffered`: the writer keeps bytes until flushed (see [`OutState`]).
     pub(crate) fn new(
         writer: BoxWrite,
+        buffered: bool,
         config: &WebSocketConfig,
         policy: SlowConsumerPolicy,
         protocol: Option<String>,
@@ -130,6 +136,7 @@ impl Outbound {
                 drain_waiter: false,
                 room_waiter: false,
                 vectored,
+                buffered,
                 flusher: None,
                 close_queued: false,
                 kill: None,
@@ -427,6 +434,21 @@ impl OutState {
                 }
             }
         }
+        if self.buffered {
+            match Pin::new(&mut *writer).poll_flush(&mut cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => {
+                    self.broken = true;
+                    self.wake();
+                    return Err(());
+                }
+                // The frame is taken but not all on the socket: the flusher finishes it.
+                Poll::Pending => {
+                    self.flushing = true;
+                    deferred.push(out.clone());
+                }
+            }
+        }
         Ok(())
     }
 
@@ -476,6 +498,12 @@ impl OutState {
                     }
                 }
             }
+        }
+        if self.buffered
+            && let Err(e) = ready!(Pin::new(&mut *writer).poll_flush(cx))
+        {
+            self.broken = true;
+            return Poll::Ready(Err(e));
         }
         if self.queue.capacity() > 16 {
             self.queue = VecDeque::new(); // give a burst's memory back
@@ -546,12 +574,48 @@ mod tests {
         }
     }
 
+    /// A writer that, like a TLS stream, takes every byte at once but puts them on `wire`
+    /// only as far as it has room, keeping the rest until flushed.
+    struct Held {
+        wire: Pipe,
+        held: Vec<u8>,
+    }
+
+    impl AsyncWrite for Held {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.held.extend_from_slice(buf);
+            let _ = self.as_mut().poll_flush(cx)?;
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let this = &mut *self;
+            while !this.held.is_empty() {
+                let n = ready!(Pin::new(&mut this.wire).poll_write(cx, &this.held))?;
+                this.held.drain(..n);
+            }
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.poll_flush(cx)
+        }
+    }
+
     fn outbound(pipe: &Pipe, policy: SlowConsumerPolicy) -> Arc<Outbound> {
         let config = WebSocketConfig {
             max_queue_size: 2,
             ..WebSocketConfig::default()
         };
-        Arc::new(Outbound::new(Box::new(pipe.clone()), &config, policy, None))
+        Arc::new(Outbound::new(
+            Box::new(pipe.clone()),
+            false,
+            &config,
+            policy,
+            None,
+        ))
     }
 
     fn frame(text: &str) -> Bytes {
@@ -606,6 +670,31 @@ mod tests {
         assert_eq!(out.push_deferred(frame("d"), &mut deferred), Push::Dropped);
         flush_until(deferred, &pipe, &[first, frame("d")].concat()).await;
         assert!(!out.lock().flushing);
+    }
+
+    /// What a buffering writer (TLS) took but has not put on the wire is flushed out by
+    /// the flusher, though nothing more is sent; and frames pushed meanwhile follow it.
+    #[tokio::test]
+    async fn a_buffering_writer_is_flushed_to_the_end() {
+        let pipe = Pipe::with_room(3);
+        let held = Held {
+            wire: pipe.clone(),
+            held: Vec::new(),
+        };
+        let config = WebSocketConfig::default();
+        let policy = SlowConsumerPolicy::Disconnect;
+        let out = Arc::new(Outbound::new(Box::new(held), true, &config, policy, None));
+        let mut deferred = Deferred::default();
+        let first = frame("taken whole, on the wire in part");
+        assert_eq!(
+            out.push_deferred(first.clone(), &mut deferred),
+            Push::Accepted
+        );
+        assert_eq!(pipe.written().len(), 3, "the wire took 3 bytes");
+        assert!(out.lock().flushing, "a flusher finishes the rest");
+        assert_eq!(out.push_deferred(frame("b"), &mut deferred), Push::Accepted);
+        flush_until(deferred, &pipe, &[first, frame("b")].concat()).await;
+        assert!(!out.lock().flushing && out.lock().queue.is_empty());
     }
 
     #[tokio::test]

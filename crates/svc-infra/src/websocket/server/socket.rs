@@ -92,9 +92,11 @@ impl std::fmt::Debug for WebSocket {
 }
 
 impl WebSocket {
+    /// `buffered`: the writer keeps bytes until it is flushed (TLS), unlike a TCP socket.
     pub(crate) fn new(
         reader: BoxRead,
         writer: BoxWrite,
+        buffered: bool,
         already_read: Bytes,
         config: &WebSocketConfig,
         policy: SlowConsumerPolicy,
@@ -104,7 +106,7 @@ impl WebSocket {
             reader,
             leftover: already_read,
             parser: FrameParser::new(config.max_message_size),
-            out: Arc::new(Outbound::new(writer, config, policy, protocol)),
+            out: Arc::new(Outbound::new(writer, buffered, config, policy, protocol)),
             budget: ReadBudget::new(config.max_incoming_rate, config.max_incoming_burst),
             phase: Phase::Open,
             peer_closed: false,

@@ -199,9 +199,16 @@ impl WsUpgrade {
                         return;
                     }
                 };
-                let (reader, writer, already_read) = split_upgraded(upgraded);
-                let socket =
-                    WebSocket::new(reader, writer, already_read, &config, policy, protocol);
+                let (reader, writer, buffered, already_read) = split_upgraded(upgraded);
+                let socket = WebSocket::new(
+                    reader,
+                    writer,
+                    buffered,
+                    already_read,
+                    &config,
+                    policy,
+                    protocol,
+                );
                 metrics::counter!("svc_ws_upgrades_accepted_total").increment(1);
                 metrics::histogram!("svc_ws_handshake_duration_seconds").record(started.elapsed());
                 // A task of its own, so that for the life of the connection the task holds
@@ -237,8 +244,11 @@ impl WsUpgrade {
 }
 
 /// Splits the upgraded connection. A plain TCP stream (what `axum::serve` gives) splits
-/// without a lock; anything else (TLS, tests) goes through `tokio::io::split`.
-fn split_upgraded(upgraded: hyper::upgrade::Upgraded) -> (BoxRead, BoxWrite, Bytes) {
+/// without a lock; anything else (TLS, tests) goes through `tokio::io::split`, and is
+/// flushed after writes (`buffered`: a TLS stream keeps the records the socket did not take
+/// until it is flushed), as a TCP stream need not be. Bytes the client sent after its
+/// request come back as the last element for TCP; `Upgraded` replays them itself otherwise.
+fn split_upgraded(upgraded: hyper::upgrade::Upgraded) -> (BoxRead, BoxWrite, bool, Bytes) {
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             let tcp = parts.io.into_inner();
@@ -251,11 +261,11 @@ fn split_upgraded(upgraded: hyper::upgrade::Upgraded) -> (BoxRead, BoxWrite, Byt
             } else {
                 Bytes::copy_from_slice(&parts.read_buf)
             };
-            (Box::new(r), Box::new(w), early)
+            (Box::new(r), Box::new(w), false, early)
         }
         Err(upgraded) => {
             let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-            (Box::new(r), Box::new(w), Bytes::new())
+            (Box::new(r), Box::new(w), true, Bytes::new())
         }
     }
 }
