@@ -10,6 +10,7 @@
 //! | `client` | yes | [`websocket::WebSocketClient`], [`websocket::websocket_connect`] (tokio-tungstenite, rustls) |
 //! | `server` | yes | [`websocket::ConnectionManager`] and the axum integration |
 //! | `auth` | yes | [`auth`]: JWT / API-key authentication and the `ws_*_router` factories |
+//! | `tls` | no | [`websocket::ServerTls`] for [`websocket::Serve::tls`]: `https://` and `wss://` from a PEM certificate chain and key, reloadable while serving (rustls); enables `server` |
 //! | `redis` | no | The Redis pub/sub backplane for multi-instance deployments |
 //! | `gateway` | no | [`gateway`]: the gateway of `svc-ws serve` (`/ws` with a JSON protocol, `POST /api/publish`, `/health`, `/ws/stats`, `/metrics`, a demo page) as an axum `Router` or `serve(listener, shutdown)`; enables `server`, `auth`, `redis` |
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -39,6 +39,9 @@ pub use models::{ConnectionInfo, ConnectionState, WebSocketMessage};
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub use reconnect::{Reconnect, websocket_connect};
 pub use redact::redact_url;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub use server::ServerTls;
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub use server::backplane;

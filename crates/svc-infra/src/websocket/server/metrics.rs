@@ -156,7 +156,7 @@ pub const SERIES: &[MetricSeries] = &[
     series(
         "svc_ws_handshake_timeouts_total",
         Counter,
-        "Connections closed because their HTTP request did not arrive within WS_HANDSHAKE_TIMEOUT.",
+        "Connections closed because their TLS handshake (with TLS) or their HTTP request did not complete within WS_HANDSHAKE_TIMEOUT.",
         &[],
     ),
     series(

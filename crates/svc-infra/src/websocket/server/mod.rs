@@ -20,6 +20,8 @@ mod registry;
 mod serve;
 mod socket;
 mod stats;
+#[cfg(feature = "tls")]
+mod tls;
 mod upgrade;
 
 pub use builder::ManagerBuilder;
@@ -37,4 +39,7 @@ pub use registry::Metadata;
 pub use serve::{Serve, serve};
 pub use socket::WebSocket;
 pub use stats::ManagerStats;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub use tls::ServerTls;
 pub use upgrade::{WsUpgrade, WsUpgradeRejection};

@@ -6,6 +6,7 @@ use std::{
     io,
     net::SocketAddr,
     pin::{Pin, pin},
+    sync::Arc,
     time::Duration,
 };
 
@@ -15,6 +16,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::watch};
 use tower_service::Service;
 
+#[cfg(feature = "tls")]
+use super::ServerTls;
 use crate::websocket::WebSocketConfig;
 
 /// Serves `router` on `listener` over HTTP/1.1 with upgrades, as `axum::serve` does, but
@@ -51,6 +54,8 @@ pub fn serve(listener: TcpListener, router: Router) -> Serve {
         router,
         handshake_timeout: WebSocketConfig::default().handshake_timeout,
         signal: Box::pin(std::future::pending()),
+        #[cfg(feature = "tls")]
+        tls: None,
     }
 }
 
@@ -61,14 +66,18 @@ pub struct Serve {
     router: Router,
     handshake_timeout: Duration,
     signal: Pin<Box<dyn Future<Output = ()> + Send>>,
+    #[cfg(feature = "tls")]
+    tls: Option<ServerTls>,
 }
 
 impl std::fmt::Debug for Serve {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Serve")
-            .field("listener", &self.listener)
-            .field("handshake_timeout", &self.handshake_timeout)
-            .finish_non_exhaustive()
+        let mut f = f.debug_struct("Serve");
+        f.field("listener", &self.listener)
+            .field("handshake_timeout", &self.handshake_timeout);
+        #[cfg(feature = "tls")]
+        f.field("tls", &self.tls);
+        f.finish_non_exhaustive()
     }
 }
 
@@ -96,16 +105,46 @@ impl Serve {
         self
     }
 
+    /// Serves `https://` and `wss://` instead, with `tls`'s certificate (feature `tls`).
+    ///
+    /// The TLS handshake runs in the connection's own task, so a slow one holds up no other,
+    /// and has the [handshake timeout](Self::handshake_timeout): a client that does not
+    /// finish it in time (one that opens TCP and sends nothing, say) is closed and counted in
+    /// `svc_ws_handshake_timeouts_total`. Its request headers then have the handshake timeout
+    /// again, as on a plain connection. Nothing answers plain HTTP on this listener.
+    ///
+    /// ```no_run
+    /// use axum::{Router, routing::get};
+    /// use svc_infra::websocket::{ServerTls, bind, serve};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let tls = ServerTls::from_pem_files("fullchain.pem", "privkey.pem")?;
+    /// let app: Router = Router::new().route("/", get(|| async { "hi" }));
+    /// // After a renewal, `tls.reload()` (on SIGHUP, say) presents the new certificate.
+    /// serve(bind("0.0.0.0:8443").await?, app).tls(tls.clone()).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     async fn run(self) -> io::Result<()> {
         let Self {
             listener,
             router,
             handshake_timeout,
             mut signal,
+            #[cfg(feature = "tls")]
+            tls,
         } = self;
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(handshake_timeout);
+        let http = Arc::new(http);
         // Every connection task holds a receiver: shutdown waits for the last one to drop.
         let (stop, _) = watch::channel(false);
         loop {
@@ -125,10 +164,28 @@ impl Serve {
                 req.extensions_mut().insert(ConnectInfo(peer));
                 router.clone().call(req.map(Body::new))
             });
+            let stopping = stop.subscribe();
+            #[cfg(feature = "tls")]
+            if let Some(tls) = &tls {
+                let (tls, http) = (tls.clone(), http.clone());
+                tokio::spawn(async move {
+                    let mut stopping = stopping;
+                    let stream = tokio::select! {
+                        stream = tls.accept(tcp, handshake_timeout, peer) => stream,
+                        _ = stopping.changed() => None,
+                    };
+                    if let Some(stream) = stream {
+                        let conn = http
+                            .serve_connection(TokioIo::new(stream), service)
+                            .with_upgrades();
+                        run_connection(conn, stopping, peer).await;
+                    }
+                });
+                continue;
+            }
             let conn = http
                 .serve_connection(TokioIo::new(tcp), service)
                 .with_upgrades();
-            let stopping = stop.subscribe();
             tokio::spawn(run_connection(conn, stopping, peer));
         }
         drop(listener);
@@ -138,12 +195,14 @@ impl Serve {
     }
 }
 
-/// Serves one connection; on shutdown, lets it finish the request in progress.
-async fn run_connection<S>(
-    conn: http1::UpgradeableConnection<TokioIo<tokio::net::TcpStream>, S>,
+/// Serves one connection (TCP, or TLS over it); on shutdown, lets it finish the request in
+/// progress.
+async fn run_connection<I, S>(
+    conn: http1::UpgradeableConnection<I, S>,
     mut stopping: watch::Receiver<bool>,
     peer: SocketAddr,
 ) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::HttpService<Incoming, ResBody = Body>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
