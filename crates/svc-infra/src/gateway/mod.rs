@@ -39,6 +39,9 @@
 //! }
 //! ```
 //!
+//! `Gateway::serve_tls` (feature `tls`) serves the same over TLS (`wss://`, `https://`) with a
+//! `ServerTls` certificate that can be reloaded meanwhile.
+//!
 //! # Beside an application's own routes
 //!
 //! [`Gateway::router`] is a plain axum [`Router`]; merge it into the application's. The
@@ -74,9 +77,11 @@ use axum::{
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
+#[cfg(feature = "tls")]
+use crate::websocket::ServerTls;
 use crate::{
     auth::{WsAuth, ws_optional_router, ws_protected_router},
-    websocket::{ConnectionManager, add_websocket_manager_with, backplane::RedisBackplane},
+    websocket::{ConnectionManager, Serve, add_websocket_manager_with, backplane::RedisBackplane},
 };
 
 mod config;
@@ -269,9 +274,33 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), GatewayError> {
-        let app = self.router();
+        let server = crate::websocket::serve(listener, self.router());
+        self.run(server, shutdown).await
+    }
+
+    /// [`serve`](Self::serve) over TLS: `wss://…/ws`, `https://…/health` and the rest, with
+    /// `tls`'s certificate ([`Serve::tls`](crate::websocket::Serve::tls): the TLS handshake
+    /// too must finish within `WS_HANDSHAKE_TIMEOUT`). Keep a clone of `tls` to
+    /// [`reload`](ServerTls::reload) it while this serves.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub async fn serve_tls(
+        self,
+        listener: TcpListener,
+        tls: ServerTls,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), GatewayError> {
+        let server = crate::websocket::serve(listener, self.router()).tls(tls);
+        self.run(server, shutdown).await
+    }
+
+    async fn run(
+        self,
+        server: Serve,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), GatewayError> {
         let config = self.inner.manager.config().clone();
-        crate::websocket::serve(listener, app)
+        server
             .config(&config)
             .with_graceful_shutdown(async move {
                 shutdown.await;
