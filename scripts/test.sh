@@ -3,7 +3,8 @@
 # (real sockets, real servers), the gateway's demo page in a real Chromium, and the
 # Autobahn conformance suite against our server and our client. First installs what a
 # fresh Debian machine lacks (scripts/setup.sh). The Redis backplane's tests start their own
-# redis-server; with CI set (the default here) they fail, not skip, if it is missing.
+# redis-server, and svc-ws's TLS test runs Python's websockets; with CI set (the default
+# here) they fail, not skip, if it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never

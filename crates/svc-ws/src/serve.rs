@@ -1,19 +1,19 @@
 //! `svc-ws serve`: the gateway ([`svc_infra::gateway`]) behind a command line: the flags
-//! below over the environment of [`GatewayConfig::from_env`], a listener on `--host`/`--port`,
-//! and SIGINT/SIGTERM as the shutdown signal. `--print-config` prints the settings in effect
-//! instead ([`settings`]).
+//! below over the environment of [`GatewayConfig::from_env`], a listener on `--host`/`--port`
+//! (TLS with `--tls-cert`/`--tls-key`, reloaded on SIGHUP), and SIGINT/SIGTERM as the
+//! shutdown signal. `--print-config` prints the settings in effect instead ([`settings`]).
 //!
 //! A bad setting stops the start, with `--print-config` too: a bad flag (or a value clap
 //! reads from `HOST`, `PORT`, `WS_GATEWAY_ANONYMOUS`) is a usage error (exit status 2), any
 //! other bad variable exits with 1, the message naming the variable and what it accepts.
 
-use std::{io::Write as _, net::SocketAddr};
+use std::{io::Write as _, net::SocketAddr, path::PathBuf};
 
 use anyhow::Context as _;
 use clap::ArgMatches;
 use svc_infra::{
     gateway::{Gateway, GatewayConfig, GatewayError},
-    websocket::backplane::RedisBackplane,
+    websocket::{ServerTls, backplane::RedisBackplane},
 };
 
 use crate::logs::{LogFormat, STATUS_TARGET};
@@ -27,6 +27,7 @@ Configuration comes from the environment: WS_* (limits, keepalive), AUTH_JWT_* (
 verification; see docs/auth.md) and REDIS_URL (join other gateways; in memory otherwise). \
 Logs go to stderr: LOG_FORMAT=text (the default) or json, filtered by RUST_LOG (default info; \
 see docs/operations.md). \
+With --tls-cert and --tls-key it serves wss:// and https://; SIGHUP reloads both files. \
 --print-config shows what is in effect, secrets redacted. \
 The protocol of /ws is in docs/protocol.md.")]
 pub(crate) struct Args {
@@ -36,6 +37,24 @@ pub(crate) struct Args {
     /// Port to listen on (0: any free port; the chosen one is printed).
     #[arg(long, env = "PORT", default_value_t = 8000)]
     port: u16,
+    /// Serve wss:// and https:// with this PEM certificate chain (the server's certificate
+    /// first, then its intermediates). Needs --tls-key. SIGHUP reloads both files.
+    #[arg(
+        long,
+        env = "WS_TLS_CERT",
+        value_name = "PEM_FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert's certificate (PKCS#8, RSA or EC; may be the same
+    /// file). Needs --tls-cert.
+    #[arg(
+        long,
+        env = "WS_TLS_KEY",
+        value_name = "PEM_FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
     /// Redis URL of the backplane that joins several gateways into one cluster.
     #[arg(long, env = "REDIS_URL")]
     redis_url: Option<String>,
@@ -73,6 +92,14 @@ pub(crate) async fn run(
     if let Some(anonymous) = args.anonymous {
         config = config.with_anonymous(anonymous);
     }
+    // clap makes sure that both or neither are given.
+    let tls =
+        match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(ServerTls::from_pem_files(cert, key).context(
+                "TLS certificate and key (--tls-cert, --tls-key; WS_TLS_CERT, WS_TLS_KEY)",
+            )?),
+            _ => None,
+        };
     if args.print_config {
         preflight(&config)?;
         let env = settings::Env::from_process();
@@ -92,10 +119,14 @@ pub(crate) async fn run(
         .await
         .with_context(|| format!("bind {}:{}", args.host, args.port))?;
     let addr = listener.local_addr()?;
+    if let Some(tls) = &tls {
+        reload_on_sighup(tls.clone())?;
+    }
     status(
         format,
         format_args!(
-            "listening on ws://{addr}/ws ({}, {})",
+            "listening on {}://{addr}/ws ({}, {})",
+            if tls.is_some() { "wss" } else { "ws" },
             if gateway.allows_anonymous() {
                 "anonymous connections allowed"
             } else {
@@ -108,12 +139,44 @@ pub(crate) async fn run(
             }
         ),
     );
-    gateway
-        .serve(listener, async move {
-            shutdown_signal().await;
-            status(format, format_args!("shutting down"));
-        })
-        .await?;
+    let shutdown = async move {
+        shutdown_signal().await;
+        status(format, format_args!("shutting down"));
+    };
+    match tls {
+        Some(tls) => gateway.serve_tls(listener, tls, shutdown).await?,
+        None => gateway.serve(listener, shutdown).await?,
+    }
+    Ok(())
+}
+
+/// On SIGHUP, reads the certificate and key files again: new handshakes get the new pair,
+/// open connections go on. A pair that does not load is logged and the old one kept.
+#[cfg(unix)]
+fn reload_on_sighup(tls: ServerTls) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!(
+                    cert = %tls.cert_path().display(),
+                    key = %tls.key_path().display(),
+                    "SIGHUP: TLS certificate and key reloaded"
+                ),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "SIGHUP: TLS certificate and key not reloaded; still serving the previous ones"
+                ),
+            }
+        }
+    });
+    Ok(())
+}
+
+/// No SIGHUP here: the certificate is read at start only.
+#[cfg(not(unix))]
+fn reload_on_sighup(_: ServerTls) -> anyhow::Result<()> {
     Ok(())
 }
 

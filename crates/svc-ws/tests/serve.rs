@@ -1,5 +1,6 @@
 //! `svc-ws serve` and `svc-ws token` as processes: what only the real binary can show (the
-//! printed address, the flags and variables it reads, exit codes, SIGTERM). The gateway's
+//! printed address, the flags and variables it reads, exit codes, SIGTERM, TLS with its
+//! SIGHUP reload, for our client and Python's `websockets`). The gateway's
 //! protocol, endpoints and clustering are tested in process in
 //! `crates/svc-infra/tests/gateway.rs`.
 
@@ -9,7 +10,10 @@ use std::{
 };
 
 use futures_util::{SinkExt, StreamExt};
+use pki::{Ca, Dir, arg};
+use rustls_pki_types::pem::PemObject as _;
 use serde_json::{Value, json};
+use svc_infra::websocket::{RootCertificate, WebSocketClient, WebSocketConfig, WebSocketError};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
 
@@ -30,6 +34,23 @@ struct Gateway {
     addr: String,
     /// The line it printed when it started listening.
     line: String,
+    /// The lines it prints on stderr after that one.
+    log: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Gateway {
+    /// Waits for a stderr line that contains `text`, and returns it.
+    async fn logged(&mut self, text: &str) -> String {
+        within(&format!("a log line with {text:?}"), async {
+            loop {
+                let line = self.log.recv().await.expect("svc-ws serve exited");
+                if line.contains(text) {
+                    return line;
+                }
+            }
+        })
+        .await
+    }
 }
 
 impl Drop for Gateway {
@@ -85,16 +106,27 @@ async fn gateway(args: &[&str], env: &[(&str, &str)]) -> Gateway {
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let (addr, line) = within("the listening line", async {
         while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("listening on ws://").nth(1) {
-                return (rest.split('/').next().unwrap().to_owned(), line);
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let url = rest.split_once("://").expect("a URL").1;
+                return (url.split('/').next().unwrap().to_owned(), line);
             }
         }
         panic!("svc-ws serve exited before listening");
     })
     .await;
     // Keep draining stderr so the process never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Gateway { child, addr, line }
+    let (tx, log) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = tx.send(line);
+        }
+    });
+    Gateway {
+        child,
+        addr,
+        line,
+        log,
+    }
 }
 
 /// Runs `svc-ws serve --port 0 ARGS` with `env`, expecting it to fail at startup.
@@ -449,4 +481,395 @@ async fn sigterm_closes_connections_with_1012() {
     }
     let exit = within("exit", gw.child.wait()).await.unwrap();
     assert!(exit.success(), "{exit:?}");
+}
+
+/// TLS: a private certificate authority, made with rcgen, and server certificates under it.
+mod pki {
+    use std::{
+        path::{Path, PathBuf},
+        sync::atomic::{AtomicUsize, Ordering},
+    };
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+
+    /// A root certificate authority.
+    pub(crate) struct Ca(CertifiedIssuer<'static, KeyPair>);
+
+    impl Ca {
+        pub(crate) fn new(name: &str) -> Self {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            Self(CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap())
+        }
+
+        pub(crate) fn pem(&self) -> String {
+            self.0.pem()
+        }
+
+        /// A certificate for `localhost` and `127.0.0.1` under this authority and its key,
+        /// both PEM (the key PKCS#8).
+        pub(crate) fn server_pair(&self) -> (String, String) {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap()
+                .signed_by(&key, &self.0)
+                .unwrap();
+            (cert.pem(), key.serialize_pem())
+        }
+    }
+
+    /// A directory of its own under the system's temporary one, removed on drop.
+    pub(crate) struct Dir(PathBuf);
+
+    impl Dir {
+        pub(crate) fn new() -> Self {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "svc-ws-serve-tls-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+
+        pub(crate) fn path(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+
+        /// Writes `contents` to `name` whole: to a temporary file first, then renamed over
+        /// it, as a certificate renewal should (a reload never reads half a file).
+        pub(crate) fn write(&self, name: &str, contents: &str) -> PathBuf {
+            let path = self.path(name);
+            let tmp = self.path(&format!("{name}.tmp"));
+            std::fs::write(&tmp, contents).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+            path
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    pub(crate) fn arg(path: &Path) -> &str {
+        path.to_str().expect("a UTF-8 temporary path")
+    }
+}
+
+/// A gateway serving TLS with a fresh certificate under `ca`, from files in `dir`.
+async fn tls_gateway(dir: &Dir, ca: &Ca, env: &[(&str, &str)]) -> Gateway {
+    let (cert, key) = ca.server_pair();
+    let cert = dir.write("server.crt", &cert);
+    let key = dir.write("server.key", &key);
+    gateway(&["--tls-cert", arg(&cert), "--tls-key", arg(&key)], env).await
+}
+
+/// Our client at `wss://localhost:PORT/ws?user=USER`, trusting only `ca`.
+async fn wss(gw: &Gateway, ca: &Ca, user: &str) -> Result<WebSocketClient, WebSocketError> {
+    let port = gw.addr.rsplit(':').next().unwrap();
+    within(
+        "wss connect",
+        WebSocketClient::builder(format!("wss://localhost:{port}/ws?user={user}"))
+            .config(WebSocketConfig::default().with_ping_interval(None))
+            .webpki_roots(false)
+            .root_certificates(RootCertificate::from_pem(ca.pem()).unwrap())
+            .connect(),
+    )
+    .await
+}
+
+/// The gateway's echo request, answered on `ws`.
+async fn echo_over(ws: &mut WebSocketClient, data: &str) {
+    let request = json!({"type": "echo", "data": data, "id": 1});
+    within("send echo", ws.send_json(&request)).await.unwrap();
+    let answer: Value = within("echo answer", ws.recv_json()).await.unwrap();
+    assert_eq!(answer, json!({"type": "echo", "data": data, "id": 1}));
+}
+
+/// `GET path` over TLS, trusting only `ca`: the status line and the body.
+async fn https_get(gw: &Gateway, ca: &Ca, path: &str) -> std::io::Result<(String, String)> {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca.pem().as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = within("tcp connect", tokio::net::TcpStream::connect(&gw.addr)).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = within(
+        "tls handshake",
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    within("https request", tls.write_all(request.as_bytes())).await?;
+    let mut response = String::new();
+    within("https response", tls.read_to_string(&mut response)).await?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    Ok((
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    ))
+}
+
+/// `--tls-cert`/`--tls-key` (or `WS_TLS_CERT`/`WS_TLS_KEY`) serve the whole gateway over
+/// TLS: `wss://…/ws` and `https://…/health`; plain HTTP gets no answer there.
+#[tokio::test]
+async fn tls_serves_wss_and_https() {
+    let dir = Dir::new();
+    let ca = Ca::new("svc-ws test CA");
+    let gw = tls_gateway(&dir, &ca, &[]).await;
+    assert!(
+        gw.line
+            .starts_with("svc-ws serve: listening on wss://127.0.0.1:"),
+        "{}",
+        gw.line
+    );
+    let mut ws = wss(&gw, &ca, "alice").await.unwrap();
+    echo_over(&mut ws, "over tls").await;
+
+    let (status, body) = https_get(&gw, &ca, "/health").await.unwrap();
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
+
+    // Plain HTTP on the TLS port: no HTTP answer (at most a TLS alert), then the close.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = within("connect", tokio::net::TcpStream::connect(&gw.addr))
+        .await
+        .unwrap();
+    within(
+        "plain request",
+        tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"),
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = within("plain answer", tcp.read_to_end(&mut answer)).await;
+    assert!(!answer.starts_with(b"HTTP/"), "{answer:?}");
+
+    // The same from the variables.
+    let cert = dir.path("server.crt");
+    let key = dir.path("server.key");
+    let from_env = gateway(
+        &[],
+        &[("WS_TLS_CERT", arg(&cert)), ("WS_TLS_KEY", arg(&key))],
+    )
+    .await;
+    let mut ws = wss(&from_env, &ca, "bob").await.unwrap();
+    echo_over(&mut ws, "from the environment").await;
+}
+
+/// `--print-config` shows the files and where they came from; one without the other is a
+/// usage error; files that do not load stop the start, naming the file.
+#[tokio::test]
+async fn tls_settings_are_printed_and_checked() {
+    let dir = Dir::new();
+    let ca = Ca::new("svc-ws test CA");
+    let (cert_pem, key_pem) = ca.server_pair();
+    let cert = dir.write("server.crt", &cert_pem);
+    let key = dir.write("server.key", &key_pem);
+    let (code, stdout, stderr) =
+        print_config(&["--tls-cert", arg(&cert)], &[("WS_TLS_KEY", arg(&key))]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let cert_line = format!("WS_TLS_CERT={}  # flag", cert.display());
+    let key_line = format!("WS_TLS_KEY={}  # env", key.display());
+    assert_lines(&stdout, &[&cert_line, &key_line]);
+    assert!(!stdout.contains("PRIVATE KEY"), "{stdout}");
+    let (code, stdout, stderr) = print_config(&[], &[]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_lines(
+        &stdout,
+        &[
+            "WS_TLS_CERT=  # default, no TLS: ws:// and http://",
+            "WS_TLS_KEY=  # default",
+        ],
+    );
+
+    for args in [&[][..], &["--print-config"]] {
+        let mut only_cert = args.to_vec();
+        only_cert.extend(["--tls-cert", arg(&cert)]);
+        let (code, stderr) = failing(&only_cert, &[]).await;
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains("--tls-key"), "{stderr}");
+        let (code, stderr) = failing(args, &[("WS_TLS_KEY", arg(&key))]).await;
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains("--tls-cert"), "{stderr}");
+
+        // The certificate given as the key: no key in it.
+        let mut swapped = args.to_vec();
+        swapped.extend(["--tls-cert", arg(&cert), "--tls-key", arg(&cert)]);
+        let (code, stderr) = failing(&swapped, &[]).await;
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains("--tls-cert, --tls-key")
+                && stderr.contains(&format!("invalid TLS key file={:?}", arg(&cert)))
+                && stderr.contains("a PEM private key"),
+            "{stderr}"
+        );
+    }
+}
+
+/// Python's `websockets` client, verifying the certificate against the test's CA only
+/// (`ssl.PROTOCOL_TLS_CLIENT`: `CERT_REQUIRED`, host name checked), does an echo; trusting
+/// another CA, it refuses the certificate. Needs `python3` with `websockets`
+/// (scripts/setup.sh installs it); with `CI` set a missing one fails the test.
+#[tokio::test]
+async fn python_websockets_verifies_the_certificate() {
+    const SCRIPT: &str = r#"
+import asyncio, json, ssl, sys
+import websockets
+
+async def main(url, ca):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile=ca)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    async with websockets.connect(url, ssl=context) as ws:
+        await ws.send(json.dumps({"type": "echo", "data": "from python", "id": 7}))
+        print(await asyncio.wait_for(ws.recv(), 10))
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"#;
+    let available = tokio::process::Command::new("python3")
+        .args(["-c", "import websockets"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success());
+    if !available {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3 with websockets is not installed, and CI is set: scripts/setup.sh \
+             installs it (python3 -m pip install websockets)"
+        );
+        eprintln!(
+            "SKIPPED: python3 with websockets is not installed (set CI to make this a failure)"
+        );
+        return;
+    }
+    let dir = Dir::new();
+    let ca = Ca::new("svc-ws test CA");
+    let other = Ca::new("another CA");
+    let ca_file = dir.write("ca.pem", &ca.pem());
+    let other_file = dir.write("other.pem", &other.pem());
+    let gw = tls_gateway(&dir, &ca, &[]).await;
+    let port = gw.addr.rsplit(':').next().unwrap();
+    let url = format!("wss://localhost:{port}/ws?user=py");
+    let python = |ca: &std::path::Path| {
+        tokio::process::Command::new("python3")
+            .args(["-c", SCRIPT, &url, arg(ca)])
+            .kill_on_drop(true)
+            .output()
+    };
+
+    let out = within("python client", python(&ca_file)).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        answer,
+        json!({"type": "echo", "data": "from python", "id": 7})
+    );
+
+    let out = within("python client, other CA", python(&other_file))
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "accepted a certificate of another CA"
+    );
+    assert!(stderr.contains("CERTIFICATE_VERIFY_FAILED"), "{stderr}");
+}
+
+/// SIGHUP reloads the certificate and key: an open connection goes on, new handshakes get
+/// the new certificate (a client trusting only the old CA now fails), and a broken key file
+/// is logged and ignored, the last good pair still served.
+#[tokio::test]
+async fn sighup_reloads_the_certificate_and_keeps_connections() {
+    let dir = Dir::new();
+    let (ca_a, ca_b) = (Ca::new("CA A"), Ca::new("CA B"));
+    let mut gw = tls_gateway(&dir, &ca_a, &[("RUST_LOG", "info")]).await;
+    let mut open = wss(&gw, &ca_a, "alice").await.unwrap();
+    echo_over(&mut open, "before").await;
+
+    let (cert_b, key_b) = ca_b.server_pair();
+    dir.write("server.crt", &cert_b);
+    dir.write("server.key", &key_b);
+    let pid = gw.child.id().expect("running").to_string();
+    let hup = || Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(hup().success());
+    gw.logged("TLS certificate and key reloaded").await;
+
+    echo_over(&mut open, "after the reload").await;
+    let mut new = wss(&gw, &ca_b, "bob").await.unwrap();
+    echo_over(&mut new, "under CA B").await;
+    let err = wss(&gw, &ca_a, "carol").await.unwrap_err();
+    let WebSocketError::ConnectionFailed { source, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert!(
+        source.to_string().contains("certificate") && !source.is_retryable(),
+        "{source}"
+    );
+
+    dir.write(
+        "server.key",
+        "-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n",
+    );
+    assert!(hup().success());
+    let line = gw.logged("not reloaded").await;
+    assert!(
+        line.contains("ERROR") && line.contains("server.key"),
+        "{line}"
+    );
+    let mut after = wss(&gw, &ca_b, "dave").await.unwrap();
+    echo_over(&mut after, "still CA B").await;
+    echo_over(&mut open, "still open").await;
+}
+
+/// A client that opens TCP to the TLS port and sends nothing is closed at
+/// `WS_HANDSHAKE_TIMEOUT`, and counted in `svc_ws_handshake_timeouts_total`.
+#[tokio::test]
+async fn a_silent_client_on_the_tls_port_is_closed_at_the_handshake_timeout() {
+    use tokio::io::AsyncReadExt;
+    let dir = Dir::new();
+    let ca = Ca::new("svc-ws test CA");
+    let gw = tls_gateway(&dir, &ca, &[("WS_HANDSHAKE_TIMEOUT", "0.5")]).await;
+    let started = std::time::Instant::now();
+    let mut silent = within("connect", tokio::net::TcpStream::connect(&gw.addr))
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let n = within("the close", silent.read_to_end(&mut buf))
+        .await
+        .unwrap_or(0);
+    assert_eq!(n, 0, "nothing but the close: {buf:?}");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(500), "{waited:?}");
+
+    let (status, metrics) = https_get(&gw, &ca, "/metrics").await.unwrap();
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "svc_ws_handshake_timeouts_total 1"),
+        "{metrics}"
+    );
 }

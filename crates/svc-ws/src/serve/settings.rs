@@ -13,7 +13,7 @@
 //!
 //! The lines are not shell-quoted: they are for reading and grepping, not for `source`.
 
-use std::{fmt::Write as _, time::Duration};
+use std::{fmt::Write as _, path::Path, time::Duration};
 
 use clap::{ArgMatches, parser::ValueSource};
 use svc_infra::{auth::ApiKey, gateway::GatewayConfig, websocket::redact_url};
@@ -167,6 +167,9 @@ pub(super) fn collect(
                 Setting::new("HOST", args.host, flag_source(matches, "host")),
                 Setting::new("PORT", args.port, flag_source(matches, "port"))
                     .note_if(args.port == 0, "any free port"),
+                path_setting("WS_TLS_CERT", args.tls_cert.as_deref(), matches, "tls_cert")
+                    .note_if(args.tls_cert.is_none(), "no TLS: ws:// and http://"),
+                path_setting("WS_TLS_KEY", args.tls_key.as_deref(), matches, "tls_key"),
             ],
         },
         logs(env),
@@ -199,6 +202,17 @@ fn logs(env: &Env) -> Group {
             rust_log,
         ],
     }
+}
+
+/// A file given by a `serve` flag (or its variable): its path, empty when unset.
+fn path_setting(
+    name: &'static str,
+    path: Option<&Path>,
+    matches: Option<&ArgMatches>,
+    id: &str,
+) -> Setting {
+    let value = path.map(|p| p.display().to_string()).unwrap_or_default();
+    Setting::new(name, value, flag_source(matches, id))
 }
 
 fn gateway(matches: Option<&ArgMatches>, config: &GatewayConfig, env: &Env) -> Group {
