@@ -18,6 +18,7 @@ pub mod metrics;
 mod outbound;
 mod registry;
 mod serve;
+mod shutdown;
 mod socket;
 mod stats;
 #[cfg(feature = "tls")]
