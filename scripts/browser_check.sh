@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Drives the gateway's demo page in a real Chromium (tests/browser/demo_page.js): two pages
-# chat in a room and see presence and live stats; a third connects with a JWT as the
-# ["bearer", token] subprotocol. Needs chromium and node (scripts/setup.sh installs them).
+# chat in a room and see presence, live stats and the live charts; a third connects with a JWT
+# as the ["bearer", token] subprotocol; a fourth, on a second gateway joined by a private
+# redis-server, follows a rolling restart of its gateway (1012) and reconnects by itself.
+# Needs chromium, node and redis-server (scripts/setup.sh installs them). With SCREENSHOT=FILE
+# the charts are saved there (docs/images/live-panel.png is one).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 CHROMIUM=${CHROMIUM:-$(command -v chromium || command -v chromium-browser || true)}
-if [ -z "$CHROMIUM" ] || ! command -v node >/dev/null; then
-    echo "browser_check: chromium and node are required (scripts/setup.sh installs them)" >&2
+if [ -z "$CHROMIUM" ] || ! command -v node >/dev/null || ! command -v redis-server >/dev/null; then
+    echo "browser_check: chromium, node and redis-server are required (scripts/setup.sh installs them)" >&2
     exit 1
 fi
 export CHROMIUM
@@ -41,10 +44,24 @@ addr() {
     return 1
 }
 
+# A private redis-server on a free port (never the machine's own on 6379).
+REDIS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$LOGS/redis.log" 2>&1 &
+REDIS_PID=$!
+disown "$REDIS_PID" # the Node script kills it: no "Killed" notice
+PIDS+=("$REDIS_PID")
+REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+for _ in $(seq 100); do
+    redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+    sleep 0.1
+done
+
 SECRET=browser-check-secret-of-at-least-32-bytes
-start anonymous
+start anonymous REDIS_URL="$REDIS_URL"
 start authenticated AUTH_JWT__SECRET="$SECRET"
 ANON=$(addr anonymous)
 AUTHED=$(addr authenticated)
 TOKEN=$(AUTH_JWT__SECRET="$SECRET" "$BIN" token --sub dana)
-timeout 120 node tests/browser/demo_page.js "http://$ANON/" "http://$AUTHED/" "$TOKEN"
+# The second node of the cluster: the Node script starts it, restarts it and stops Redis.
+export SVC_WS_BIN=$BIN REDIS_URL REDIS_PID
+timeout 180 node tests/browser/demo_page.js "http://$ANON/" "http://$AUTHED/" "$TOKEN"

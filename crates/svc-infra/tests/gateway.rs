@@ -141,6 +141,10 @@ async fn the_protocol_in_anonymous_mode() {
     let stats = get_json(gw.addr, "/ws/stats").await;
     assert_eq!(stats["connections"], 3);
     assert_eq!(stats["users"], 2);
+    assert_eq!(
+        stats["nodes"],
+        json!([{"node": stats["node"], "connections": 3, "backplane": "none", "last_seen_ms": 0}])
+    );
     // The demo page speaks the same protocol.
     let (status, page) = http(gw.addr, "GET", "/", "", "").await;
     assert_eq!(status, 200);
@@ -290,6 +294,22 @@ async fn two_gateways_on_one_redis_are_one_cluster() {
     let lag_count = counter(b.addr, "svc_ws_backplane_delivery_lag_seconds_count").await;
     assert!(lag_count >= 2, "{lag_count}");
 
+    // `/ws/stats` lists the nodes: this one first, with its backplane, then the other.
+    let (sa, sb) = (
+        get_json(a.addr, "/ws/stats").await,
+        get_json(b.addr, "/ws/stats").await,
+    );
+    for (this, other) in [(&sa, &sb), (&sb, &sa)] {
+        let nodes = this["nodes"].as_array().unwrap();
+        assert_eq!(nodes.len(), 2, "{this}");
+        assert_eq!(nodes[0]["node"], this["node"]);
+        assert_eq!(nodes[0]["backplane"], "connected");
+        assert_eq!(nodes[0]["connections"], 1);
+        assert_eq!(nodes[1]["node"], other["node"]);
+        assert_eq!(nodes[1]["connections"], 1);
+        assert!(nodes[1]["last_seen_ms"].as_u64().unwrap() < 3_000, "{this}");
+    }
+
     // Redis gone: each gateway says so and keeps serving its own users.
     drop(redis);
     within("degraded", async {
@@ -298,6 +318,8 @@ async fn two_gateways_on_one_redis_are_one_cluster() {
         }
     })
     .await;
+    let nodes = get_json(a.addr, "/ws/stats").await["nodes"].clone();
+    assert_eq!(nodes[0]["backplane"], "disconnected", "{nodes}");
     send(&mut alice, json!({"type": "echo", "data": "alone"})).await;
     assert_eq!(next(&mut alice).await["data"], "alone");
 }

@@ -52,14 +52,19 @@ pub(super) async fn demo() -> Html<&'static str> {
     Html(include_str!("demo.html"))
 }
 
-/// `GET /health`: `ok`, or `degraded` when a configured backplane is not connected. Always
-/// 200: a node without Redis still serves its own users.
-pub(super) async fn health(State(gw): State<Gateway>) -> Json<Value> {
-    let backplane = match gw.inner.manager.backplane_status() {
+/// How `/health` and `/ws/stats` name a backplane's state.
+fn backplane_state(status: Option<BackplaneStatus>) -> &'static str {
+    match status {
         None => "none",
         Some(BackplaneStatus::Connected) => "connected",
         Some(_) => "disconnected",
-    };
+    }
+}
+
+/// `GET /health`: `ok`, or `degraded` when a configured backplane is not connected. Always
+/// 200: a node without Redis still serves its own users.
+pub(super) async fn health(State(gw): State<Gateway>) -> Json<Value> {
+    let backplane = backplane_state(gw.inner.manager.backplane_status());
     let degraded = gw.inner.backplane && backplane != "connected";
     Json(json!({
         "status": if degraded { "degraded" } else { "ok" },
@@ -87,10 +92,27 @@ pub(super) async fn ready(State(gw): State<Gateway>) -> Response {
     }
 }
 
-/// `GET /ws/stats`: the manager's counters, this node's and the cluster's connections.
+/// `GET /ws/stats`: the manager's counters, this node's and the cluster's connections, and
+/// the nodes: this one with its backplane's state, then the others it hears from.
 pub(super) async fn stats(State(gw): State<Gateway>) -> Json<Value> {
     let m = &gw.inner.manager;
     let s = m.stats();
+    let this = json!({
+        "node": format!("{:016x}", m.node_id()),
+        "connections": m.local_connection_count(),
+        "backplane": backplane_state(m.backplane_status()),
+        "last_seen_ms": 0,
+    });
+    let others = m.cluster_nodes().into_iter().map(|n| {
+        json!({
+            "node": format!("{:016x}", n.id),
+            "connections": n.connections,
+            // Heard from within three of its heartbeats: its backplane reaches ours.
+            "backplane": "connected",
+            "last_seen_ms": n.last_seen.as_millis() as u64,
+        })
+    });
+    let nodes: Vec<Value> = std::iter::once(this).chain(others).collect();
     Json(json!({
         "node": format!("{:016x}", m.node_id()),
         "connections": m.connection_count(),
@@ -103,6 +125,7 @@ pub(super) async fn stats(State(gw): State<Gateway>) -> Json<Value> {
         "dropped": s.dropped,
         "slow_consumer_disconnects": s.slow_consumer_disconnects,
         "keepalive_timeouts": s.keepalive_timeouts,
+        "nodes": nodes,
     }))
 }
 

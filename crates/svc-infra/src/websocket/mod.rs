@@ -51,7 +51,7 @@ pub use server::metrics;
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub use server::{
-    Connection, ConnectionHooks, ConnectionManager, IntoMessage, Json, LISTEN_BACKLOG,
+    ClusterNode, Connection, ConnectionHooks, ConnectionManager, IntoMessage, Json, LISTEN_BACKLOG,
     ManagerBuilder, ManagerNotInstalled, ManagerStats, Metadata, PreparedMessage, Serve,
     SlowConsumerPolicy, WebSocket, WsManager, WsUpgrade, WsUpgradeRejection, add_websocket_manager,
     add_websocket_manager_with, bind, easy_websocket_manager, get_ws_manager, serve,

@@ -67,6 +67,20 @@ impl RemoteNode {
 /// heard from for three of its own periods is forgotten.
 pub(super) const PRESENCE_HEARTBEAT: Duration = Duration::from_secs(1);
 
+/// Another node of the cluster, as this node last heard of it
+/// ([`ConnectionManager::cluster_nodes`](super::ConnectionManager::cluster_nodes)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterNode {
+    /// The node's id ([`ConnectionManager::node_id`](super::ConnectionManager::node_id) there).
+    pub id: u64,
+    /// Its connections, as it last said.
+    pub connections: u64,
+    /// How long ago its last presence message arrived; a node silent for three of its
+    /// heartbeats is forgotten.
+    pub last_seen: Duration,
+}
+
 /// This node's place in the cluster: its id, its backplane (if any), and the other nodes.
 pub(super) struct Cluster {
     /// This manager's id among the nodes of a cluster (random).
@@ -206,6 +220,22 @@ impl Cluster {
             .filter(|r| !is_local(r))
             .collect::<HashSet<_>>()
             .len()
+    }
+
+    /// The other nodes still heard from, by id.
+    pub(super) fn nodes(&self) -> Vec<ClusterNode> {
+        let mut nodes: Vec<ClusterNode> = self
+            .remote()
+            .iter()
+            .filter(|(_, n)| n.is_live())
+            .map(|(&id, n)| ClusterNode {
+                id,
+                connections: n.connections,
+                last_seen: n.seen.elapsed(),
+            })
+            .collect();
+        nodes.sort_unstable_by_key(|n| n.id);
+        nodes
     }
 
     /// Whether any other node still heard from satisfies `f`.

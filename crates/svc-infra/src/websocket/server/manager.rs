@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use super::{
     backplane::{Backplane, BackplaneStatus, PresenceChange, Topic},
     builder::ManagerBuilder,
-    cluster::Cluster,
+    cluster::{Cluster, ClusterNode},
     connection::{Connection, refuse, run_connect_hook},
     flush::{Deferred, FlushQueue},
     hooks::Hooks,
@@ -194,6 +194,12 @@ impl ConnectionManager {
     /// Whether this node reaches the others: `None` without a backplane (a single node).
     pub fn backplane_status(&self) -> Option<BackplaneStatus> {
         self.inner.cluster.status()
+    }
+
+    /// The other nodes of the cluster this node hears from (their presence heartbeats),
+    /// ordered by id; empty without a backplane.
+    pub fn cluster_nodes(&self) -> Vec<ClusterNode> {
+        self.inner.cluster.nodes()
     }
 
     /// This manager's id among the nodes of a cluster.

@@ -26,6 +26,7 @@ mod tls;
 mod upgrade;
 
 pub use builder::ManagerBuilder;
+pub use cluster::ClusterNode;
 pub use connection::Connection;
 pub use hooks::ConnectionHooks;
 pub use integration::{
