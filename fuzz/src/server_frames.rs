@@ -2,8 +2,9 @@
 //! server socket reads client frames with), fed a byte stream cut at the points the input
 //! chooses.
 //!
-//! Input: one byte of settings (bits 0–2 pick `max_message_size` from [`MAX_SIZES`]; bit 7
-//! asks for structured mode), the cutting instructions of [`crate::split`], then the
+//! Input: one byte of settings (bits 0–2 pick `max_message_size` from [`MAX_SIZES`]; bit 6
+//! negotiates permessage-deflate, so that RSV1 marks a compressed message; bit 7 asks for
+//! structured mode), the cutting instructions of [`crate::split`], then the
 //! stream. In raw mode the stream is the rest of the input as is. In structured mode the
 //! rest is a list of frame descriptions ([`frames`]) that become masked client frames, and
 //! the events are also compared with what RFC 6455 says they must be ([`model`]).
@@ -20,7 +21,9 @@
 //! - every text message is valid UTF-8, every data message at most `max_message_size`,
 //!   every control payload at most 125 bytes, every close code one that may be sent and
 //!   its reason at most 123 bytes;
-//! - in structured mode, the events and the violation's code are the model's.
+//! - in structured mode without permessage-deflate, the events and the violation's code are
+//!   the model's (with it, a frame with RSV1 is a compressed message the model does not
+//!   inflate).
 
 use bytes::Bytes;
 use svc_infra::{
@@ -56,17 +59,18 @@ pub fn run(data: &[u8]) -> usize {
         return 0;
     };
     let max = MAX_SIZES[usize::from(settings & 7)];
+    let deflate = settings & 0x40 != 0;
     let (sizes, body) = split::sizes(rest);
     let (stream, expected) = if settings & 0x80 != 0 {
         let frames = frames(body);
         let stream: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
-        (stream, Some(model(&frames, max)))
+        (stream, (!deflate).then(|| model(&frames, max)))
     } else {
         (body.to_vec(), None)
     };
 
-    let whole = feed(&[&stream], max);
-    let cut = feed(&split::cut(&stream, &sizes), max);
+    let whole = feed(&[&stream], max, deflate);
+    let cut = feed(&split::cut(&stream, &sizes), max, deflate);
     assert_eq!(whole, cut, "cutting the stream changed the outcome");
     if let Some((events, code)) = expected {
         assert_eq!(whole.events, events, "events differ from the model");
@@ -81,9 +85,9 @@ pub fn run(data: &[u8]) -> usize {
 }
 
 /// Feeds `chunks` in order to a new parser, as the server's socket does, checking every
-/// step.
-pub fn feed(chunks: &[&[u8]], max: usize) -> Outcome {
-    let mut parser = FrameParser::new(max);
+/// step; `deflate`: permessage-deflate was negotiated.
+pub fn feed(chunks: &[&[u8]], max: usize, deflate: bool) -> Outcome {
+    let mut parser = FrameParser::new(max, deflate);
     let mut events = Vec::new();
     let mut since_idle = 0usize;
     for chunk in chunks {

@@ -257,13 +257,62 @@ fn client_stream(specs: &[u8]) -> Vec<u8> {
         .collect()
 }
 
+/// A compressed client message: JSON-like text or repeated bytes, deflated as a client
+/// without context takeover sends it, in one to three frames (RSV1 on the first).
+fn compressed_message(rng: &mut StdRng) -> Vec<u8> {
+    use svc_infra::websocket::protocol::{RSV1, deflate::Deflater, encode_masked_frame};
+    let message = if rng.random_bool(0.5) {
+        let chars = rng.random_range(1..200);
+        text(rng, chars)
+    } else {
+        vec![rng.random::<u8>(); rng.random_range(1..100_000)]
+    };
+    let mut packed = Vec::new();
+    if !Deflater::new(15, true).compress(&message, &mut packed) {
+        packed = message;
+    }
+    let opcode = if rng.random_bool(0.5) { 1 } else { 2 };
+    let cuts = rng.random_range(1..=3usize).min(packed.len().max(1));
+    let step = packed.len().div_ceil(cuts).max(1);
+    let mut out = Vec::new();
+    let pieces: Vec<&[u8]> = if packed.is_empty() {
+        vec![&[]]
+    } else {
+        packed.chunks(step).collect()
+    };
+    for (i, piece) in pieces.iter().enumerate() {
+        let op = if i == 0 { opcode } else { 0 };
+        let mut frame = encode_masked_frame(op, piece, [9, 8, 7, 6]).to_vec();
+        if i + 1 < pieces.len() {
+            frame[0] &= 0x7F;
+        }
+        if i == 0 {
+            frame[0] |= RSV1;
+        }
+        out.extend(frame);
+    }
+    out
+}
+
 fn server_frames_input(rng: &mut StdRng) -> Vec<u8> {
     // Mostly a limit that lets messages through.
     let max = *[0u8, 1, 2, 3, 4, 5, 5, 6, 6, 7, 7, 7].choose(rng).unwrap();
     let sizes = random_sizes(rng);
-    let (settings, stream) = match rng.random_range(0..4) {
+    let (settings, stream) = match rng.random_range(0..5) {
         0 => (max, random_bytes(rng, 300)),
         1 => (max | 0x80, frame_specs(rng)),
+        // permessage-deflate negotiated: compressed messages (some fragmented, some
+        // mutated), beside the frame descriptions of the structured mode.
+        4 => {
+            let mut s = Vec::new();
+            for _ in 0..rng.random_range(1..4) {
+                s.extend(compressed_message(rng));
+            }
+            if rng.random_bool(0.3) {
+                mutate(rng, &mut s);
+            }
+            (max | 0x40, s)
+        }
         2 => {
             let mut s = client_stream(&frame_specs(rng));
             mutate(rng, &mut s);
@@ -286,7 +335,20 @@ fn server_frames() {
     assert_eq!(server_frames::model(&frames, 100), (want(), None));
     assert_eq!(server_frames::model(&frames, 2), (vec![], Some(1009)));
     let stream = client_stream(&[0x08, 2, 0xC3, 0xA9, 0x02, 1, b'!', 0x03, 0]);
-    assert_eq!(server_frames::feed(&[&stream], 100).events, want());
+    assert_eq!(server_frames::feed(&[&stream], 100, false).events, want());
+    // Compressed, with permessage-deflate: the same text.
+    let mut packed = Vec::new();
+    assert!(
+        svc_infra::websocket::protocol::deflate::Deflater::new(15, true)
+            .compress("é!é!é!é!é!é!é!é!é!é!é!é!".as_bytes(), &mut packed)
+    );
+    let mut frame =
+        svc_infra::websocket::protocol::encode_masked_frame(1, &packed, [1, 2, 3, 4]).to_vec();
+    frame[0] |= svc_infra::websocket::protocol::RSV1;
+    assert_eq!(
+        server_frames::feed(&[&frame], 100, true).events,
+        vec![Event::Text("é!é!é!é!é!é!é!é!é!é!é!é!".into())]
+    );
 
     let result = drive("server_frames", server_frames_input, server_frames::run);
     assert_reached("server_frames", result, 4);

@@ -45,6 +45,8 @@ use super::backoff::Backoff;
 /// | `WS_MAX_CONNECTIONS_PER_USER` | `100` | Server: connections one user may hold on this node (more get HTTP 429) | integer ≥ 0; `0` = no limit |
 /// | `WS_MAX_INCOMING_RATE` | `10000` | Server: frames per second one connection may send; beyond it the server reads more slowly (never closes, never drops) | integer ≥ 0; `0` = no limit |
 /// | `WS_MAX_INCOMING_BURST` | `10000` | Server: frames a connection may send at once above that rate | integer > 0 |
+/// | `WS_COMPRESSION` | `shared` | permessage-deflate (RFC 7692): `shared` negotiates it when offered (server: no context takeover either way, one compressor per thread, a broadcast deflated once); `off` never does | `off`, `shared` |
+/// | `WS_COMPRESSION_MIN_SIZE` | `128` | Messages shorter than this many bytes are sent uncompressed | integer ≥ 0 |
 /// | `WS_ALLOWED_ORIGINS` | `*` | Browser origins the server accepts upgrades from (others get 403) | comma-separated exact origins (`https://app.example.com`), or `*` for any |
 ///
 /// A value outside what the table allows is a [`ConfigError`] that names the variable, the
@@ -102,6 +104,26 @@ pub struct WebSocketConfig {
     /// Server side: how many frames a connection may send at once above
     /// [`max_incoming_rate`](Self::max_incoming_rate). Default 10,000.
     pub max_incoming_burst: u32,
+    /// permessage-deflate: whether it is negotiated. Default [`Compression::Shared`].
+    pub compression: Compression,
+    /// Messages shorter than this (bytes) are sent uncompressed: deflate would not shrink
+    /// them enough to pay for itself. Default 128.
+    pub compression_min_size: usize,
+}
+
+/// Whether and how connections compress messages (permessage-deflate, RFC 7692).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Compression {
+    /// Never negotiated: every message goes plain.
+    Off,
+    /// Negotiated when the peer offers it (every browser does). A server answers with
+    /// `server_no_context_takeover` and `client_no_context_takeover`: no connection keeps
+    /// codec state between messages, one compressor and one decompressor per thread serve
+    /// them all, idle connections cost nothing more, and a broadcast is deflated once and
+    /// the same bytes go to every recipient.
+    #[default]
+    Shared,
 }
 
 impl Default for WebSocketConfig {
@@ -124,6 +146,8 @@ impl Default for WebSocketConfig {
             max_connections_per_user: 100,
             max_incoming_rate: 10_000,
             max_incoming_burst: 10_000,
+            compression: Compression::Shared,
+            compression_min_size: 128,
         }
     }
 }
@@ -226,6 +250,16 @@ impl WebSocketConfig {
                     config.max_incoming_burst = parse_uint(var, raw, "an integer > 0")?;
                 }
                 "ALLOWED_ORIGINS" => config.allowed_origins = parse_origins(var, raw)?,
+                "COMPRESSION" => {
+                    config.compression = match raw.trim().to_ascii_lowercase().as_str() {
+                        "off" => Compression::Off,
+                        "shared" => Compression::Shared,
+                        _ => return Err(ConfigError::new(var, raw, "off or shared")),
+                    };
+                }
+                "COMPRESSION_MIN_SIZE" => {
+                    config.compression_min_size = parse_uint(var, raw, "an integer ≥ 0")?;
+                }
                 "RECONNECT_ENABLED" => config.reconnect_enabled = parse_bool(var, raw)?,
                 "RECONNECT_MAX_ATTEMPTS" => {
                     config.reconnect_max_attempts = parse_uint(var, raw, "an integer ≥ 0")?;
@@ -368,6 +402,16 @@ impl WebSocketConfig {
     pub fn with_max_incoming_rate(mut self, per_second: u32, burst: u32) -> Self {
         self.max_incoming_rate = per_second;
         self.max_incoming_burst = burst;
+        self
+    }
+    /// Sets [`compression`](Self::compression).
+    pub fn with_compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
+    }
+    /// Sets [`compression_min_size`](Self::compression_min_size).
+    pub fn with_compression_min_size(mut self, bytes: usize) -> Self {
+        self.compression_min_size = bytes;
         self
     }
     /// Sets [`allowed_origins`](Self::allowed_origins) to exactly these origins.

@@ -32,7 +32,7 @@ pub use client::{
 };
 #[cfg(feature = "client")]
 pub(crate) use client::{Target, TlsRoots};
-pub use config::{ConfigError, WebSocketConfig, get_default_config};
+pub use config::{Compression, ConfigError, WebSocketConfig, get_default_config};
 pub use error::{BoxError, ConnectFailure, Result, WebSocketError};
 pub use models::{ConnectionInfo, ConnectionState, WebSocketMessage};
 #[cfg(feature = "client")]

@@ -30,6 +30,20 @@ pub fn encode_frame(opcode: u8, payload: &[u8]) -> Bytes {
     buf.freeze()
 }
 
+/// Builds one complete, unmasked frame of a message deflated by permessage-deflate (RSV1
+/// set: RFC 7692 §6): `deflated` is the message after compression, without its final
+/// `00 00 ff ff`.
+pub fn encode_deflated_frame(opcode: u8, deflated: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(header_len(deflated.len(), false) + deflated.len());
+    put_header(&mut buf, opcode, deflated.len(), None);
+    buf[0] |= RSV1;
+    buf.put_slice(deflated);
+    buf.freeze()
+}
+
+/// The first reserved bit, which marks a compressed message (on its first frame only).
+pub const RSV1: u8 = 0x40;
+
 /// Builds one complete frame (FIN set) masked with `mask`, as a client must send it.
 pub fn encode_masked_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Bytes {
     let mut buf = BytesMut::with_capacity(header_len(payload.len(), true) + payload.len());

@@ -12,9 +12,12 @@
 //! | `frame.rs` | opcodes, [`encode_frame`], [`encode_masked_frame`], [`FrameHeader`], [`apply_mask`] |
 //! | `close.rs` | [`is_valid_close_code`], [`close_reason`], [`encode_close`], [`parse_close`] |
 //! | `handshake.rs` | [`accept_key`] |
+//! | `deflate.rs` | permessage-deflate (RFC 7692): [`deflate::negotiate`], [`deflate::accept_response`], [`deflate::Deflater`], [`deflate::Inflater`] |
 //! | `parser.rs` | the incremental frame parser of the server's read path (crate-private) |
 
 mod close;
+#[cfg(any(feature = "client", feature = "server"))]
+pub mod deflate;
 mod frame;
 #[cfg(any(feature = "client", feature = "server"))]
 mod handshake;
@@ -27,7 +30,7 @@ pub use close::{
 };
 pub use frame::{
     FrameHeader, HeaderError, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
-    apply_mask, encode_frame, encode_masked_frame, is_control,
+    RSV1, apply_mask, encode_deflated_frame, encode_frame, encode_masked_frame, is_control,
 };
 #[cfg(any(feature = "client", feature = "server"))]
 pub use handshake::accept_key;

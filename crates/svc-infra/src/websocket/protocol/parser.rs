@@ -5,6 +5,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::{
     FrameHeader, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, apply_mask,
+    deflate::{self, InflateError},
     is_control, parse_close,
 };
 
@@ -61,6 +62,11 @@ pub struct FrameParser {
     header_len: usize,
     /// The data message being assembled: opcode and payload so far.
     message: Option<(u8, BytesMut)>,
+    /// permessage-deflate was negotiated (the client resets its compressor per message, so
+    /// this thread's shared inflater serves): a message may arrive compressed.
+    deflate: bool,
+    /// The message being assembled is compressed (RSV1 on its first frame).
+    compressed: bool,
     /// How much of a text message is known to be valid UTF-8 (for fail-fast checks).
     utf8_checked: usize,
     control: BytesMut,
@@ -68,13 +74,17 @@ pub struct FrameParser {
 }
 
 impl FrameParser {
-    /// A parser that refuses messages over `max_message_size` bytes (close code 1009).
-    pub fn new(max_message_size: usize) -> Self {
+    /// A parser that refuses messages over `max_message_size` bytes (close code 1009);
+    /// `deflate`: permessage-deflate was negotiated without client context takeover, so
+    /// messages may arrive compressed (their inflated size counts against the limit).
+    pub fn new(max_message_size: usize, deflate: bool) -> Self {
         Self {
             state: State::Header,
             header: [0; 14],
             header_len: 0,
             message: None,
+            deflate,
+            compressed: false,
             utf8_checked: 0,
             control: BytesMut::new(),
             max_message_size,
@@ -162,8 +172,16 @@ impl FrameParser {
             payload_len: len,
             ..
         } = parsed;
-        if parsed.rsv != 0 {
+        // RSV1 (0b100) marks a compressed message, on its first frame only (RFC 7692 §6).
+        let rsv1 = parsed.rsv == 0b100;
+        if parsed.rsv != 0 && !(rsv1 && self.deflate) {
             return Err(violation(1002, "reserved bits set without an extension"));
+        }
+        if rsv1 && !matches!(opcode, OP_TEXT | OP_BINARY) {
+            return Err(violation(
+                1002,
+                "RSV1 set on a control or continuation frame",
+            ));
         }
         let Some(mask) = parsed.mask else {
             return Err(violation(1002, "client frames must be masked"));
@@ -187,6 +205,7 @@ impl FrameParser {
                 // announces: the buffer grows as the payload is read.
                 self.message = Some((opcode, BytesMut::new()));
                 self.utf8_checked = 0;
+                self.compressed = rsv1;
             }
             OP_CONTINUATION => {
                 let Some((_, buf)) = &mut self.message else {
@@ -227,6 +246,10 @@ impl FrameParser {
         let Some((OP_TEXT, buf)) = &self.message else {
             return Ok(());
         };
+        if self.compressed {
+            // Checked once inflated.
+            return Ok(());
+        }
         match std::str::from_utf8(&buf[self.utf8_checked..]) {
             Ok(_) => self.utf8_checked = buf.len(),
             Err(e) if e.error_len().is_some() => {
@@ -254,10 +277,26 @@ impl FrameParser {
                 )))
             }
             _ if fin => {
-                let Some((kind, buf)) = self.message.take() else {
+                let Some((kind, mut buf)) = self.message.take() else {
                     return Err(violation(1011, "internal parser state"));
                 };
-                let bytes = buf.freeze();
+                let bytes = if std::mem::take(&mut self.compressed) {
+                    let inflated = deflate::inflate_shared(&mut buf, self.max_message_size)
+                        .map_err(|e| match e {
+                            InflateError::TooLarge => {
+                                violation(1009, "message exceeds max_message_size")
+                            }
+                            InflateError::Invalid => {
+                                violation(1007, "invalid permessage-deflate data")
+                            }
+                        })?;
+                    if kind == OP_TEXT && std::str::from_utf8(&inflated).is_err() {
+                        return Err(violation(1007, "invalid UTF-8 in a text message"));
+                    }
+                    inflated
+                } else {
+                    buf.freeze()
+                };
                 Ok(Some(if kind == OP_TEXT {
                     Event::Text(bytes)
                 } else {
@@ -324,11 +363,11 @@ mod tests {
             Event::Binary(Bytes::from_static(&[1, 2, 3])),
             Event::Binary(Bytes::from(vec![9; 70_000])),
         ];
-        let mut p = FrameParser::new(1 << 20);
+        let mut p = FrameParser::new(1 << 20, false);
         assert_eq!(parse_all(&mut p, &wire).unwrap(), want);
         assert!(p.is_idle());
         for chunk in [1, 2, 3, 7, 13, 4096] {
-            let mut p = FrameParser::new(1 << 20);
+            let mut p = FrameParser::new(1 << 20, false);
             let mut got = vec![];
             for piece in wire.chunks(chunk) {
                 got.extend(parse_all(&mut p, piece).unwrap());
@@ -339,7 +378,7 @@ mod tests {
 
     #[test]
     fn close_frames() {
-        let mut p = FrameParser::new(100);
+        let mut p = FrameParser::new(100, false);
         let mut payload = 4001u16.to_be_bytes().to_vec();
         payload.extend_from_slice(b"bye");
         assert_eq!(
@@ -356,7 +395,7 @@ mod tests {
             &[0x03, 0xed],
             &[0x03, 0xe8, 0xff],
         ] {
-            let mut p = FrameParser::new(100);
+            let mut p = FrameParser::new(100, false);
             assert!(parse_all(&mut p, &client_frame(true, OP_CLOSE, bad)).is_err());
         }
     }
@@ -375,11 +414,11 @@ mod tests {
             (client_frame(true, OP_BINARY, &[0; 101]), 1009),
         ];
         for (wire, code) in cases {
-            let mut p = FrameParser::new(100);
+            let mut p = FrameParser::new(100, false);
             let err = parse_all(&mut p, &wire).unwrap_err();
             assert_eq!(err.code, code, "{wire:?}");
         }
-        let mut p = FrameParser::new(100);
+        let mut p = FrameParser::new(100, false);
         let mut wire = client_frame(false, OP_TEXT, b"a");
         wire.extend(client_frame(true, OP_TEXT, b"b"));
         assert_eq!(parse_all(&mut p, &wire).unwrap_err().code, 1002);
@@ -387,11 +426,11 @@ mod tests {
 
     #[test]
     fn invalid_utf8_fails_fast_before_the_message_ends() {
-        let mut p = FrameParser::new(1000);
+        let mut p = FrameParser::new(1000, false);
         let first = client_frame(false, OP_TEXT, &[b'a', 0xff]);
         assert_eq!(parse_all(&mut p, &first).unwrap_err().code, 1007);
         // A character split across fragments is fine.
-        let mut p = FrameParser::new(1000);
+        let mut p = FrameParser::new(1000, false);
         let mut wire = client_frame(false, OP_TEXT, &[0xc3]);
         wire.extend(client_frame(true, OP_CONTINUATION, &[0xa9]));
         assert_eq!(
@@ -404,7 +443,7 @@ mod tests {
     fn memory_follows_the_bytes_that_arrived_not_the_announced_length() {
         // A header announcing 1 MiB, then one byte of payload: the message buffer holds
         // what arrived, not what was announced.
-        let mut p = FrameParser::new(1 << 20);
+        let mut p = FrameParser::new(1 << 20, false);
         let frame = client_frame(true, OP_BINARY, &vec![7; 1 << 20]);
         let header_len = FrameHeader::parse(&frame).unwrap().unwrap().len;
         assert_eq!(parse_all(&mut p, &frame[..header_len + 1]).unwrap(), vec![]);
@@ -415,9 +454,85 @@ mod tests {
         assert_eq!(rest, vec![Event::Binary(Bytes::from(vec![7; 1 << 20]))]);
     }
 
+    /// `payload` deflated (without the final `00 00 ff ff`), as a client without context
+    /// takeover sends it.
+    fn deflated(payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        assert!(deflate::Deflater::new(15, true).compress(payload, &mut out));
+        out
+    }
+
+    /// A client frame with RSV1 set.
+    fn rsv1(mut frame: Vec<u8>) -> Vec<u8> {
+        frame[0] |= 0x40;
+        frame
+    }
+
+    #[test]
+    fn compressed_messages_are_inflated_whole_or_fragmented() {
+        let text = "a text message a text message a text message ".repeat(40);
+        let packed = deflated(text.as_bytes());
+        // One frame; then the same in three fragments, RSV1 on the first only, with a ping
+        // between them; then a plain message: each message says for itself.
+        let mut wire = rsv1(client_frame(true, OP_TEXT, &packed));
+        let (a, rest) = packed.split_at(packed.len() / 3);
+        let (b, c) = rest.split_at(rest.len() / 2);
+        wire.extend(rsv1(client_frame(false, OP_TEXT, a)));
+        wire.extend(client_frame(false, OP_CONTINUATION, b));
+        wire.extend(client_frame(true, OP_PING, b"p"));
+        wire.extend(client_frame(true, OP_CONTINUATION, c));
+        wire.extend(client_frame(true, OP_BINARY, b"plain"));
+        let want = vec![
+            Event::Text(Bytes::from(text.clone())),
+            Event::Ping(Bytes::from_static(b"p")),
+            Event::Text(Bytes::from(text.clone())),
+            Event::Binary(Bytes::from_static(b"plain")),
+        ];
+        for chunk in [1, 5, 4096] {
+            let mut p = FrameParser::new(1 << 20, true);
+            let mut got = vec![];
+            for piece in wire.chunks(chunk) {
+                got.extend(parse_all(&mut p, piece).unwrap());
+            }
+            assert_eq!(got, want, "chunk size {chunk}");
+            assert!(p.is_idle());
+        }
+    }
+
+    #[test]
+    fn compression_violations() {
+        let packed = deflated(&[b'x'; 500]);
+        let bomb = deflated(&vec![0; 1 << 20]);
+        let mut continuation = rsv1(client_frame(false, OP_TEXT, &packed[..2]));
+        continuation.extend(rsv1(client_frame(true, OP_CONTINUATION, &packed[2..])));
+        let cases: Vec<(bool, Vec<u8>, u16)> = vec![
+            // RSV1 without the extension negotiated.
+            (false, rsv1(client_frame(true, OP_TEXT, &packed)), 1002),
+            // On a control frame, on a continuation.
+            (true, rsv1(client_frame(true, OP_PING, b"")), 1002),
+            (true, continuation, 1002),
+            // RSV2 or RSV3 even with it.
+            (true, vec![0xA1, 0x80, 0, 0, 0, 0], 1002),
+            // Not deflate data; deflated text that is not UTF-8.
+            (true, rsv1(client_frame(true, OP_BINARY, &[0xff; 8])), 1007),
+            (
+                true,
+                rsv1(client_frame(true, OP_TEXT, &deflated(&[0xff; 300]))),
+                1007,
+            ),
+            // 1 MiB of zeros in about 1 KiB: over a 64 KiB limit once inflated.
+            (true, rsv1(client_frame(true, OP_BINARY, &bomb)), 1009),
+        ];
+        for (deflate, wire, code) in cases {
+            let mut p = FrameParser::new(64 * 1024, deflate);
+            let err = parse_all(&mut p, &wire).unwrap_err();
+            assert_eq!(err.code, code, "{wire:?}");
+        }
+    }
+
     #[test]
     fn fragmented_size_limit_counts_all_fragments() {
-        let mut p = FrameParser::new(10);
+        let mut p = FrameParser::new(10, false);
         let mut wire = client_frame(false, OP_BINARY, &[0; 6]);
         wire.extend(client_frame(true, OP_CONTINUATION, &[0; 6]));
         assert_eq!(parse_all(&mut p, &wire).unwrap_err().code, 1009);

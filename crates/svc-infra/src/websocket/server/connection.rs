@@ -81,16 +81,20 @@ impl Connection {
     pub fn send(&self, message: impl IntoMessage) -> Result<(), WebSocketError> {
         let message = self.manager.prepare(message)?;
         let counters = &self.manager.inner.counters;
-        let len = message.frame().len();
-        match self.socket.send_frame(message.frame().clone()) {
+        let (frame, deflated) = message.frame_for(self.socket.outbound(), true);
+        if deflated {
+            counters.deflated();
+        }
+        let len = frame.len() as u64;
+        match self.socket.send_frame(frame) {
             Ok(true) => {
                 self.conn.touch(unix_ms());
                 counters.sends(1, len, 0, 0);
             }
-            Ok(false) => counters.sends(0, len, 1, 0),
+            Ok(false) => counters.sends(0, 0, 1, 0),
             Err(e) => {
                 if e.close_code() == Some(1013) {
-                    counters.sends(0, len, 0, 1);
+                    counters.sends(0, 0, 0, 1);
                 }
                 return Err(e);
             }
@@ -103,10 +107,15 @@ impl Connection {
     /// [`WebSocket::reply`]). Broadcasts and sends from elsewhere keep the policy.
     pub async fn reply(&mut self, message: impl IntoMessage) -> Result<(), WebSocketError> {
         let message = self.manager.prepare(message)?;
-        let len = message.frame().len();
-        self.socket.reply_frame(message.frame().clone()).await?;
+        let counters = &self.manager.inner.counters;
+        let (frame, deflated) = message.frame_for(self.socket.outbound(), true);
+        if deflated {
+            counters.deflated();
+        }
+        let len = frame.len() as u64;
+        self.socket.reply_frame(frame).await?;
         self.conn.touch(unix_ms());
-        self.manager.inner.counters.sends(1, len, 0, 0);
+        counters.sends(1, len, 0, 0);
         Ok(())
     }
 

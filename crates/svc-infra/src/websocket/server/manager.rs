@@ -611,14 +611,16 @@ impl ConnectionManager {
         let mut dead = Vec::new();
         let (mut dropped, mut overflowed) = (0, 0);
         let mut deferred = Deferred::default();
+        let (mut bytes, mut deflated) = (0u64, false);
         for conn in conns {
-            match conn
-                .out
-                .push_deferred(message.frame().clone(), &mut deferred)
-            {
+            let (frame, made) = message.frame_for(&conn.out, false);
+            deflated |= made;
+            let len = frame.len() as u64;
+            match conn.out.push_deferred(frame, &mut deferred) {
                 Push::Accepted => {
                     conn.touch(now);
                     reached += 1;
+                    bytes += len;
                 }
                 Push::Dropped => dropped += 1,
                 Push::Overflow => {
@@ -630,7 +632,10 @@ impl ConnectionManager {
         }
         self.inner.flush_queue.extend(deferred);
         let counters = &self.inner.counters;
-        counters.sends(reached as u64, message.frame().len(), dropped, overflowed);
+        counters.sends(reached as u64, bytes, dropped, overflowed);
+        if deflated {
+            counters.deflated();
+        }
         counters.delivered_in(started.elapsed());
         for (conn, overflowed) in dead {
             // A failed send removes the dead connection: a slow consumer closing with 1013,

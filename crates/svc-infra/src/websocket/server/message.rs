@@ -1,24 +1,37 @@
 //! What the manager sends: a message encoded once ([`PreparedMessage`]) from anything
 //! that can be a message ([`IntoMessage`]).
 
-use std::fmt;
+use std::{fmt, sync::OnceLock};
 
 use bytes::Bytes;
 use serde::Serialize;
 
+use super::outbound::Outbound;
 use crate::websocket::{
     WebSocketError, WebSocketMessage,
-    protocol::{self, OP_BINARY, OP_TEXT},
+    protocol::{self, OP_BINARY, OP_TEXT, deflate},
 };
 
 /// A message encoded once, ready to go to any number of connections.
 ///
 /// Server frames are not masked, so the bytes on the wire are the same for every recipient:
-/// a broadcast builds them once and every recipient gets a reference-counted clone.
-#[derive(Clone, PartialEq, Eq)]
+/// a broadcast builds them once and every recipient gets a reference-counted clone. The
+/// same holds compressed: the first recipient that negotiated permessage-deflate has the
+/// message deflated, and every other one gets the same bytes.
+#[derive(Clone)]
 pub struct PreparedMessage {
     frame: Bytes,
+    /// The frame deflated for peers that accept the full window, made on first need;
+    /// `Some(None)` when deflate did not make it smaller.
+    deflated: OnceLock<Option<Bytes>>,
 }
+
+impl PartialEq for PreparedMessage {
+    fn eq(&self, other: &Self) -> bool {
+        self.frame == other.frame
+    }
+}
+impl Eq for PreparedMessage {}
 
 impl fmt::Debug for PreparedMessage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -31,16 +44,12 @@ impl fmt::Debug for PreparedMessage {
 impl PreparedMessage {
     /// A text message.
     pub fn text(text: &str) -> Self {
-        Self {
-            frame: protocol::encode_frame(OP_TEXT, text.as_bytes()),
-        }
+        Self::from_frame(protocol::encode_frame(OP_TEXT, text.as_bytes()))
     }
 
     /// A binary message.
     pub fn binary(data: &[u8]) -> Self {
-        Self {
-            frame: protocol::encode_frame(OP_BINARY, data),
-        }
+        Self::from_frame(protocol::encode_frame(OP_BINARY, data))
     }
 
     /// A text message holding `value` as compact JSON.
@@ -68,12 +77,44 @@ impl PreparedMessage {
 
     /// A message whose frame another node encoded (it arrived on the backplane).
     pub(crate) fn from_frame(frame: Bytes) -> Self {
-        Self { frame }
+        Self {
+            frame,
+            deflated: OnceLock::new(),
+        }
     }
 
-    /// The complete frame, shared by every recipient.
+    /// The complete plain frame, shared by every recipient that gets it plain.
     pub(crate) fn frame(&self) -> &Bytes {
         &self.frame
+    }
+
+    /// The frame for one recipient, and whether this call deflated the message. Deflated
+    /// when the recipient negotiated permessage-deflate, the message is long enough and
+    /// deflate makes it smaller; else plain. For recipients with the full window (every
+    /// browser) the deflated frame is made once and shared. A recipient that asked for a
+    /// smaller window gets one made for it when `alone` (a send to it only), the plain frame
+    /// in a broadcast (where deflating per recipient would undo the point of sharing).
+    pub(crate) fn frame_for(&self, out: &Outbound, alone: bool) -> (Bytes, bool) {
+        let Some(bits) = out.deflate_for(self.len()) else {
+            return (self.frame.clone(), false);
+        };
+        if bits == deflate::MAX_WINDOW_BITS {
+            let mut made = false;
+            let shared = self.deflated.get_or_init(|| {
+                made = true;
+                self.deflate(bits)
+            });
+            return (shared.as_ref().unwrap_or(&self.frame).clone(), made);
+        }
+        match alone.then(|| self.deflate(bits)).flatten() {
+            Some(frame) => (frame, true),
+            None => (self.frame.clone(), false),
+        }
+    }
+
+    fn deflate(&self, bits: u8) -> Option<Bytes> {
+        let header = protocol::FrameHeader::parse(&self.frame).ok().flatten()?;
+        deflate::deflate_frame(header.opcode, &self.frame[header.len..], bits)
     }
 }
 

@@ -187,7 +187,13 @@ pub const SERIES: &[MetricSeries] = &[
     series(
         "svc_ws_bytes_sent_total",
         Counter,
-        "Bytes of the frames handed to connections, one frame per recipient.",
+        "Bytes of the frames handed to connections, one frame per recipient (compressed frames at their compressed size).",
+        &[],
+    ),
+    series(
+        "svc_ws_messages_deflated_total",
+        Counter,
+        "Messages deflated for permessage-deflate: once per broadcast whatever the number of recipients, once per send to one connection.",
         &[],
     ),
     series(

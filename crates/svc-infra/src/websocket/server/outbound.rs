@@ -24,7 +24,7 @@ use super::{
     clock::{now_ms, now_us},
     flush::Deferred,
 };
-use crate::websocket::{WebSocketConfig, protocol};
+use crate::websocket::{WebSocketConfig, protocol, protocol::deflate::DeflateParams};
 
 pub(crate) type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
@@ -69,6 +69,12 @@ pub(crate) struct Outbound {
     pub(super) close_timeout: Duration,
     /// The subprotocol selected in the handshake.
     pub(super) protocol: Option<Box<str>>,
+    /// permessage-deflate: the window the peer accepts from us (9 to 15), 0 when not
+    /// negotiated. Never with context takeover: any deflated frame made for this window
+    /// or a smaller one is valid here.
+    deflate_bits: u8,
+    /// Messages shorter than this go plain (`compression_min_size`).
+    compress_min: u32,
     /// Milliseconds since [`clock_origin`] of the last frame received from the peer.
     pub(crate) last_seen: AtomicU64,
     /// When our outstanding keepalive ping went out (µs since origin), 0 if none is.
@@ -125,6 +131,7 @@ impl Outbound {
         config: &WebSocketConfig,
         policy: SlowConsumerPolicy,
         protocol: Option<String>,
+        deflate: Option<DeflateParams>,
     ) -> Self {
         let vectored = writer.is_write_vectored();
         Self {
@@ -147,10 +154,18 @@ impl Outbound {
             max_message_size: config.max_message_size,
             close_timeout: config.close_timeout,
             protocol: protocol.map(String::into_boxed_str),
+            deflate_bits: deflate.map_or(0, |p| p.server_max_window_bits.max(9)),
+            compress_min: u32::try_from(config.compression_min_size).unwrap_or(u32::MAX),
             last_seen: AtomicU64::new(now_ms()),
             ping_sent: AtomicU64::new(0),
             latency_us: AtomicU64::new(0),
         }
+    }
+
+    /// The window to deflate a message of `len` bytes for this peer with, or `None` when it
+    /// goes plain (no permessage-deflate, or too short to be worth it).
+    pub(crate) fn deflate_for(&self, len: usize) -> Option<u8> {
+        (self.deflate_bits != 0 && len >= self.compress_min as usize).then_some(self.deflate_bits)
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, OutState> {
@@ -615,6 +630,7 @@ mod tests {
             &config,
             policy,
             None,
+            None,
         ))
     }
 
@@ -683,7 +699,14 @@ mod tests {
         };
         let config = WebSocketConfig::default();
         let policy = SlowConsumerPolicy::Disconnect;
-        let out = Arc::new(Outbound::new(Box::new(held), true, &config, policy, None));
+        let out = Arc::new(Outbound::new(
+            Box::new(held),
+            true,
+            &config,
+            policy,
+            None,
+            None,
+        ));
         let mut deferred = Deferred::default();
         let first = frame("taken whole, on the wire in part");
         assert_eq!(

@@ -22,6 +22,7 @@ use super::{
 };
 use crate::websocket::protocol::{
     self, OP_PONG,
+    deflate::{self, DeflateParams},
     parser::{Event, FrameParser, Violation},
 };
 use crate::websocket::{WebSocketConfig, WebSocketError, WebSocketMessage};
@@ -92,7 +93,9 @@ impl std::fmt::Debug for WebSocket {
 }
 
 impl WebSocket {
-    /// `buffered`: the writer keeps bytes until it is flushed (TLS), unlike a TCP socket.
+    /// `buffered`: the writer keeps bytes until it is flushed (TLS), unlike a TCP socket;
+    /// the last argument is what the handshake agreed on: the subprotocol and
+    /// permessage-deflate.
     pub(crate) fn new(
         reader: BoxRead,
         writer: BoxWrite,
@@ -100,13 +103,17 @@ impl WebSocket {
         already_read: Bytes,
         config: &WebSocketConfig,
         policy: SlowConsumerPolicy,
-        protocol: Option<String>,
+        (protocol, deflate): (Option<String>, Option<DeflateParams>),
     ) -> Self {
+        // Only ever negotiated without client context takeover: this thread's inflater serves.
+        let inflate = deflate.is_some_and(|p| p.client_no_context_takeover);
         Self {
             reader,
             leftover: already_read,
-            parser: FrameParser::new(config.max_message_size),
-            out: Arc::new(Outbound::new(writer, buffered, config, policy, protocol)),
+            parser: FrameParser::new(config.max_message_size, inflate),
+            out: Arc::new(Outbound::new(
+                writer, buffered, config, policy, protocol, deflate,
+            )),
             budget: ReadBudget::new(config.max_incoming_rate, config.max_incoming_burst),
             phase: Phase::Open,
             peer_closed: false,
@@ -193,7 +200,12 @@ impl WebSocket {
         } else {
             protocol::OP_BINARY
         };
-        Ok(protocol::encode_frame(opcode, message.as_bytes()))
+        let payload = message.as_bytes();
+        let deflated = self
+            .out
+            .deflate_for(payload.len())
+            .and_then(|bits| deflate::deflate_frame(opcode, payload, bits));
+        Ok(deflated.unwrap_or_else(|| protocol::encode_frame(opcode, payload)))
     }
 
     /// Hands a frame to the connection, waiting for room in the queue (see [`reply`](Self::reply)).
@@ -508,7 +520,7 @@ impl Drop for WebSocket {
         let mut rest = WebSocket {
             reader: std::mem::replace(&mut self.reader, Box::new(tokio::io::empty())),
             leftover: std::mem::take(&mut self.leftover),
-            parser: std::mem::replace(&mut self.parser, FrameParser::new(0)),
+            parser: std::mem::replace(&mut self.parser, FrameParser::new(0, false)),
             out: self.out.clone(),
             phase: self.phase,
             peer_closed: self.peer_closed,

@@ -21,6 +21,10 @@ pub struct ManagerStats {
     pub slow_consumer_disconnects: u64,
     /// Connections closed with 1011 because they did not answer keepalive pings.
     pub keepalive_timeouts: u64,
+    /// Messages deflated (permessage-deflate): once per broadcast whatever the number of
+    /// recipients, once per send to a connection; counted even when deflate did not make the
+    /// message smaller (it then went plain).
+    pub deflated: u64,
 }
 
 /// The live counters behind [`ManagerStats`], and the handles of the `metrics` series they
@@ -33,6 +37,7 @@ pub(super) struct Counters {
     dropped: AtomicU64,
     slow_consumer_disconnects: AtomicU64,
     keepalive_timeouts: AtomicU64,
+    deflated: AtomicU64,
     m: Handles,
 }
 
@@ -47,6 +52,7 @@ struct Handles {
     bytes_received: metrics::Counter,
     dropped: metrics::Counter,
     slow_consumer_disconnects: metrics::Counter,
+    deflated: metrics::Counter,
     broadcast_duration: metrics::Histogram,
 }
 
@@ -59,6 +65,7 @@ impl Counters {
             dropped: AtomicU64::new(0),
             slow_consumer_disconnects: AtomicU64::new(0),
             keepalive_timeouts: AtomicU64::new(0),
+            deflated: AtomicU64::new(0),
             m: Handles {
                 connects: metrics::counter!("svc_ws_connects_total"),
                 disconnects: metrics::counter!("svc_ws_disconnects_total"),
@@ -71,6 +78,7 @@ impl Counters {
                 slow_consumer_disconnects: metrics::counter!(
                     "svc_ws_slow_consumer_disconnects_total"
                 ),
+                deflated: metrics::counter!("svc_ws_messages_deflated_total"),
                 broadcast_duration: metrics::histogram!("svc_ws_broadcast_duration_seconds"),
             },
         }
@@ -94,13 +102,13 @@ impl Counters {
         self.m.keepalive_timeouts.increment(1);
     }
 
-    /// What sends of one frame of `frame_len` bytes did: one place for broadcasts and
-    /// `Connection::send` alike.
-    pub(super) fn sends(&self, sent: u64, frame_len: usize, dropped: u64, overflowed: u64) {
+    /// What sends of one message did (`bytes`: the frames handed over, all recipients
+    /// together): one place for broadcasts and `Connection::send` alike.
+    pub(super) fn sends(&self, sent: u64, bytes: u64, dropped: u64, overflowed: u64) {
         if sent > 0 {
             self.frames_sent.fetch_add(sent, Ordering::Relaxed);
             self.m.messages_sent.increment(sent);
-            self.m.bytes_sent.increment(sent * frame_len as u64);
+            self.m.bytes_sent.increment(bytes);
         }
         if dropped > 0 {
             self.dropped.fetch_add(dropped, Ordering::Relaxed);
@@ -111,6 +119,12 @@ impl Counters {
                 .fetch_add(overflowed, Ordering::Relaxed);
             self.m.slow_consumer_disconnects.increment(overflowed);
         }
+    }
+
+    /// A message was deflated (permessage-deflate).
+    pub(super) fn deflated(&self) {
+        self.deflated.fetch_add(1, Ordering::Relaxed);
+        self.m.deflated.increment(1);
     }
 
     /// A message of `len` payload bytes arrived from a registered connection.
@@ -133,6 +147,7 @@ impl Counters {
             dropped: self.dropped.load(Ordering::Relaxed),
             slow_consumer_disconnects: self.slow_consumer_disconnects.load(Ordering::Relaxed),
             keepalive_timeouts: self.keepalive_timeouts.load(Ordering::Relaxed),
+            deflated: self.deflated.load(Ordering::Relaxed),
         }
     }
 }

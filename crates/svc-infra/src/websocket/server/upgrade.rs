@@ -19,7 +19,10 @@ use super::{
     outbound::{BoxWrite, SlowConsumerPolicy},
     socket::{BoxRead, WebSocket},
 };
-use crate::websocket::WebSocketConfig;
+use crate::websocket::{
+    Compression, WebSocketConfig,
+    protocol::deflate::{self, ServerPolicy},
+};
 
 /// Extractor for a WebSocket upgrade request, answered with [`WsUpgrade::on_upgrade`].
 ///
@@ -61,6 +64,8 @@ pub struct WsUpgrade {
     started: std::time::Instant,
     /// The peer's address, when the server put it in the request (`ConnectInfo`), for logs.
     peer: Option<SocketAddr>,
+    /// The request's `Sec-WebSocket-Extensions` values (permessage-deflate offers).
+    extensions: Vec<HeaderValue>,
 }
 
 /// The offered subprotocols show with the item after a `bearer` one (a token: the
@@ -167,6 +172,7 @@ impl WsUpgrade {
             user,
             started,
             peer,
+            extensions,
             ..
         } = self;
         // A header that is not text cannot be any allowed origin.
@@ -178,6 +184,14 @@ impl WsUpgrade {
             return WsUpgradeRejection::from(why).refused(user.as_deref(), None, peer);
         }
         let protocol = selected.clone();
+        let deflate = match config.compression {
+            Compression::Off => None,
+            Compression::Shared => deflate::negotiate(
+                extensions.iter().filter_map(|v| v.to_str().ok()),
+                ServerPolicy::default(),
+            ),
+        };
+        let (deflate, extension_response) = deflate.unzip();
         // At debug only: with debug off the tasks carry no span at all.
         let span = tracing::debug_span!(
             "connection",
@@ -207,7 +221,7 @@ impl WsUpgrade {
                     already_read,
                     &config,
                     policy,
-                    protocol,
+                    (protocol, deflate),
                 );
                 metrics::counter!("svc_ws_upgrades_accepted_total").increment(1);
                 metrics::histogram!("svc_ws_handshake_duration_seconds").record(started.elapsed());
@@ -238,6 +252,9 @@ impl WsUpgrade {
         }
         if let Some(p) = selected.and_then(|p| HeaderValue::from_str(&p).ok()) {
             headers.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+        }
+        if let Some(e) = extension_response.and_then(|e| HeaderValue::from_str(&e).ok()) {
+            headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, e);
         }
         response
     }
@@ -476,6 +493,12 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
                 .extensions
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|ConnectInfo(peer)| *peer),
+            extensions: parts
+                .headers
+                .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .cloned()
+                .collect(),
         })
     }
 }
