@@ -35,7 +35,7 @@ mod client {
     use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
     use tungstenite::Message;
 
-    use crate::websocket::{Target, TlsRoots, WebSocketConfig, WebSocketMessage};
+    use crate::websocket::{ProxySetting, Target, TlsRoots, WebSocketConfig, WebSocketMessage};
 
     /// The nonce [`client_read`]'s handshake sends (the example of RFC 6455 §1.3), so that
     /// an input can carry the matching `Sec-WebSocket-Accept`
@@ -90,6 +90,7 @@ mod client {
             &[],
             subprotocols,
             &TlsRoots::default(),
+            &ProxySetting::Off,
         ) {
             Ok(t) => t,
             Err(e) => {

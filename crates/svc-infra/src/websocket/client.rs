@@ -7,6 +7,8 @@
 
 mod actor;
 mod handshake;
+mod proxy;
+mod transport;
 
 use std::{
     fmt,
@@ -27,6 +29,7 @@ use super::{ConnectionState, Result, WebSocketConfig, WebSocketError, WebSocketM
 pub(crate) use self::{
     actor::CloseOrigin,
     handshake::{Target, TlsRoots},
+    proxy::ProxySetting,
 };
 
 /// A connected WebSocket client.
@@ -145,9 +148,38 @@ fn pem_error(why: String) -> WebSocketError {
 
 /// Options for opening a [`WebSocketClient`]; made by [`WebSocketClient::builder`].
 ///
-/// Defaults: [`WebSocketConfig::default`] (the environment is **not** read; pass
+/// Defaults: [`WebSocketConfig::default`] (the `WS_*` variables are **not** read; pass
 /// `WebSocketConfig::from_env()?` for that), no extra headers, no subprotocols, the Mozilla
-/// (webpki) root certificates and not the system ones.
+/// (webpki) root certificates and not the system ones, and the HTTP proxy that the
+/// standard proxy variables name (below).
+///
+/// # Proxies
+///
+/// As curl and Python's `websockets` do, a connection goes through the HTTP proxy that the
+/// environment names, unless [`proxy`](Self::proxy) names one or
+/// [`no_proxy`](Self::no_proxy) turns proxies off (either overrides the environment). The
+/// client asks the proxy for a tunnel (`CONNECT host:port`, with `Proxy-Authorization:
+/// Basic` when the proxy URL has a user or password, percent-decoded), then runs TLS for
+/// `wss://` and the WebSocket handshake through it, end to end with the server, all within
+/// `open_timeout`. The proxy is chosen once per `connect()` (once for all the reconnects
+/// of a [`websocket_connect`](crate::websocket::websocket_connect)).
+///
+/// | Variable (the lowercase spelling wins; empty = unset) | Used for |
+/// |---|---|
+/// | `wss_proxy`, then `https_proxy`, then `all_proxy` | `wss://` URLs |
+/// | `ws_proxy`, then `http_proxy`, then `all_proxy` | `ws://` URLs (`HTTP_PROXY` in capitals is ignored when `REQUEST_METHOD` is set: CGI, "httpoxy") |
+/// | `no_proxy` | hosts to reach directly, comma-separated: `*` (all), a host name matching itself and its subdomains (`example.com`, `.example.com`), an IP address (`10.0.0.7`, `::1`, `[::1]`), a CIDR block (`10.0.0.0/8`), each but `*` and CIDR with an optional `:port`. An IP entry matches a URL that has that IP address as its host; no DNS lookup is made. |
+///
+/// A proxy URL is `http://[user:password@]host[:port]` (port 80 by default; no scheme
+/// means `http://`) or `https://…` (TLS to the proxy too, port 443, its certificate checked
+/// against the same roots as the server's). Any other scheme, `socks5://` among them, fails
+/// the connection with a permanent [`ConnectFailure::InvalidRequest`] rather than
+/// connecting directly. A proxy that refuses the tunnel is a
+/// [`ConnectFailure::ProxyRefused`]: permanent for a 4xx such as 407 or 403, worth a retry
+/// for a 5xx such as 502. Errors and logs show the proxy URL with its password hidden.
+///
+/// [`ConnectFailure::InvalidRequest`]: crate::websocket::ConnectFailure::InvalidRequest
+/// [`ConnectFailure::ProxyRefused`]: crate::websocket::ConnectFailure::ProxyRefused
 #[derive(Clone)]
 #[must_use = "a builder does nothing until `connect()` is awaited"]
 pub struct ClientBuilder {
@@ -156,6 +188,7 @@ pub struct ClientBuilder {
     headers: Vec<(String, String)>,
     subprotocols: Vec<String>,
     roots: TlsRoots,
+    proxy: ProxySetting,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -170,6 +203,7 @@ impl fmt::Debug for ClientBuilder {
             .field("webpki_roots", &self.roots.webpki)
             .field("native_roots", &self.roots.native)
             .field("extra_roots", &self.roots.extra.len())
+            .field("proxy", &self.proxy)
             .finish()
     }
 }
@@ -186,6 +220,7 @@ impl ClientBuilder {
                 native: false,
                 extra: Vec::new(),
             },
+            proxy: ProxySetting::FromEnv,
         }
     }
 
@@ -249,6 +284,20 @@ impl ClientBuilder {
         self
     }
 
+    /// Connects through the HTTP proxy at `url` (`http://[user:password@]host[:port]`, or
+    /// `https://…`), whatever the environment says (`NO_PROXY` included). Checked when
+    /// connecting; see [Proxies](Self#proxies).
+    pub fn proxy(mut self, url: impl Into<String>) -> Self {
+        self.proxy = ProxySetting::Url(url.into());
+        self
+    }
+
+    /// Connects directly, whatever the environment says: no proxy.
+    pub fn no_proxy(mut self) -> Self {
+        self.proxy = ProxySetting::Off;
+        self
+    }
+
     /// The URL this builder connects to.
     pub fn url(&self) -> &str {
         &self.url
@@ -258,7 +307,8 @@ impl ClientBuilder {
         self.config.is_some()
     }
 
-    /// Checks everything that needs no network (URL, headers, config, TLS roots).
+    /// Checks everything that needs no network (URL, headers, config, TLS roots) and
+    /// chooses the proxy.
     pub(crate) fn target(&self) -> Result<Target> {
         Target::new(
             &self.url,
@@ -266,17 +316,20 @@ impl ClientBuilder {
             &self.headers,
             &self.subprotocols,
             &self.roots,
+            &self.proxy,
         )
     }
 
-    /// Opens the connection: TCP, TLS for `wss://`, and the opening handshake, all within
-    /// `open_timeout`.
+    /// Opens the connection: TCP (or a tunnel through the [proxy](Self#proxies)), TLS for
+    /// `wss://`, and the opening handshake, all within `open_timeout`.
     ///
     /// # Errors
     /// - [`Config`](WebSocketError::Config): the config does not validate.
-    /// - [`ConnectionFailed`](WebSocketError::ConnectionFailed): bad URL, header or
-    ///   subprotocol; DNS, TCP or TLS failure; the server closed the connection during the
-    ///   handshake or answered with a status other than 101, 401 or 403 (the cause names it).
+    /// - [`ConnectionFailed`](WebSocketError::ConnectionFailed): bad URL, header,
+    ///   subprotocol or proxy URL; DNS, TCP or TLS failure; the proxy refused the tunnel
+    ///   ([`ProxyRefused`](super::ConnectFailure::ProxyRefused)); the server closed the
+    ///   connection during the handshake or answered with a status other than 101, 401 or
+    ///   403 (the cause names it).
     /// - [`Authentication`](WebSocketError::Authentication): the server answered 401 or 403
     ///   (with up to 1 KiB of its response body).
     /// - [`Protocol`](WebSocketError::Protocol): the 101 response breaks RFC 6455 (wrong

@@ -36,9 +36,10 @@ pub enum WebSocketError {
         reason: String,
     },
 
-    /// The connection could not be established: a bad URL or header, DNS, TCP, TLS, or a
-    /// handshake answered with a status other than 101 and 401/403. (A connect that takes
-    /// longer than `open_timeout` is a [`Timeout`](Self::Timeout).)
+    /// The connection could not be established: a bad URL or header, DNS, TCP, TLS, an HTTP
+    /// proxy refusing the tunnel, or a handshake answered with a status other than 101 and
+    /// 401/403. (A connect that takes longer than `open_timeout` is a
+    /// [`Timeout`](Self::Timeout).)
     ///
     /// *What to do:* look at `source` (each [`ConnectFailure`] variant says what to do), or
     /// just ask [`is_retryable`](Self::is_retryable): network trouble and 5xx are worth a
@@ -121,8 +122,10 @@ pub enum WebSocketError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectFailure {
-    /// The URL, a header or a subprotocol cannot be used (not `ws://`/`wss://`, no host,
-    /// credentials in the URL, a reserved or malformed header, a subprotocol with spaces).
+    /// The URL, a header, a subprotocol or the proxy cannot be used (not `ws://`/`wss://`, no
+    /// host, credentials in the URL, a reserved or malformed header, a subprotocol with
+    /// spaces, a proxy URL that does not parse or is not `http://`/`https://`, such as
+    /// `socks5://`).
     ///
     /// *What to do:* fix the request; retrying the same one cannot help.
     #[error("{0}")]
@@ -148,9 +151,11 @@ pub enum ConnectFailure {
         retry_after: Option<std::time::Duration>,
     },
 
-    /// DNS or TCP failed, or the connection dropped during the TLS or HTTP handshake.
+    /// DNS or TCP failed, or the connection dropped during the TLS or HTTP handshake. When
+    /// the failure was on the way to an HTTP proxy (or the proxy closed the connection before
+    /// answering `CONNECT`), the message starts with `proxy <its URL, password hidden>:`.
     ///
-    /// *What to do:* retry later; the network or the server may come back.
+    /// *What to do:* retry later; the network, the proxy or the server may come back.
     #[error("{0}")]
     Io(#[source] std::io::Error),
 
@@ -161,16 +166,33 @@ pub enum ConnectFailure {
     /// or the server's certificate; retrying cannot help.
     #[error("TLS: {0}")]
     Tls(String),
+
+    /// The HTTP proxy answered our `CONNECT` with a status other than 2xx, so no tunnel to
+    /// the server was opened: 407 (it wants credentials, or refused ours), 403 (its policy
+    /// forbids the destination), 502/503/504 (it could not reach the server), …
+    ///
+    /// *What to do:* as for [`HttpStatus`](Self::HttpStatus): a 4xx other than 408 and 429
+    /// will not change by itself: fix the credentials in the proxy URL, the proxy's rules,
+    /// or bypass it (`NO_PROXY`, `ClientBuilder::no_proxy`); a 5xx may: retry later.
+    #[error("proxy {proxy} answered CONNECT with HTTP {status} {reason}")]
+    ProxyRefused {
+        /// The proxy's URL, its password hidden ([`redact_url`](super::redact_url)).
+        proxy: String,
+        /// The HTTP status code.
+        status: u16,
+        /// The reason phrase, possibly empty.
+        reason: String,
+    },
 }
 
 impl ConnectFailure {
     /// Whether trying the same request again later may succeed: network errors, and any
-    /// HTTP status but a 4xx other than 408 (timeout) and 429 (too many requests). Not a bad
-    /// request or a TLS failure.
+    /// HTTP status (from the server or from a proxy) but a 4xx other than 408 (timeout) and
+    /// 429 (too many requests). Not a bad request or a TLS failure.
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Io(_) => true,
-            Self::HttpStatus { status, .. } => {
+            Self::HttpStatus { status, .. } | Self::ProxyRefused { status, .. } => {
                 !(400..500).contains(status) || matches!(status, 408 | 429)
             }
             Self::InvalidRequest(_) | Self::Tls(_) => false,
@@ -287,6 +309,14 @@ mod tests {
         assert!(!WebSocketError::failed("ws://", bad).is_retryable());
         let tls = ConnectFailure::Tls("invalid peer certificate: UnknownIssuer".into());
         assert!(!WebSocketError::failed("wss://x", tls).is_retryable());
+        let proxy = |status| ConnectFailure::ProxyRefused {
+            proxy: "http://u:****@proxy:3128".into(),
+            status,
+            reason: String::new(),
+        };
+        for (status, retryable) in [(407, false), (403, false), (502, true), (503, true)] {
+            assert_eq!(proxy(status).is_retryable(), retryable, "{status}");
+        }
     }
 
     #[test]

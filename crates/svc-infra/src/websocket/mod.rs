@@ -31,7 +31,7 @@ pub use client::{
     ClientBuilder, RootCertificate, WebSocketClient, WebSocketSender, easy_websocket_client,
 };
 #[cfg(feature = "client")]
-pub(crate) use client::{Target, TlsRoots};
+pub(crate) use client::{ProxySetting, Target, TlsRoots};
 pub use config::{Compression, ConfigError, WebSocketConfig, get_default_config};
 pub use error::{BoxError, ConnectFailure, Result, WebSocketError};
 pub use models::{ConnectionInfo, ConnectionState, WebSocketMessage};

@@ -1,4 +1,5 @@
-//! Opening a connection: URL checks, TCP, TLS (rustls) and the RFC 6455 opening handshake.
+//! Opening a connection: URL checks, TCP (or a tunnel through a proxy: `proxy.rs`), TLS
+//! (rustls) and the RFC 6455 opening handshake.
 //!
 //! The handshake is written here rather than taken from tungstenite because tungstenite's
 //! client handshake (a) rejects a server that picks no subprotocol when some were offered,
@@ -17,14 +18,20 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
+    time::Instant,
 };
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite};
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::{WebSocketStream, tungstenite};
 use tungstenite::protocol::{Role, WebSocketConfig as WireConfig};
 
+use super::{
+    proxy::{Proxy, ProxySetting, Tunnel},
+    transport::Transport,
+};
 use crate::websocket::{ConnectFailure, Result, WebSocketConfig, WebSocketError};
 
 /// The stream a connected client talks over.
-pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Socket = WebSocketStream<Transport>;
 
 /// Largest response head (status line and headers) we accept.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
@@ -47,6 +54,8 @@ pub(crate) struct Target {
     request_head: String,
     subprotocols: Vec<String>,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The proxy to tunnel through, chosen once; `None`: direct.
+    proxy: Option<Proxy>,
     pub(crate) config: WebSocketConfig,
 }
 
@@ -55,12 +64,13 @@ impl fmt::Debug for Target {
         f.debug_struct("Target")
             .field("url", &self.url)
             .field("tls", &self.tls.is_some())
+            .field("proxy", &self.proxy)
             .finish_non_exhaustive()
     }
 }
 
 #[derive(Clone, Debug)]
-enum Host {
+pub(super) enum Host {
     Domain(String),
     Ip(IpAddr),
 }
@@ -91,13 +101,14 @@ fn invalid(url: &str, why: impl Into<String>) -> WebSocketError {
 }
 
 impl Target {
-    /// Checks the URL, headers and subprotocols and prepares TLS; no I/O.
+    /// Checks the URL, headers and subprotocols, chooses the proxy and prepares TLS; no I/O.
     pub(crate) fn new(
         url: &str,
         config: WebSocketConfig,
         headers: &[(String, String)],
         subprotocols: &[String],
         roots: &TlsRoots,
+        proxy: &ProxySetting,
     ) -> Result<Self> {
         config.validate()?;
         let Endpoint {
@@ -108,28 +119,35 @@ impl Target {
             target,
         } = parse_url(url)?;
         let head = request_head(url, &authority, &target, headers, subprotocols)?;
+        let mut proxy = Proxy::choose(proxy, url, secure, &host, port)?;
 
-        let tls = if secure {
+        // One TLS config serves the server and an `https://` proxy: the same roots.
+        let tls = if secure || proxy.as_ref().is_some_and(Proxy::is_https) {
             Some(tls_config(url, roots)?)
         } else {
             None
         };
+        if let Some(proxy) = &mut proxy {
+            proxy.tls = tls.clone();
+        }
         Ok(Self {
             url: url.to_owned(),
             host,
             port,
             request_head: head,
             subprotocols: subprotocols.to_vec(),
-            tls,
+            tls: if secure { tls } else { None },
+            proxy,
             config,
         })
     }
 
-    /// Opens one connection: TCP, TLS, handshake, all within `open_timeout`.
-    /// Returns the socket and the subprotocol the server chose.
+    /// Opens one connection: TCP (or a tunnel through the proxy), TLS, handshake, all
+    /// within `open_timeout`. Returns the socket and the subprotocol the server chose.
     pub(crate) async fn open(&self) -> Result<(Socket, Option<String>)> {
         let limit = self.config.open_timeout;
-        match tokio::time::timeout(limit, self.open_inner()).await {
+        let deadline = Instant::now() + limit;
+        match tokio::time::timeout_at(deadline, self.open_inner(deadline)).await {
             Ok(result) => result,
             Err(_) => Err(WebSocketError::Timeout {
                 operation: "opening handshake",
@@ -138,44 +156,65 @@ impl Target {
         }
     }
 
-    async fn open_inner(&self) -> Result<(Socket, Option<String>)> {
+    async fn open_inner(&self, deadline: Instant) -> Result<(Socket, Option<String>)> {
         let io_err = |e: std::io::Error| WebSocketError::failed(&self.url, ConnectFailure::Io(e));
-        let tcp = match &self.host {
-            Host::Ip(ip) => TcpStream::connect(SocketAddr::new(*ip, self.port)).await,
-            Host::Domain(d) => TcpStream::connect((d.as_str(), self.port)).await,
-        }
-        .map_err(io_err)?;
-        // Small frames (pings, chat messages) should not wait for Nagle.
-        tcp.set_nodelay(true).map_err(io_err)?;
+        let tunnel = match &self.proxy {
+            Some(proxy) => {
+                let limit = self.config.open_timeout;
+                proxy.open(&self.url, deadline, limit).await?
+            }
+            None => {
+                let tcp = match &self.host {
+                    Host::Ip(ip) => TcpStream::connect(SocketAddr::new(*ip, self.port)).await,
+                    Host::Domain(d) => TcpStream::connect((d.as_str(), self.port)).await,
+                }
+                .map_err(io_err)?;
+                // Small frames (pings, chat messages) should not wait for Nagle.
+                tcp.set_nodelay(true).map_err(io_err)?;
+                Tunnel::Tcp(tcp)
+            }
+        };
 
-        let stream = match &self.tls {
-            None => MaybeTlsStream::Plain(tcp),
-            Some(config) => {
-                let name = match &self.host {
-                    Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
-                    Host::Domain(d) => ServerName::try_from(d.clone()).map_err(|_| {
-                        WebSocketError::failed(
-                            &self.url,
-                            ConnectFailure::Tls(format!("invalid server name {d:?}")),
-                        )
-                    })?,
-                };
-                let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
-                let tls = connector.connect(name, tcp).await.map_err(|e| {
-                    // A certificate or TLS protocol problem will not fix itself; a network
-                    // failure during the TLS handshake might.
-                    if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
-                        WebSocketError::failed(&self.url, ConnectFailure::Tls(e.to_string()))
-                    } else {
-                        io_err(e)
-                    }
-                })?;
-                MaybeTlsStream::Rustls(tls)
+        let stream = match (&self.tls, tunnel) {
+            (None, Tunnel::Tcp(tcp)) => Transport::Tcp(tcp),
+            (None, Tunnel::Tls(tls)) => Transport::Tls(tls),
+            (Some(config), Tunnel::Tcp(tcp)) => {
+                Transport::Tls(Box::new(self.tls_over(config, tcp).await?))
+            }
+            (Some(config), Tunnel::Tls(tls)) => {
+                Transport::TlsInTls(Box::new(self.tls_over(config, *tls).await?))
             }
         };
 
         let key = tungstenite::handshake::client::generate_key();
         self.handshake(stream, &key).await
+    }
+
+    /// The TLS handshake with the server over `io` (TCP, or a proxy's tunnel).
+    async fn tls_over<S>(&self, config: &Arc<rustls::ClientConfig>, io: S) -> Result<TlsStream<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let name = match &self.host {
+            Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
+            Host::Domain(d) => ServerName::try_from(d.clone()).map_err(|_| {
+                WebSocketError::failed(
+                    &self.url,
+                    ConnectFailure::Tls(format!("invalid server name {d:?}")),
+                )
+            })?,
+        };
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+        connector.connect(name, io).await.map_err(|e| {
+            // A certificate or TLS protocol problem will not fix itself; a network
+            // failure during the TLS handshake might.
+            let failure = if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+                ConnectFailure::Tls(e.to_string())
+            } else {
+                ConnectFailure::Io(e)
+            };
+            WebSocketError::failed(&self.url, failure)
+        })
     }
 
     /// The opening handshake on a connected `stream` with the nonce `key`: sends the
@@ -329,7 +368,9 @@ fn is_token_char(b: u8) -> bool {
 /// that cannot be valid is returned as it is, for [`parse_head`] to say what is wrong. A
 /// head over [`MAX_RESPONSE_HEAD`] bytes is refused. None of this depends on how the bytes
 /// were cut into reads.
-async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+pub(super) async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
@@ -379,9 +420,9 @@ fn head_len(bytes: &[u8]) -> Result<Option<usize>, httparse::Error> {
 
 /// A parsed response head.
 #[derive(Debug)]
-struct Head {
-    status: u16,
-    reason: String,
+pub(super) struct Head {
+    pub(super) status: u16,
+    pub(super) reason: String,
     headers: Vec<(String, String)>,
 }
 
@@ -401,7 +442,7 @@ fn retry_after(value: &str) -> Option<std::time::Duration> {
     Some(std::time::Duration::from_secs(secs.min(3600)))
 }
 
-fn parse_head(bytes: &[u8]) -> std::result::Result<Head, String> {
+pub(super) fn parse_head(bytes: &[u8]) -> std::result::Result<Head, String> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
     match response.parse(bytes) {
@@ -618,6 +659,7 @@ mod tests {
                 webpki: true,
                 ..TlsRoots::default()
             },
+            &ProxySetting::Off,
         )
     }
 
@@ -663,10 +705,12 @@ mod tests {
             ("X-Ok", "a\r\nb"),
         ] {
             let headers = [(k.to_owned(), v.to_owned())];
-            assert!(Target::new("ws://h/", cfg.clone(), &headers, &[], &roots).is_err());
+            let off = ProxySetting::Off;
+            assert!(Target::new("ws://h/", cfg.clone(), &headers, &[], &roots, &off).is_err());
         }
         let protos = ["has space".to_owned()];
-        assert!(Target::new("ws://h/", cfg, &[], &protos, &roots).is_err());
+        let off = ProxySetting::Off;
+        assert!(Target::new("ws://h/", cfg, &[], &protos, &roots, &off).is_err());
     }
 
     /// Hands out its bytes `step` at a time, then the end of the stream.
