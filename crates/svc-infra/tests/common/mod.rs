@@ -7,6 +7,8 @@
 //! - [`client_server`]: the axum echo server the client tests talk to (axum's own
 //!   `WebSocketUpgrade`, independent of our server side);
 //! - [`raw`]: raw TCP peers and frames (built and read with `svc_infra::websocket::protocol`);
+//! - [`proxy`] (feature `client`): an HTTP `CONNECT` proxy that records what it is asked,
+//!   and a `wss://` echo server with a self-signed certificate;
 //! - [`auth`] (feature `auth`): tokens, keys and the auth test app;
 //! - [`redis`] (feature `redis`): a private `redis-server` on a free port;
 //! - [`gateway`] (feature `gateway`): the gateway served in process, and its requests.
@@ -19,6 +21,8 @@ pub mod auth;
 pub mod client_server;
 #[cfg(feature = "gateway")]
 pub mod gateway;
+#[cfg(feature = "client")]
+pub mod proxy;
 pub mod raw;
 #[cfg(feature = "redis")]
 pub mod redis;
