@@ -26,14 +26,19 @@ fn quiet() -> WebSocketConfig {
 
 /// Sends a text and a binary message that spans many reads, and expects them back.
 async fn echo_through(builder: ClientBuilder) {
-    let mut ws = step(builder.config(quiet()).connect()).await.expect("connect");
+    let mut ws = step(builder.config(quiet()).connect())
+        .await
+        .expect("connect");
     step(ws.send("through the tunnel")).await.unwrap();
     assert_eq!(
         step(ws.recv()).await.unwrap().as_text(),
         Some("through the tunnel")
     );
     step(ws.send(vec![7u8; 70_000])).await.unwrap();
-    assert_eq!(step(ws.recv()).await.unwrap().as_bytes(), &[7u8; 70_000][..]);
+    assert_eq!(
+        step(ws.recv()).await.unwrap().as_bytes(),
+        &[7u8; 70_000][..]
+    );
     step(ws.close(1000, "")).await.unwrap();
 }
 
@@ -330,7 +335,10 @@ async fn an_endless_answer_to_connect_is_cut_at_the_head_limit() {
 #[tokio::test]
 async fn socks_proxies_are_a_permanent_error_not_a_direct_connection() {
     let server = TestServer::start().await;
-    for proxy in ["socks5://127.0.0.1:1080", "socks5h://u:hunter2@127.0.0.1:1080"] {
+    for proxy in [
+        "socks5://127.0.0.1:1080",
+        "socks5h://u:hunter2@127.0.0.1:1080",
+    ] {
         let err = connect_error(
             WebSocketClient::builder(server.url("/echo"))
                 .config(quiet())

@@ -251,11 +251,11 @@ impl WebSocketError {
         }
     }
 
-    /// Whether reconnecting may help: network failures, timeouts, a handshake answered with
-    /// 5xx (or 408, 429, or another non-4xx status; see [`ConnectFailure::is_retryable`]),
-    /// and abnormal closes (1001, 1006, 1011, 1012, 1013, 1014). Never authentication
-    /// failures, a bad URL or header, a TLS failure, another 4xx, configuration errors, or a
-    /// normal close. `websocket_connect` retries exactly these connect errors.
+    /// Whether reconnecting may help: network failures, timeouts, a handshake (or a proxy's
+    /// answer to `CONNECT`) with 5xx (or 408, 429, or another non-4xx status; see
+    /// [`ConnectFailure::is_retryable`]), and abnormal closes (1001, 1006, 1011, 1012, 1013,
+    /// 1014). Never authentication failures, a bad URL, header or proxy URL, a TLS failure,
+    /// another 4xx, configuration errors, or a normal close. `websocket_connect` retries exactly these connect errors.
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::ConnectionFailed { source, .. } => source.is_retryable(),

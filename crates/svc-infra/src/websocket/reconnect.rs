@@ -61,11 +61,12 @@ use super::{
 ///   at once is not hammered. A refusal with `Retry-After` (a server at its connection
 ///   limit: 503 or 429) makes the next attempt wait at least that long. Each retry is
 ///   logged (`tracing::warn!`) with its delay and cause.
-/// - **Connect errors** that are retried: network errors, timeouts, HTTP 5xx (and 408/429).
-///   Never retried: 401/403 ([`Authentication`](WebSocketError::Authentication)), other 4xx,
-///   an invalid URL or header, a TLS certificate or protocol failure, a WebSocket protocol
-///   violation, a bad config. Those are yielded as the
-///   final `Err` item.
+/// - **Connect errors** that are retried: network errors (to the server or to a proxy),
+///   timeouts, HTTP 5xx (and 408/429) from the server or from a proxy refusing the tunnel.
+///   Never retried: 401/403 ([`Authentication`](WebSocketError::Authentication)), other 4xx
+///   (a proxy's 407 and 403 too), an invalid URL, header or proxy URL (`socks5://`), a TLS
+///   certificate or protocol failure, a WebSocket protocol violation, a bad config. Those
+///   are yielded as the final `Err` item.
 /// - **Limits**: after `reconnect_max_attempts` consecutive failed attempts (0 = never give
 ///   up) the last error is yielded and the stream ends. With `reconnect_enabled = false` the
 ///   stream tries once, yields the client (or the error), and ends when that connection

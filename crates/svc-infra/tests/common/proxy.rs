@@ -143,11 +143,8 @@ impl TestProxy {
                     match tls {
                         None => handle(tcp, mode, log).await,
                         Some(acceptor) => {
-                            if let Ok(Ok(stream)) = tokio::time::timeout(
-                                super::STEP,
-                                acceptor.accept(tcp),
-                            )
-                            .await
+                            if let Ok(Ok(stream)) =
+                                tokio::time::timeout(super::STEP, acceptor.accept(tcp)).await
                             {
                                 handle(stream, mode, log).await;
                             }
@@ -196,7 +193,9 @@ where
     let request_line = lines.next().unwrap_or_default();
     let mut parts = request_line.split(' ');
     if parts.next() != Some("CONNECT") {
-        let _ = client.write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n").await;
+        let _ = client
+            .write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+            .await;
         return;
     }
     let target = parts.next().unwrap_or_default().to_owned();
