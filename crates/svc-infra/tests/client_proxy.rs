@@ -79,6 +79,23 @@ async fn ws_goes_through_the_proxy() {
 }
 
 #[tokio::test]
+async fn an_open_timeout_past_the_clock_does_not_panic_through_the_proxy() {
+    let server = TestServer::start().await;
+    let proxy = TestProxy::start(Mode::Tunnel).await;
+    let mut ws = step(
+        WebSocketClient::builder(server.url("/echo"))
+            .config(quiet().with_open_timeout(Duration::MAX))
+            .proxy(proxy.url())
+            .connect(),
+    )
+    .await
+    .unwrap();
+    step(ws.send("x")).await.unwrap();
+    assert_eq!(step(ws.recv()).await.unwrap().as_text(), Some("x"));
+    assert_eq!(proxy.seen().len(), 1);
+}
+
+#[tokio::test]
 async fn credentials_in_the_proxy_url_are_sent_as_basic_auth() {
     let mut server = TestServer::start().await;
     let proxy = TestProxy::start(Mode::Tunnel).await;

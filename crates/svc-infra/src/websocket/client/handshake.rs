@@ -146,7 +146,11 @@ impl Target {
     /// within `open_timeout`. Returns the socket and the subprotocol the server chose.
     pub(crate) async fn open(&self) -> Result<(Socket, Option<String>)> {
         let limit = self.config.open_timeout;
-        let deadline = Instant::now() + limit;
+        // A limit past what the clock can hold (`Duration::MAX`) is 30 years, as in
+        // `tokio::time::timeout`.
+        let deadline = Instant::now()
+            .checked_add(limit)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(30 * 365 * 86_400));
         match tokio::time::timeout_at(deadline, self.open_inner(deadline)).await {
             Ok(result) => result,
             Err(_) => Err(WebSocketError::Timeout {
