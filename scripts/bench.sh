@@ -18,7 +18,9 @@
 #   (a fourth workload, connect, is the reconnect storm of issue 8: WORKLOADS="connect")
 #   CONNECT_N=10000  CONNECT_CONCURRENCY=200  CONNECT_ARGS=  (e.g. --tungstenite)
 #   IDLE_N=10000  IDLE_HOLD_SECS=3  IDLE_ARGS=  (e.g. --connect-concurrency 200)
-#   FANOUT_N=10000  FANOUT_M=50  FANOUT_SIZE=128  FANOUT_INTERVAL_MS=20
+#   FANOUT_N=10000  FANOUT_M=50  FANOUT_SIZE=128  FANOUT_INTERVAL_MS=20  FANOUT_ARGS=
+#   (e.g. "--deflate --realistic": subscribers offer permessage-deflate, realistic JSON; the
+#   servers compress by WS_COMPRESSION (bench_app) and UWS_COMPRESSION=shared (uws))
 #   ECHO_C=50  ECHO_M=2000  ECHO_SIZE=128
 #   LABEL=<server name plus args>   OUT=${CARGO_TARGET_DIR:-target}/bench
 #   SERVER_BIN=<path>  (plain_axum, bench_app: use this prebuilt binary instead of building)
@@ -183,7 +185,7 @@ for workload in $WORKLOADS; do
             ;;
         fanout)
             loadgen fanout -n "$FANOUT_N" -m "$FANOUT_M" --size "$FANOUT_SIZE" \
-                --interval-ms "$FANOUT_INTERVAL_MS" --server-pid "$SERVER_PID" || failed=1
+                --interval-ms "$FANOUT_INTERVAL_MS" --server-pid "$SERVER_PID" ${FANOUT_ARGS:-} || failed=1
             ;;
         echo)
             loadgen echo -c "$ECHO_C" -m "$ECHO_M" --size "$ECHO_SIZE" --server-pid "$SERVER_PID" || failed=1
@@ -223,7 +225,8 @@ for w in workloads:
         l = r["latency"]
         print(f"fanout: {r['subscribers_up']} subs x {r['messages']} msgs: p50 {l['p50_ms']} ms, p99 {l['p99_ms']} ms, "
               f"max {l['max_ms']} ms, {r['deliveries_per_s']:.0f} deliveries/s, missing {r['missing']}, "
-              f"duplicates {r['duplicates']}, server CPU {r['server_cpu_percent']}%, client CPU {r['client_cpu_percent']}%")
+              f"duplicates {r['duplicates']}, server CPU {r['server_cpu_percent']}%, client CPU {r['client_cpu_percent']}%, "
+              f"bytes read {r.get('bytes_read', '?')}")
     elif w == "echo":
         l = r["rtt"]
         print(f"echo:   {r['connections']} conns: {r['msgs_per_s']:.0f} msgs/s, RTT p50 {l['p50_ms']} ms, "

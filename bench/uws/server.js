@@ -8,6 +8,8 @@
 //   message is published once); anything else is ignored.
 // - GET /stats answers {"connections": N} (open /ws connections).
 // - GET /echo is a WebSocket that sends every text and binary message back unchanged.
+// - UWS_COMPRESSION=shared turns on permessage-deflate with uWS's shared compressor and
+//   decompressor (no context takeover, no memory per socket); otherwise it is off.
 'use strict';
 
 const uWS = require('@btc-vision/uwebsockets.js');
@@ -24,12 +26,19 @@ function parsePort() {
 }
 
 const TOPIC = 'all';
+const compression =
+  process.env.UWS_COMPRESSION === 'shared'
+    ? uWS.SHARED_COMPRESSOR | uWS.SHARED_DECOMPRESSOR
+    : uWS.DISABLED;
+// uWS compresses only what a send or publish asks it to.
+const compress = compression !== uWS.DISABLED;
 const decoder = new TextDecoder();
 let connections = 0;
 
 const app = uWS.App();
 
 app.ws('/ws/:user_id', {
+  compression,
   maxPayloadLength: 1024 * 1024,
   idleTimeout: 120,
   upgrade: (res, req, context) => {
@@ -54,9 +63,9 @@ app.ws('/ws/:user_id', {
       return;
     }
     if (kind === 'echo') {
-      ws.send(message, false);
+      ws.send(message, false, compress);
     } else if (kind === 'broadcast') {
-      app.publish(TOPIC, message, false);
+      app.publish(TOPIC, message, false, compress);
     }
   },
   close: () => {
@@ -65,10 +74,11 @@ app.ws('/ws/:user_id', {
 });
 
 app.ws('/echo', {
+  compression,
   maxPayloadLength: 16 * 1024 * 1024,
   idleTimeout: 120,
   message: (ws, message, isBinary) => {
-    ws.send(message, isBinary);
+    ws.send(message, isBinary, compress);
   },
 });
 

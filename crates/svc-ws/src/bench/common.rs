@@ -125,14 +125,26 @@ impl Target {
 
     /// Opens a [`RawWs`] (a subscriber's lean reader) to `path`, bounded by the connect timeout.
     pub(crate) async fn connect_raw(&self, path: &str) -> anyhow::Result<RawWs> {
-        RawWs::connect(
+        self.connect_raw_offering(path, false).await
+    }
+
+    /// [`connect_raw`](Self::connect_raw), offering permessage-deflate when `deflate`.
+    pub(crate) async fn connect_raw_offering(
+        &self,
+        path: &str,
+        deflate: bool,
+    ) -> anyhow::Result<RawWs> {
+        let offer = deflate.then_some(svc_infra::websocket::protocol::deflate::CLIENT_OFFER);
+        Ok(RawWs::connect_timed(
             &self.host,
             self.port,
             path,
             self.read_buffer,
             self.connect_timeout,
+            offer,
         )
-        .await
+        .await?
+        .0)
     }
 
     /// [`connect_raw`](Self::connect_raw), also returning how long the TCP connect took.
@@ -143,6 +155,7 @@ impl Target {
             path,
             self.read_buffer,
             self.connect_timeout,
+            None,
         )
         .await
     }
@@ -419,6 +432,63 @@ fn raise_nofile_limit(want: u64) -> u64 {
 /// `n` bytes of padding.
 pub(crate) fn pad(n: usize) -> String {
     "x".repeat(n)
+}
+
+/// About `n` bytes of realistic JSON: chat messages shaped like a chat API's message objects
+/// (ids, channel, author, content of common words, an ISO timestamp, mentions, reactions),
+/// varied by `seed` so that no two broadcasts are alike. Random ids and numbers keep it from
+/// deflating better than real traffic; [`pad`]'s repeated byte would deflate to nothing.
+pub(crate) fn realistic_json(n: usize, seed: u64) -> String {
+    const WORDS: [&str; 32] = [
+        "the", "room", "message", "hello", "order", "shipped", "price", "update", "team",
+        "meeting", "today", "tomorrow", "please", "review", "merged", "deploy", "green", "failed",
+        "retry", "latency", "users", "online", "thanks", "done", "is", "to", "and", "we", "can",
+        "on", "for", "this",
+    ];
+    const NAMES: [&str; 8] = [
+        "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
+    ];
+    const EMOJI: [&str; 4] = ["thumbsup", "tada", "eyes", "rocket"];
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move |below: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % below
+    };
+    let mut out = String::with_capacity(n + 400);
+    out.push('[');
+    while out.len() < n {
+        let mut content = String::new();
+        for _ in 0..(4 + next(10)) {
+            content.push_str(WORDS[next(WORDS.len() as u64) as usize]);
+            content.push(' ');
+        }
+        let name = NAMES[next(NAMES.len() as u64) as usize];
+        out.push_str(&format!(
+            concat!(
+                r#"{{"id":"{}","channel_id":"{}","author":{{"id":"{}","username":"{}","#,
+                r#""display_name":"{}","bot":false}},"content":"{}","#,
+                r#""timestamp":"2026-11-30T{:02}:{:02}:{:02}.{:03}Z","edited":null,"#,
+                r#""mentions":[],"reactions":[{{"emoji":"{}","count":{}}}]}},"#
+            ),
+            1_180_000_000_000_000_000 + next(1_000_000_000_000),
+            1_180_000_000_000_000_000 + next(100),
+            1_170_000_000_000_000_000 + next(1_000_000),
+            name,
+            name,
+            content.trim_end(),
+            next(24),
+            next(60),
+            next(60),
+            next(1000),
+            EMOJI[next(EMOJI.len() as u64) as usize],
+            1 + next(20),
+        ));
+    }
+    out.pop();
+    out.push(']');
+    out
 }
 
 #[cfg(test)]

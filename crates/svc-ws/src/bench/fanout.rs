@@ -2,7 +2,10 @@
 //!
 //! Each broadcast is `{"type":"broadcast","seq":N,"ts":T,"pad":"xxx..."}` padded to `--size`
 //! bytes, where `ts` is the send time in ns since the Unix epoch (publisher and subscribers
-//! share this process's clock). Every subscriber records, per sequence number, how often it
+//! share this process's clock); with `--realistic` the padding is realistic JSON instead
+//! (`"items":[...]`), which deflates as real traffic does. With `--deflate` subscribers offer
+//! permessage-deflate and inflate what arrives compressed; the bytes they read (what the
+//! server wrote) are reported either way. Every subscriber records, per sequence number, how often it
 //! arrived and the delivery latency (receive time − `ts`). Missing or duplicate deliveries make
 //! the run exit non-zero.
 
@@ -18,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::common::{
     CommonArgs, ConnectGate, CpuMeter, Latency, Target, cpu_line, latency_histogram, now_ns, pad,
-    round3,
+    realistic_json, round3,
 };
 use super::raw::{Frame, RawWs, json_u64};
 
@@ -52,6 +55,13 @@ pub(crate) struct Args {
     /// same cluster, to measure delivery across the backplane.
     #[arg(long)]
     publish_url: Option<String>,
+    /// Subscribers offer permessage-deflate (`permessage-deflate; client_max_window_bits`,
+    /// as browsers do) and inflate compressed messages.
+    #[arg(long)]
+    deflate: bool,
+    /// Pad with realistic JSON (chat events) instead of a repeated byte.
+    #[arg(long)]
+    realistic: bool,
 }
 
 /// What one subscriber saw.
@@ -61,6 +71,7 @@ struct SubResult {
     counts: Vec<u8>,
     unexpected: u64,
     last_rx_ns: u64,
+    bytes_read: u64,
     error: Option<String>,
 }
 
@@ -100,7 +111,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let spawner = {
         let target = Arc::clone(&target);
         let progress = Arc::clone(&progress);
-        let (subscribers, messages) = (args.subscribers, args.messages);
+        let (subscribers, messages, deflate) = (args.subscribers, args.messages, args.deflate);
         tokio::spawn(async move {
             let mut tasks = Vec::with_capacity(subscribers);
             for i in 0..subscribers {
@@ -112,7 +123,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 let ready_tx = ready_tx.clone();
                 let stop_rx = stop_rx.clone();
                 tasks.push(tokio::spawn(async move {
-                    let connected = target.connect_raw(&format!("/ws/bench-sub-{i}")).await;
+                    let path = format!("/ws/bench-sub-{i}");
+                    let connected = target.connect_raw_offering(&path, deflate).await;
                     drop(permit);
                     match connected {
                         Ok(ws) => {
@@ -223,12 +235,20 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     for seq in 0..args.messages {
         pace.tick().await;
         let mut text = format!(
-            "{{\"type\":\"broadcast\",\"seq\":{seq},\"ts\":{},\"pad\":\"",
+            "{{\"type\":\"broadcast\",\"seq\":{seq},\"ts\":{},",
             now_ns()
         );
-        let fill = args.size.saturating_sub(text.len() + 2);
-        text.push_str(&pad(fill));
-        text.push_str("\"}");
+        if args.realistic {
+            text.push_str("\"items\":");
+            let fill = args.size.saturating_sub(text.len() + 1);
+            text.push_str(&realistic_json(fill, seq as u64));
+            text.push('}');
+        } else {
+            text.push_str("\"pad\":\"");
+            let fill = args.size.saturating_sub(text.len() + 2);
+            text.push_str(&pad(fill));
+            text.push_str("\"}");
+        }
         match timeout(target.io_timeout, sink.send(Message::text(text))).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -261,6 +281,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let mut hist = latency_histogram()?;
     let (mut missing, mut duplicates, mut unexpected, mut deliveries) =
         (0_u64, 0_u64, 0_u64, 0_u64);
+    let mut bytes_read = 0_u64;
     let mut last_rx_ns = first_send_ns;
     let mut sub_errors = Vec::new();
     let collect = async {
@@ -278,6 +299,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                         hist.saturating_record(latency.max(1));
                     }
                     unexpected += result.unexpected;
+                    bytes_read += result.bytes_read;
                     last_rx_ns = last_rx_ns.max(result.last_rx_ns);
                     if let Some(e) = result.error {
                         sub_errors.push(e);
@@ -303,6 +325,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         "  deliveries: {deliveries}/{expected} in {delivery_secs:.3} s = {rate:.0} deliveries/s"
     );
     println!("  latency: {}", latency.line());
+    println!(
+        "  bytes read by subscribers: {bytes_read} ({:.0} per delivery{})",
+        bytes_read as f64 / deliveries.max(1) as f64,
+        if args.deflate {
+            ", deflate offered"
+        } else {
+            ""
+        }
+    );
     println!(
         "  CPU busy while publishing and draining: {}",
         cpu_line(client_busy, server_busy)
@@ -331,6 +362,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             "messages": args.messages,
             "interval_ms": args.interval_ms,
             "size": args.size,
+            "payload": if args.realistic { "json" } else { "pad" },
+            "deflate_offered": args.deflate,
+            "bytes_read": bytes_read,
             "publish_s": round3(publish_secs),
             "expected": expected,
             "deliveries": deliveries,
@@ -425,6 +459,7 @@ async fn subscribe(
             break;
         }
     }
+    result.bytes_read = ws.bytes_read;
     if result.error.is_some() {
         progress.failed.fetch_add(1, Ordering::Relaxed);
     } else {

@@ -9,8 +9,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
+use bytes::BytesMut;
 use svc_infra::websocket::protocol::{
-    FrameHeader, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, encode_masked_frame,
+    FrameHeader, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, deflate, encode_masked_frame,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -23,6 +24,10 @@ pub(crate) struct RawWs {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// permessage-deflate was negotiated: frames with RSV1 are inflated.
+    deflate: bool,
+    /// Bytes read from the socket since the upgrade (what the server wrote).
+    pub(crate) bytes_read: u64,
 }
 
 /// A frame the server sent.
@@ -46,35 +51,29 @@ const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 impl RawWs {
     /// Connects and upgrades `path`; the whole exchange is bounded by `within`.
-    pub(crate) async fn connect(
-        host: &str,
-        port: u16,
-        path: &str,
-        buffer: usize,
-        within: Duration,
-    ) -> anyhow::Result<Self> {
-        Ok(Self::connect_timed(host, port, path, buffer, within)
-            .await?
-            .0)
-    }
-
-    /// [`connect`](Self::connect), also returning how long the TCP connect took (a SYN
-    /// the server's kernel dropped shows here as the 1 s retransmission delay).
+    /// Connects and upgrades `path`, offering `offer` as `Sec-WebSocket-Extensions`; the
+    /// whole exchange is bounded by `within`. Also returns how long the TCP connect took (a
+    /// SYN the server's kernel dropped shows here as the 1 s retransmission delay).
     pub(crate) async fn connect_timed(
         host: &str,
         port: u16,
         path: &str,
         buffer: usize,
         within: Duration,
+        offer: Option<&str>,
     ) -> anyhow::Result<(Self, Duration)> {
         let attempt = async {
             let started = Instant::now();
             let mut tcp = TcpStream::connect((host, port)).await?;
             let tcp_connect = started.elapsed();
             tcp.set_nodelay(true)?;
+            let extension = offer
+                .map(|o| format!("Sec-WebSocket-Extensions: {o}\r\n"))
+                .unwrap_or_default();
             let request = format!(
                 "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n\
-                 Connection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                 Connection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\
+                 {extension}\r\n"
             );
             tcp.write_all(request.as_bytes()).await?;
             let mut buf = vec![0_u8; buffer.max(1024)];
@@ -99,11 +98,18 @@ impl RawWs {
                     .unwrap_or_default();
                 bail!("upgrade refused: {}", String::from_utf8_lossy(line));
             }
+            let head = String::from_utf8_lossy(&buf[..header_end]).to_ascii_lowercase();
+            let deflate = offer.is_some()
+                && head.lines().any(|l| {
+                    l.starts_with("sec-websocket-extensions:") && l.contains("permessage-deflate")
+                });
             let ws = Self {
                 tcp,
                 buf,
                 start: header_end,
+                bytes_read: (end - header_end) as u64,
                 end,
+                deflate,
             };
             anyhow::Ok((ws, tcp_connect))
         };
@@ -130,6 +136,7 @@ impl RawWs {
         }
         let n = self.tcp.read(&mut self.buf[self.end..]).await?;
         self.end += n;
+        self.bytes_read += n as u64;
         Ok(n > 0)
     }
 
@@ -144,6 +151,14 @@ impl RawWs {
             let payload = self.start + header.len..self.start + header.len + len;
             self.start = payload.end;
             match header.opcode {
+                // Compressed (permessage-deflate): inflated with this thread's inflater
+                // (the server resets its compressor per message).
+                OP_TEXT if header.fin && header.rsv & 0b100 != 0 && self.deflate => {
+                    let mut packed = BytesMut::from(&self.buf[payload]);
+                    let text = deflate::inflate_shared(&mut packed, 64 << 20)
+                        .map_err(|e| anyhow!("bad compressed frame: {e:?}"))?;
+                    on_frame(Frame::Text(&text));
+                }
                 OP_TEXT if header.fin => on_frame(Frame::Text(&self.buf[payload])),
                 OP_CLOSE => on_frame(Frame::Close(&self.buf[payload])),
                 OP_PING => {
