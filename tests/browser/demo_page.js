@@ -75,6 +75,25 @@ async function connect(page, url, name) {
     await bob.waitForFunction(() => document.getElementById("connections").textContent === "2", null, T);
     console.log("chat, presence and stats: ok (" + (await text(bob, "members")) + ")");
 
+    // Chromium offered permessage-deflate and the gateway accepted it (WS_COMPRESSION=shared,
+    // the default); a long message, compressed both ways, arrives intact.
+    const ext = await bob.evaluate(() => ws.extensions);
+    if (!ext.startsWith("permessage-deflate") || !ext.includes("server_no_context_takeover")) {
+      throw new Error("compression not negotiated: extensions = " + JSON.stringify(ext));
+    }
+    const long = "compressible ".repeat(200) + "end";
+    await alice.fill("#text", long);
+    await alice.click("#say button");
+    await bob.waitForFunction((t) => document.getElementById("log").textContent.includes('[lobby] alice: "' + t + '"'), long, T);
+    // The gateway deflated it (its counter of deflated messages moved).
+    const deflated = await bob.evaluate(async () => {
+      const text = await (await fetch("/metrics")).text();
+      const line = text.split("\n").find((l) => l.startsWith("svc_ws_messages_deflated_total "));
+      return line ? Number(line.split(" ")[1]) : -1;
+    });
+    if (!(deflated >= 1)) throw new Error("the gateway deflated nothing: " + deflated);
+    console.log("compression: ok (" + ext + "; a " + long.length + "-character message intact, " + deflated + " deflated)");
+
     // The nodes table: this node and the other one, both with their backplane connected.
     await alice.waitForFunction(() => {
       const rows = [...document.querySelectorAll("#nodes tr")];

@@ -126,6 +126,16 @@ pub enum Compression {
     Shared,
 }
 
+/// The name `WS_COMPRESSION` takes: `off` or `shared`.
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Off => "off",
+            Self::Shared => "shared",
+        })
+    }
+}
+
 impl Default for WebSocketConfig {
     fn default() -> Self {
         Self {
@@ -635,6 +645,38 @@ mod tests {
         assert_eq!(c.handshake_timeout, Duration::from_millis(250));
         assert_eq!(c.max_connections, 50_000);
         assert_eq!(c.max_connections_per_user, 0);
+    }
+
+    #[test]
+    fn compression_settings() {
+        let c = WebSocketConfig::default();
+        assert_eq!(
+            (c.compression, c.compression_min_size),
+            (Compression::Shared, 128)
+        );
+        let c = env(&[
+            ("WS_COMPRESSION", " OFF "),
+            ("WS_COMPRESSION_MIN_SIZE", "0"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.compression, c.compression_min_size),
+            (Compression::Off, 0)
+        );
+        assert_eq!(
+            env(&[("WS_COMPRESSION", "shared")]).unwrap().compression,
+            Compression::Shared
+        );
+        for (var, bad) in [
+            ("WS_COMPRESSION", "gzip"),
+            ("WS_COMPRESSION", ""),
+            ("WS_COMPRESSION_MIN_SIZE", "-1"),
+        ] {
+            let e = env(&[(var, bad)]).unwrap_err().to_string();
+            assert!(e.contains(var), "{e}");
+        }
+        assert_eq!(Compression::Off.to_string(), "off");
+        assert_eq!(Compression::Shared.to_string(), "shared");
     }
 
     #[test]

@@ -82,17 +82,37 @@ impl Target {
 
     /// Opens a WebSocket to `path`, bounded by the connect timeout.
     pub(crate) async fn connect(&self, path: &str) -> anyhow::Result<Ws> {
+        Ok(self.connect_offering(path, None).await?.0)
+    }
+
+    /// [`connect`](Self::connect) with `extensions` as `Sec-WebSocket-Extensions`; also says
+    /// whether the server accepted an extension. The
+    /// connection cannot read a compressed message (tungstenite has no permessage-deflate):
+    /// for connections that only hold (the idle workload), to measure what a negotiated
+    /// extension costs the server.
+    pub(crate) async fn connect_offering(
+        &self,
+        path: &str,
+        extensions: Option<&str>,
+    ) -> anyhow::Result<(Ws, bool)> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
         let url = format!("ws://{}:{}{path}", self.host, self.port);
         let config = WebSocketConfig::default()
             .read_buffer_size(self.read_buffer)
             .write_buffer_size(0);
         let attempt = async {
+            let mut request = url.as_str().into_client_request()?;
+            if let Some(offer) = extensions {
+                request
+                    .headers_mut()
+                    .insert("sec-websocket-extensions", offer.parse()?);
+            }
             let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
             tcp.set_nodelay(true)?;
-            let (ws, _response) =
-                tokio_tungstenite::client_async_with_config(url.as_str(), tcp, Some(config))
-                    .await?;
-            anyhow::Ok(ws)
+            let (ws, response) =
+                tokio_tungstenite::client_async_with_config(request, tcp, Some(config)).await?;
+            let accepted = response.headers().contains_key("sec-websocket-extensions");
+            anyhow::Ok((ws, accepted))
         };
         timeout(self.connect_timeout, attempt)
             .await

@@ -33,6 +33,10 @@ pub(crate) struct Args {
     /// Pause after the last connection is up before reading the RSS, in seconds.
     #[arg(long, default_value_t = 2)]
     settle_secs: u64,
+    /// Offer permessage-deflate (as browsers do), to measure what a connection that
+    /// negotiated it costs the server.
+    #[arg(long)]
+    deflate: bool,
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
@@ -66,6 +70,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let dropped = Arc::new(AtomicU64::new(0));
+    // Connections whose upgrade response accepted the extension offered (`--deflate`).
+    let negotiated = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, mut ready_rx) = mpsc::channel::<Result<(), String>>(1024);
     let mut gate = ConnectGate::new(&args.common);
@@ -73,6 +79,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         let target = Arc::clone(&target);
         let dropped = Arc::clone(&dropped);
         let connections = args.connections;
+        let negotiated = Arc::clone(&negotiated);
+        let offer = args
+            .deflate
+            .then_some(svc_infra::websocket::protocol::deflate::CLIENT_OFFER);
         tokio::spawn(async move {
             let mut tasks = Vec::with_capacity(connections);
             for i in 0..connections {
@@ -81,10 +91,18 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 };
                 let target = Arc::clone(&target);
                 let dropped = Arc::clone(&dropped);
+                let negotiated = Arc::clone(&negotiated);
                 let ready_tx = ready_tx.clone();
                 let stop_rx = stop_rx.clone();
                 tasks.push(tokio::spawn(async move {
-                    let connected = target.connect(&format!("/ws/bench-idle-{i}")).await;
+                    let path = format!("/ws/bench-idle-{i}");
+                    let connected = target.connect_offering(&path, offer).await;
+                    let connected = connected.map(|(ws, accepted)| {
+                        if accepted {
+                            negotiated.fetch_add(1, Ordering::Relaxed);
+                        }
+                        ws
+                    });
                     drop(permit);
                     match connected {
                         Ok(ws) => {
@@ -189,6 +207,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     let lost = errors.len() - connect_errors.len();
     println!("  still up at the end: {still_up}; dropped by the server: {lost}");
+    if args.deflate {
+        let n = negotiated.load(Ordering::Relaxed);
+        println!("  permessage-deflate offered on each, accepted on {n}");
+    }
     for e in errors.iter().take(5) {
         println!("    error: {e}");
     }
@@ -202,6 +224,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             "connect_s": round3(connect_secs),
             "connect_failures": connect_errors.len(),
             "dropped": lost,
+            "deflate_offered": args.deflate,
+            "deflate_accepted": negotiated.load(Ordering::Relaxed),
             "stats_connections": seen,
             "server_rss_before_kib": rss_before,
             "server_rss_after_kib": rss_after,

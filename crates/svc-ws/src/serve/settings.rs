@@ -305,6 +305,8 @@ fn connections(config: &GatewayConfig, env: &Env) -> Group {
                     .map_or_else(|| "*".to_owned(), |list| list.join(",")),
             ),
             s("WS_CLOSE_TIMEOUT", &seconds(ws.close_timeout)),
+            s("WS_COMPRESSION", &ws.compression),
+            s("WS_COMPRESSION_MIN_SIZE", &ws.compression_min_size),
             s("WS_HANDSHAKE_TIMEOUT", &seconds(ws.handshake_timeout)),
             s("WS_MAX_CONNECTIONS", &ws.max_connections)
                 .note_if(ws.max_connections == 0, "no limit"),
