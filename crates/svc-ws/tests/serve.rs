@@ -726,7 +726,8 @@ async fn tls_settings_are_printed_and_checked() {
 }
 
 /// Python's `websockets` client, verifying the certificate against the test's CA only
-/// (`ssl.PROTOCOL_TLS_CLIENT`: `CERT_REQUIRED`, host name checked), does an echo; trusting
+/// (`ssl.PROTOCOL_TLS_CLIENT`: `CERT_REQUIRED`, host name checked), does an echo, negotiates
+/// permessage-deflate and echoes a long message compressed; trusting
 /// another CA, it refuses the certificate. Needs `python3` with `websockets`
 /// (scripts/setup.sh installs it); with `CI` set a missing one fails the test.
 #[tokio::test]
@@ -742,6 +743,14 @@ async def main(url, ca):
     async with websockets.connect(url, ssl=context) as ws:
         await ws.send(json.dumps({"type": "echo", "data": "from python", "id": 7}))
         print(await asyncio.wait_for(ws.recv(), 10))
+        # permessage-deflate, as websockets offers it by default: what was agreed, and a
+        # long message (deflated both ways) back intact.
+        long = "compressible " * 300
+        await ws.send(json.dumps({"type": "echo", "data": long, "id": 8}))
+        back = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        ext = [(e.name, e.remote_no_context_takeover, e.local_no_context_takeover)
+               for e in ws.protocol.extensions]
+        print(json.dumps({"extensions": ext, "intact": back["data"] == long}))
 
 asyncio.run(main(sys.argv[1], sys.argv[2]))
 "#;
@@ -781,10 +790,18 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
     let out = within("python client", python(&ca_file)).await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines = stdout.lines();
+    let answer: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
     assert_eq!(
         answer,
         json!({"type": "echo", "data": "from python", "id": 7})
+    );
+    // Compression negotiated (no context takeover either way) and a long message intact.
+    let deflate: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(
+        deflate,
+        json!({"extensions": [["permessage-deflate", true, true]], "intact": true})
     );
 
     let out = within("python client, other CA", python(&other_file))
