@@ -56,9 +56,14 @@ pub(crate) struct Args {
     #[arg(long)]
     publish_url: Option<String>,
     /// Subscribers offer permessage-deflate (`permessage-deflate; client_max_window_bits`,
-    /// as browsers do) and inflate compressed messages.
+    /// as browsers do). Every `--inflate-every`th subscriber inflates what arrives compressed
+    /// and records its latency and sequence; the others count compressed messages.
     #[arg(long)]
     deflate: bool,
+    /// With `--deflate`: one subscriber in this many inflates and times its messages (1 =
+    /// all: the load generator's one core then limits the measurement, not the server).
+    #[arg(long, default_value_t = 10)]
+    inflate_every: usize,
     /// Pad with realistic JSON (chat events) instead of a repeated byte.
     #[arg(long)]
     realistic: bool,
@@ -72,6 +77,10 @@ struct SubResult {
     unexpected: u64,
     last_rx_ns: u64,
     bytes_read: u64,
+    /// Compressed messages counted without inflating (subscribers that do not inflate).
+    compressed: u64,
+    /// Whether this subscriber inflated and timed (every one without `--deflate`).
+    timed: bool,
     error: Option<String>,
 }
 
@@ -112,6 +121,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         let target = Arc::clone(&target);
         let progress = Arc::clone(&progress);
         let (subscribers, messages, deflate) = (args.subscribers, args.messages, args.deflate);
+        let inflate_every = args.inflate_every.max(1);
         tokio::spawn(async move {
             let mut tasks = Vec::with_capacity(subscribers);
             for i in 0..subscribers {
@@ -127,7 +137,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                     let connected = target.connect_raw_offering(&path, deflate).await;
                     drop(permit);
                     match connected {
-                        Ok(ws) => {
+                        Ok(mut ws) => {
+                            if ws.deflate() && i % inflate_every != 0 {
+                                ws.skip_inflate();
+                            }
                             let _ = ready_tx.send(Ok(())).await;
                             drop(ready_tx);
                             let write_timeout = target.io_timeout;
@@ -282,11 +295,25 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let (mut missing, mut duplicates, mut unexpected, mut deliveries) =
         (0_u64, 0_u64, 0_u64, 0_u64);
     let mut bytes_read = 0_u64;
+    let mut untimed = 0_u64;
     let mut last_rx_ns = first_send_ns;
     let mut sub_errors = Vec::new();
     let collect = async {
         for task in tasks {
             match task.await {
+                Ok(Some(result)) if !result.timed => {
+                    // Counted, not inflated: no sequence numbers, only how many arrived.
+                    let m = args.messages as u64;
+                    missing += m.saturating_sub(result.compressed);
+                    duplicates += result.compressed.saturating_sub(m);
+                    deliveries += result.compressed;
+                    untimed += 1;
+                    bytes_read += result.bytes_read;
+                    last_rx_ns = last_rx_ns.max(result.last_rx_ns);
+                    if let Some(e) = result.error {
+                        sub_errors.push(e);
+                    }
+                }
                 Ok(Some(result)) => {
                     for &count in &result.counts {
                         match count {
@@ -325,6 +352,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         "  deliveries: {deliveries}/{expected} in {delivery_secs:.3} s = {rate:.0} deliveries/s"
     );
     println!("  latency: {}", latency.line());
+    if untimed > 0 {
+        println!(
+            "  latency of the {} subscribers that inflated (one in {}); the other {untimed} counted compressed messages without inflating",
+            up as u64 - untimed,
+            args.inflate_every.max(1)
+        );
+    }
     println!(
         "  bytes read by subscribers: {bytes_read} ({:.0} per delivery{})",
         bytes_read as f64 / deliveries.max(1) as f64,
@@ -365,6 +399,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             "payload": if args.realistic { "json" } else { "pad" },
             "deflate_offered": args.deflate,
             "bytes_read": bytes_read,
+            "untimed_subscribers": untimed,
             "publish_s": round3(publish_secs),
             "expected": expected,
             "deliveries": deliveries,
@@ -408,6 +443,7 @@ async fn subscribe(
     let mut result = SubResult {
         latencies_ns: Vec::with_capacity(messages),
         counts: vec![0; messages],
+        timed: true,
         ..SubResult::default()
     };
     loop {
@@ -445,6 +481,14 @@ async fn subscribe(
                         }
                         _ => result.unexpected += 1,
                     }
+                }
+                Frame::Compressed => {
+                    result.timed = false;
+                    result.compressed += 1;
+                    if result.compressed <= messages as u64 {
+                        progress.unique.fetch_add(1, Ordering::Relaxed);
+                    }
+                    result.last_rx_ns = rx_ns;
                 }
                 Frame::Close(_) => closed = true,
                 Frame::Ping | Frame::Other => {}

@@ -26,6 +26,8 @@ pub(crate) struct RawWs {
     end: usize,
     /// permessage-deflate was negotiated: frames with RSV1 are inflated.
     deflate: bool,
+    /// Compressed frames are counted, not inflated.
+    skip_inflate: bool,
     /// Bytes read from the socket since the upgrade (what the server wrote).
     pub(crate) bytes_read: u64,
 }
@@ -35,6 +37,8 @@ pub(crate) struct RawWs {
 pub(crate) enum Frame<'a> {
     /// A complete (FIN) text frame.
     Text(&'a [u8]),
+    /// A complete compressed text frame left compressed ([`RawWs::skip_inflate`]).
+    Compressed,
     /// A close frame, with its payload (code and reason).
     Close(&'a [u8]),
     /// A ping, already answered.
@@ -110,6 +114,7 @@ impl RawWs {
                 bytes_read: (end - header_end) as u64,
                 end,
                 deflate,
+                skip_inflate: false,
             };
             anyhow::Ok((ws, tcp_connect))
         };
@@ -117,6 +122,18 @@ impl RawWs {
             .await
             .map_err(|_| anyhow!("connect to {path} timed out after {within:?}"))?
             .with_context(|| format!("connect to ws://{host}:{port}{path}"))
+    }
+
+    /// Leaves compressed text frames compressed ([`Frame::Compressed`]): ten thousand
+    /// subscribers inflating every message would make one load-generator core, not the
+    /// server, what a fan-out measures.
+    pub(crate) fn skip_inflate(&mut self) {
+        self.skip_inflate = true;
+    }
+
+    /// Whether permessage-deflate was negotiated.
+    pub(crate) fn deflate(&self) -> bool {
+        self.deflate
     }
 
     /// Waits for bytes (unbounded: callers race it against their stop signal); returns false
@@ -153,6 +170,9 @@ impl RawWs {
             match header.opcode {
                 // Compressed (permessage-deflate): inflated with this thread's inflater
                 // (the server resets its compressor per message).
+                OP_TEXT if header.fin && header.rsv & 0b100 != 0 && self.skip_inflate => {
+                    on_frame(Frame::Compressed);
+                }
                 OP_TEXT if header.fin && header.rsv & 0b100 != 0 && self.deflate => {
                     let mut packed = BytesMut::from(&self.buf[payload]);
                     let text = deflate::inflate_shared(&mut packed, 64 << 20)
