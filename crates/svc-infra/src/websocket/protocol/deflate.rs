@@ -259,9 +259,11 @@ impl Deflater {
     }
 
     /// Deflates `payload` and appends the result (without the final `00 00 ff ff`) to `out`.
-    /// Returns `false`, with `out` as it was, when it would not be smaller than `payload`
-    /// (the message then goes plain, and a compressor with context takeover must not be
-    /// used: its state moved on).
+    /// Returns `false`, with `out` as it was, when it would not be smaller than `payload`:
+    /// the message then goes plain (RFC 7692 lets any message go plain). A compressor with
+    /// context takeover is reset then, since its window moved on over bytes the peer will
+    /// never inflate: its next message refers to nothing before it, which every peer
+    /// inflates, whatever its own window holds.
     pub fn compress(&mut self, payload: &[u8], out: &mut Vec<u8>) -> bool {
         let start = out.len();
         // Room for incompressible data: deflate adds 5 bytes per 16 KiB block, and a flush.
@@ -281,10 +283,12 @@ impl Deflater {
                 break;
             }
         }
-        if self.reset {
+        let ok = out.len() - start >= TAIL.len()
+            && out.ends_with(&TAIL)
+            && out.len() - start - TAIL.len() < payload.len();
+        if self.reset || !ok {
             self.stream.reset();
         }
-        let ok = out.ends_with(&TAIL) && out.len() - start - TAIL.len() < payload.len();
         if ok {
             out.truncate(out.len() - TAIL.len());
         } else {
@@ -401,15 +405,21 @@ thread_local! {
 /// Deflates `payload` with this thread's shared compressor for `window_bits` and frames it
 /// (RSV1 set); `None` when deflate would not make it smaller.
 pub fn deflate_frame(opcode: u8, payload: &[u8], window_bits: u8) -> Option<Bytes> {
+    let mut deflated = Vec::new();
+    deflate_shared(payload, window_bits, &mut deflated)
+        .then(|| super::frame::encode_deflated_frame(opcode, &deflated))
+}
+
+/// Deflates `payload` with this thread's shared compressor (no context takeover) for
+/// `window_bits`, appending to `out` as [`Deflater::compress`] does; `false` when deflate
+/// would not make it smaller.
+pub fn deflate_shared(payload: &[u8], window_bits: u8, out: &mut Vec<u8>) -> bool {
     let bits = window_bits.clamp(MIN_WINDOW_BITS + 1, MAX_WINDOW_BITS);
     DEFLATERS.with(|cell| {
         let mut deflaters = cell.borrow_mut();
-        let deflater =
-            deflaters[usize::from(bits - 9)].get_or_insert_with(|| Deflater::new(bits, true));
-        let mut deflated = Vec::new();
-        deflater
-            .compress(payload, &mut deflated)
-            .then(|| super::frame::encode_deflated_frame(opcode, &deflated))
+        deflaters[usize::from(bits - 9)]
+            .get_or_insert_with(|| Deflater::new(bits, true))
+            .compress(payload, out)
     })
 }
 
@@ -636,5 +646,33 @@ mod tests {
         }
         // The second refers back to the first: far smaller.
         assert!(sizes[1] * 4 < sizes[0], "{sizes:?}");
+    }
+
+    #[test]
+    fn a_context_compressor_that_gave_up_starts_afresh() {
+        // With context takeover, a message that would not shrink goes plain: the peer never
+        // inflates it, so the compressor must not refer back to it afterwards.
+        let mut deflater = Deflater::new(15, false);
+        let mut inflater = Inflater::new(15, false);
+        let message = json(20);
+        let mut out = Vec::new();
+        assert!(deflater.compress(&message, &mut out));
+        let back = inflater
+            .inflate(&mut BytesMut::from(&out[..]), 1 << 20)
+            .unwrap();
+        assert_eq!(&back[..], &message[..]);
+        let random: Vec<u8> = (0..4096).map(|_| rand::random()).collect();
+        let mut skipped = Vec::new();
+        assert!(!deflater.compress(&random, &mut skipped));
+        assert!(skipped.is_empty());
+        // The next messages inflate with the peer's window, which never saw `random`.
+        for _ in 0..3 {
+            let mut out = Vec::new();
+            assert!(deflater.compress(&message, &mut out));
+            let back = inflater
+                .inflate(&mut BytesMut::from(&out[..]), 1 << 20)
+                .unwrap();
+            assert_eq!(&back[..], &message[..]);
+        }
     }
 }

@@ -47,11 +47,37 @@ pub const RSV1: u8 = 0x40;
 /// Builds one complete frame (FIN set) masked with `mask`, as a client must send it.
 pub fn encode_masked_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Bytes {
     let mut buf = BytesMut::with_capacity(header_len(payload.len(), true) + payload.len());
-    put_header(&mut buf, opcode, payload.len(), Some(mask));
+    put_masked_frame(&mut buf, opcode, false, payload, mask);
+    buf.freeze()
+}
+
+/// Builds one complete frame (FIN set) of a message deflated by permessage-deflate (RSV1
+/// set), masked with `mask`, as a client sends it: `deflated` is the message after
+/// compression, without its final `00 00 ff ff`.
+pub fn encode_masked_deflated_frame(opcode: u8, deflated: &[u8], mask: [u8; 4]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(header_len(deflated.len(), true) + deflated.len());
+    put_masked_frame(&mut buf, opcode, true, deflated, mask);
+    buf.freeze()
+}
+
+/// Appends one complete frame (FIN set, RSV1 if `rsv1`) masked with `mask` to `buf`: the
+/// client's writer builds its frames straight into its write buffer with it.
+pub(crate) fn put_masked_frame(
+    buf: &mut BytesMut,
+    opcode: u8,
+    rsv1: bool,
+    payload: &[u8],
+    mask: [u8; 4],
+) {
+    buf.reserve(header_len(payload.len(), true) + payload.len());
+    let first = buf.len();
+    put_header(buf, opcode, payload.len(), Some(mask));
+    if rsv1 {
+        buf[first] |= RSV1;
+    }
     let start = buf.len();
     buf.put_slice(payload);
     apply_mask(&mut buf[start..], mask, 0);
-    buf.freeze()
 }
 
 fn header_len(payload_len: usize, masked: bool) -> usize {
@@ -85,8 +111,20 @@ fn put_header(buf: &mut BytesMut, opcode: u8, len: usize, mask: Option<[u8; 4]>)
 /// XORs `data` with `mask`, as if `data` started `offset` bytes into the payload. The same
 /// call masks and unmasks.
 pub fn apply_mask(data: &mut [u8], mask: [u8; 4], offset: usize) {
-    for (i, b) in data.iter_mut().enumerate() {
-        *b ^= mask[(offset + i) & 3];
+    // The mask as it lines up with `data`, then eight bytes at a time.
+    let mut key = mask;
+    key.rotate_left(offset & 3);
+    let wide = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
+    let mut chunks = data.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= key[i & 3];
     }
 }
 
@@ -213,6 +251,43 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((h.mask, h.len, h.opcode), (None, 2, OP_PING));
+    }
+
+    #[test]
+    fn masking_agrees_with_the_bytewise_rule_at_every_offset_and_length() {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        for len in 0..40 {
+            for offset in 0..8 {
+                let data: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+                let mut fast = data.clone();
+                apply_mask(&mut fast, mask, offset);
+                let slow: Vec<u8> = data
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b ^ mask[(offset + i) & 3])
+                    .collect();
+                assert_eq!(fast, slow, "length {len}, offset {offset}");
+            }
+        }
+    }
+
+    #[test]
+    fn masked_deflated_frames_carry_rsv1() {
+        let mask = [1, 2, 3, 4];
+        let frame = encode_masked_deflated_frame(OP_TEXT, b"abc", mask);
+        let h = FrameHeader::parse(&frame).unwrap().unwrap();
+        assert_eq!(
+            (h.fin, h.rsv, h.opcode, h.mask),
+            (true, 4, OP_TEXT, Some(mask))
+        );
+        let mut body = frame[h.len..].to_vec();
+        apply_mask(&mut body, mask, 0);
+        assert_eq!(body, b"abc");
+        let mut buf = BytesMut::from(&b"xy"[..]);
+        put_masked_frame(&mut buf, OP_BINARY, false, &[9; 200], mask);
+        assert_eq!(&buf[..2], b"xy");
+        let h = FrameHeader::parse(&buf[2..]).unwrap().unwrap();
+        assert_eq!((h.rsv, h.opcode, h.payload_len), (0, OP_BINARY, 200));
     }
 
     #[test]

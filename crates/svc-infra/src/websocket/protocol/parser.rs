@@ -1,11 +1,14 @@
-//! The server's read path: an incremental parser of client-to-server frames, fed
-//! whatever the socket hands it, without a per-connection read buffer.
+//! The read path of both roles: an incremental parser of WebSocket frames, fed whatever
+//! the socket hands it, without a per-connection read buffer. A server reads masked client
+//! frames with it ([`FrameParser::new`]), a client unmasked server frames
+//! ([`FrameParser::client`]); every other rule (limits, UTF-8, control frames,
+//! permessage-deflate) is the same code for both.
 
 use bytes::{Bytes, BytesMut};
 
 use super::{
     FrameHeader, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, apply_mask,
-    deflate::{self, InflateError},
+    deflate::{self, DeflateParams, InflateError, Inflater},
     is_control, parse_close,
 };
 
@@ -31,27 +34,68 @@ pub struct Violation {
     pub code: u16,
     /// The close reason.
     pub reason: &'static str,
+    /// For 1009: the message's size as far as it is known: the length its frames announced
+    /// so far, or the limit plus one when its inflated output outgrew the limit.
+    pub size: Option<u64>,
 }
 
 const fn violation(code: u16, reason: &'static str) -> Violation {
-    Violation { code, reason }
+    Violation {
+        code,
+        reason,
+        size: None,
+    }
+}
+
+const fn too_large(size: u64) -> Violation {
+    Violation {
+        code: 1009,
+        reason: "message exceeds max_message_size",
+        size: Some(size),
+    }
+}
+
+/// Whose frames a parser reads: those of the peer of a server, or of a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The parser of a server: client frames, every one masked (RFC 6455 §5.1).
+    Server,
+    /// The parser of a client: server frames, none masked.
+    Client,
+}
+
+/// How compressed messages (permessage-deflate) are inflated.
+#[derive(Debug)]
+enum Inflate {
+    /// Not negotiated: RSV1 is a protocol error.
+    Off,
+    /// The peer resets its compressor after each message (no context takeover): this
+    /// thread's shared inflater serves, and the connection holds nothing.
+    Shared,
+    /// The peer keeps its compressor's window between messages: so must this
+    /// connection's own inflater, allocated on the first compressed message.
+    Context {
+        window_bits: u8,
+        inflater: Option<Box<Inflater>>,
+    },
 }
 
 #[derive(Debug)]
 enum State {
     /// Waiting for (the rest of) a frame header.
     Header,
-    /// Reading a payload of `remaining` bytes.
+    /// Reading a payload of `remaining` bytes (masked with `mask` in the server's role).
     Payload {
         opcode: u8,
         fin: bool,
         remaining: u64,
-        mask: [u8; 4],
+        mask: Option<[u8; 4]>,
         mask_pos: usize,
     },
 }
 
-/// Incremental parser of client-to-server frames.
+/// Incremental parser of WebSocket frames, in the server's role (client frames) or the
+/// client's (server frames).
 ///
 /// Holds at most a partial header (14 bytes, inline) between reads; payloads go straight
 /// into the message being assembled, so an idle connection owns no buffer at all.
@@ -60,11 +104,11 @@ pub struct FrameParser {
     state: State,
     header: [u8; 14],
     header_len: usize,
+    role: Role,
     /// The data message being assembled: opcode and payload so far.
     message: Option<(u8, BytesMut)>,
-    /// permessage-deflate was negotiated (the client resets its compressor per message, so
-    /// this thread's shared inflater serves): a message may arrive compressed.
-    deflate: bool,
+    /// permessage-deflate: whether a message may arrive compressed, and what inflates it.
+    inflate: Inflate,
     /// The message being assembled is compressed (RSV1 on its first frame).
     compressed: bool,
     /// How much of a text message is known to be valid UTF-8 (for fail-fast checks).
@@ -74,16 +118,46 @@ pub struct FrameParser {
 }
 
 impl FrameParser {
-    /// A parser that refuses messages over `max_message_size` bytes (close code 1009);
-    /// `deflate`: permessage-deflate was negotiated without client context takeover, so
-    /// messages may arrive compressed (their inflated size counts against the limit).
+    /// A server's parser (of masked client frames) that refuses messages over
+    /// `max_message_size` bytes (close code 1009); `deflate`: permessage-deflate was
+    /// negotiated without client context takeover, so messages may arrive compressed
+    /// (their inflated size counts against the limit) and this thread's shared inflater
+    /// serves.
     pub fn new(max_message_size: usize, deflate: bool) -> Self {
+        let inflate = if deflate {
+            Inflate::Shared
+        } else {
+            Inflate::Off
+        };
+        Self::with_role(Role::Server, max_message_size, inflate)
+    }
+
+    /// A client's parser (of unmasked server frames) that refuses messages over
+    /// `max_message_size` bytes (close code 1009). `deflate`: the permessage-deflate
+    /// parameters agreed on, if any. With `server_no_context_takeover` (what our server
+    /// always answers) this thread's shared inflater serves; otherwise the connection
+    /// inflates with its own window of `server_max_window_bits`, allocated on the first
+    /// compressed message.
+    pub fn client(max_message_size: usize, deflate: Option<DeflateParams>) -> Self {
+        let inflate = match deflate {
+            None => Inflate::Off,
+            Some(p) if p.server_no_context_takeover => Inflate::Shared,
+            Some(p) => Inflate::Context {
+                window_bits: p.server_max_window_bits,
+                inflater: None,
+            },
+        };
+        Self::with_role(Role::Client, max_message_size, inflate)
+    }
+
+    fn with_role(role: Role, max_message_size: usize, inflate: Inflate) -> Self {
         Self {
             state: State::Header,
             header: [0; 14],
             header_len: 0,
+            role,
             message: None,
-            deflate,
+            inflate,
             compressed: false,
             utf8_checked: 0,
             control: BytesMut::new(),
@@ -137,8 +211,10 @@ impl FrameParser {
                     };
                     let start = dest.len();
                     dest.extend_from_slice(chunk);
-                    apply_mask(&mut dest[start..], *mask, *mask_pos);
-                    *mask_pos = (*mask_pos + take) & 3;
+                    if let Some(mask) = *mask {
+                        apply_mask(&mut dest[start..], mask, *mask_pos);
+                        *mask_pos = (*mask_pos + take) & 3;
+                    }
                     *remaining -= take as u64;
                     pos += take;
                     let (opcode, fin, done) = (*opcode, *fin, *remaining == 0);
@@ -174,7 +250,8 @@ impl FrameParser {
         } = parsed;
         // RSV1 (0b100) marks a compressed message, on its first frame only (RFC 7692 §6).
         let rsv1 = parsed.rsv == 0b100;
-        if parsed.rsv != 0 && !(rsv1 && self.deflate) {
+        let deflate = !matches!(self.inflate, Inflate::Off);
+        if parsed.rsv != 0 && !(rsv1 && deflate) {
             return Err(violation(1002, "reserved bits set without an extension"));
         }
         if rsv1 && !matches!(opcode, OP_TEXT | OP_BINARY) {
@@ -183,8 +260,12 @@ impl FrameParser {
                 "RSV1 set on a control or continuation frame",
             ));
         }
-        let Some(mask) = parsed.mask else {
-            return Err(violation(1002, "client frames must be masked"));
+        let mask = match (self.role, parsed.mask) {
+            (Role::Server, None) => return Err(violation(1002, "client frames must be masked")),
+            (Role::Client, Some(_)) => {
+                return Err(violation(1002, "server frames must not be masked"));
+            }
+            (_, mask) => mask,
         };
         match opcode {
             OP_CLOSE | OP_PING | OP_PONG => {
@@ -234,8 +315,9 @@ impl FrameParser {
     }
 
     fn check_size(&self, so_far: usize, len: u64) -> Result<(), Violation> {
-        if so_far as u64 + len > self.max_message_size as u64 {
-            return Err(violation(1009, "message exceeds max_message_size"));
+        let size = (so_far as u64).saturating_add(len);
+        if size > self.max_message_size as u64 {
+            return Err(too_large(size));
         }
         Ok(())
     }
@@ -281,15 +363,20 @@ impl FrameParser {
                     return Err(violation(1011, "internal parser state"));
                 };
                 let bytes = if std::mem::take(&mut self.compressed) {
-                    let inflated = deflate::inflate_shared(&mut buf, self.max_message_size)
-                        .map_err(|e| match e {
-                            InflateError::TooLarge => {
-                                violation(1009, "message exceeds max_message_size")
-                            }
-                            InflateError::Invalid => {
-                                violation(1007, "invalid permessage-deflate data")
-                            }
-                        })?;
+                    let max = self.max_message_size;
+                    let inflated = match &mut self.inflate {
+                        Inflate::Context {
+                            window_bits,
+                            inflater,
+                        } => inflater
+                            .get_or_insert_with(|| Box::new(Inflater::new(*window_bits, false)))
+                            .inflate(&mut buf, max),
+                        Inflate::Shared | Inflate::Off => deflate::inflate_shared(&mut buf, max),
+                    }
+                    .map_err(|e| match e {
+                        InflateError::TooLarge => too_large(max as u64 + 1),
+                        InflateError::Invalid => violation(1007, "invalid permessage-deflate data"),
+                    })?;
                     if kind == OP_TEXT && std::str::from_utf8(&inflated).is_err() {
                         return Err(violation(1007, "invalid UTF-8 in a text message"));
                     }
@@ -527,6 +614,107 @@ mod tests {
             let mut p = FrameParser::new(64 * 1024, deflate);
             let err = parse_all(&mut p, &wire).unwrap_err();
             assert_eq!(err.code, code, "{wire:?}");
+        }
+    }
+
+    /// An unmasked server frame (FIN as given, RSV1 if `compressed`).
+    fn server_frame(fin: bool, compressed: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut frame = crate::websocket::protocol::encode_frame(opcode, payload).to_vec();
+        if !fin {
+            frame[0] &= 0x7F;
+        }
+        if compressed {
+            frame[0] |= 0x40;
+        }
+        frame
+    }
+
+    fn params(server_no_context_takeover: bool, server_max_window_bits: u8) -> DeflateParams {
+        DeflateParams {
+            server_no_context_takeover,
+            client_no_context_takeover: false,
+            server_max_window_bits,
+            client_max_window_bits: 15,
+        }
+    }
+
+    #[test]
+    fn the_client_role_reads_unmasked_frames_and_refuses_masked_ones() {
+        let mut wire = server_frame(true, false, OP_TEXT, "héllo".as_bytes());
+        wire.extend(server_frame(false, false, OP_BINARY, &[1, 2]));
+        wire.extend(server_frame(true, false, OP_PING, b"p"));
+        wire.extend(server_frame(true, false, OP_CONTINUATION, &[3]));
+        wire.extend(server_frame(
+            true,
+            false,
+            OP_CLOSE,
+            &[0x03, 0xe8, b'o', b'k'],
+        ));
+        let want = vec![
+            Event::Text(Bytes::from("héllo")),
+            Event::Ping(Bytes::from_static(b"p")),
+            Event::Binary(Bytes::from_static(&[1, 2, 3])),
+            Event::Close(Some((1000, "ok".into()))),
+        ];
+        for chunk in [1, 2, 5, 4096] {
+            let mut p = FrameParser::client(1 << 20, None);
+            let mut got = vec![];
+            for piece in wire.chunks(chunk) {
+                got.extend(parse_all(&mut p, piece).unwrap());
+            }
+            assert_eq!(got, want, "chunk size {chunk}");
+        }
+        let cases: Vec<(Vec<u8>, u16)> = vec![
+            (client_frame(true, OP_TEXT, b"masked"), 1002),
+            (server_frame(true, true, OP_TEXT, b"x"), 1002), // RSV1 without deflate
+            (server_frame(false, false, OP_PING, b""), 1002),
+            (server_frame(true, false, OP_TEXT, &[0xff]), 1007),
+            (server_frame(true, false, OP_BINARY, &[0; 101]), 1009),
+        ];
+        for (wire, code) in cases {
+            let mut p = FrameParser::client(100, None);
+            let err = parse_all(&mut p, &wire).unwrap_err();
+            assert_eq!(err.code, code, "{wire:?}");
+        }
+        // A too-big message reports the size its header announced.
+        let mut p = FrameParser::client(100, None);
+        let err = parse_all(&mut p, &server_frame(true, false, OP_BINARY, &[0; 101])).unwrap_err();
+        assert_eq!(err.size, Some(101));
+    }
+
+    #[test]
+    fn a_client_inflates_with_the_servers_context_when_it_keeps_one() {
+        let message = "a message that repeats itself, a message that repeats itself ".repeat(8);
+        let mut deflater = deflate::Deflater::new(10, false);
+        let mut wire = Vec::new();
+        let mut sizes = Vec::new();
+        for _ in 0..4 {
+            let mut packed = Vec::new();
+            assert!(deflater.compress(message.as_bytes(), &mut packed));
+            sizes.push(packed.len());
+            wire.extend(server_frame(true, true, OP_TEXT, &packed));
+        }
+        // Later messages refer back to earlier ones.
+        assert!(sizes[1] < sizes[0], "{sizes:?}");
+        let mut p = FrameParser::client(1 << 20, Some(params(false, 10)));
+        assert!(p.is_idle());
+        let got = parse_all(&mut p, &wire).unwrap();
+        let want: Vec<Event> = (0..4)
+            .map(|_| Event::Text(Bytes::from(message.clone())))
+            .collect();
+        assert_eq!(got, want);
+        // The shared inflater (reset per message) cannot read them.
+        let mut p = FrameParser::client(1 << 20, Some(params(true, 10)));
+        assert!(parse_all(&mut p, &wire).is_err());
+    }
+
+    #[test]
+    fn a_client_stops_a_decompression_bomb_at_the_limit() {
+        let bomb = deflated(&vec![0; 1 << 20]);
+        for no_context in [true, false] {
+            let mut p = FrameParser::client(64 * 1024, Some(params(no_context, 15)));
+            let err = parse_all(&mut p, &server_frame(true, true, OP_BINARY, &bomb)).unwrap_err();
+            assert_eq!((err.code, err.size), (1009, Some(64 * 1024 + 1)));
         }
     }
 

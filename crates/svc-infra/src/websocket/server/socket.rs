@@ -411,6 +411,7 @@ impl WebSocket {
                     Err(_) => self.fail(Violation {
                         code: 1007,
                         reason: "invalid UTF-8 in a text message",
+                        size: None,
                     }),
                 }
             }
