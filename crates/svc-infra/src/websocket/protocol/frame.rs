@@ -110,7 +110,19 @@ fn put_header(buf: &mut BytesMut, opcode: u8, len: usize, mask: Option<[u8; 4]>)
 
 /// XORs `data` with `mask`, as if `data` started `offset` bytes into the payload. The same
 /// call masks and unmasks.
+#[inline]
 pub fn apply_mask(data: &mut [u8], mask: [u8; 4], offset: usize) {
+    if data.len() < 16 {
+        // Short payloads (most control frames and chat messages): byte by byte.
+        for (i, b) in data.iter_mut().enumerate() {
+            *b ^= mask[(offset + i) & 3];
+        }
+    } else {
+        apply_mask_wide(data, mask, offset);
+    }
+}
+
+fn apply_mask_wide(data: &mut [u8], mask: [u8; 4], offset: usize) {
     // The mask as it lines up with `data`, then eight bytes at a time.
     let mut key = mask;
     key.rotate_left(offset & 3);

@@ -34,51 +34,13 @@ pub struct Violation {
     pub code: u16,
     /// The close reason.
     pub reason: &'static str,
-    /// For 1009: the message's size as far as it is known: the length its frames announced
-    /// so far, or the limit plus one when its inflated output outgrew the limit.
-    pub size: Option<u64>,
 }
 
 const fn violation(code: u16, reason: &'static str) -> Violation {
-    Violation {
-        code,
-        reason,
-        size: None,
-    }
+    Violation { code, reason }
 }
 
-const fn too_large(size: u64) -> Violation {
-    Violation {
-        code: 1009,
-        reason: "message exceeds max_message_size",
-        size: Some(size),
-    }
-}
-
-/// Whose frames a parser reads: those of the peer of a server, or of a client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    /// The parser of a server: client frames, every one masked (RFC 6455 §5.1).
-    Server,
-    /// The parser of a client: server frames, none masked.
-    Client,
-}
-
-/// How compressed messages (permessage-deflate) are inflated.
-#[derive(Debug)]
-enum Inflate {
-    /// Not negotiated: RSV1 is a protocol error.
-    Off,
-    /// The peer resets its compressor after each message (no context takeover): this
-    /// thread's shared inflater serves, and the connection holds nothing.
-    Shared,
-    /// The peer keeps its compressor's window between messages: so must this
-    /// connection's own inflater, allocated on the first compressed message.
-    Context {
-        window_bits: u8,
-        inflater: Option<Box<Inflater>>,
-    },
-}
+const TOO_LARGE: Violation = violation(1009, "message exceeds max_message_size");
 
 #[derive(Debug)]
 enum State {
@@ -89,26 +51,35 @@ enum State {
         opcode: u8,
         fin: bool,
         remaining: u64,
-        mask: Option<[u8; 4]>,
+        mask: [u8; 4],
         mask_pos: usize,
     },
 }
 
-/// Incremental parser of WebSocket frames, in the server's role (client frames) or the
-/// client's (server frames).
+/// Incremental parser of WebSocket frames, in the server's role (`CLIENT = false`: masked
+/// client frames) or the client's (`CLIENT = true`: unmasked server frames). The role is a
+/// constant, so that the server's read path pays nothing for the client's.
 ///
 /// Holds at most a partial header (14 bytes, inline) between reads; payloads go straight
 /// into the message being assembled, so an idle connection owns no buffer at all.
 #[derive(Debug)]
-pub struct FrameParser {
+pub struct FrameParser<const CLIENT: bool = false> {
     state: State,
     header: [u8; 14],
     header_len: usize,
-    role: Role,
     /// The data message being assembled: opcode and payload so far.
     message: Option<(u8, BytesMut)>,
-    /// permessage-deflate: whether a message may arrive compressed, and what inflates it.
-    inflate: Inflate,
+    /// permessage-deflate was negotiated: a message may arrive compressed.
+    deflate: bool,
+    /// The peer keeps its compressor's window between messages, of this many bits: so must
+    /// this connection's own inflater. 0: the peer resets it after each message, and this
+    /// thread's shared inflater serves (the connection holds nothing).
+    context_bits: u8,
+    /// The connection's own inflater (with `context_bits`), allocated on the first
+    /// compressed message.
+    inflater: Option<Box<Inflater>>,
+    /// After a 1009 violation: the message's size as far as it is known.
+    too_large: u64,
     /// The message being assembled is compressed (RSV1 on its first frame).
     compressed: bool,
     /// How much of a text message is known to be valid UTF-8 (for fail-fast checks).
@@ -124,14 +95,11 @@ impl FrameParser {
     /// (their inflated size counts against the limit) and this thread's shared inflater
     /// serves.
     pub fn new(max_message_size: usize, deflate: bool) -> Self {
-        let inflate = if deflate {
-            Inflate::Shared
-        } else {
-            Inflate::Off
-        };
-        Self::with_role(Role::Server, max_message_size, inflate)
+        Self::with_deflate(max_message_size, deflate, 0)
     }
+}
 
+impl FrameParser<true> {
     /// A client's parser (of unmasked server frames) that refuses messages over
     /// `max_message_size` bytes (close code 1009). `deflate`: the permessage-deflate
     /// parameters agreed on, if any. With `server_no_context_takeover` (what our server
@@ -139,25 +107,25 @@ impl FrameParser {
     /// inflates with its own window of `server_max_window_bits`, allocated on the first
     /// compressed message.
     pub fn client(max_message_size: usize, deflate: Option<DeflateParams>) -> Self {
-        let inflate = match deflate {
-            None => Inflate::Off,
-            Some(p) if p.server_no_context_takeover => Inflate::Shared,
-            Some(p) => Inflate::Context {
-                window_bits: p.server_max_window_bits,
-                inflater: None,
-            },
+        let context_bits = match deflate {
+            Some(p) if !p.server_no_context_takeover => p.server_max_window_bits.max(1),
+            _ => 0,
         };
-        Self::with_role(Role::Client, max_message_size, inflate)
+        Self::with_deflate(max_message_size, deflate.is_some(), context_bits)
     }
+}
 
-    fn with_role(role: Role, max_message_size: usize, inflate: Inflate) -> Self {
+impl<const CLIENT: bool> FrameParser<CLIENT> {
+    fn with_deflate(max_message_size: usize, deflate: bool, context_bits: u8) -> Self {
         Self {
             state: State::Header,
             header: [0; 14],
             header_len: 0,
-            role,
             message: None,
-            inflate,
+            deflate,
+            context_bits,
+            inflater: None,
+            too_large: 0,
             compressed: false,
             utf8_checked: 0,
             control: BytesMut::new(),
@@ -211,8 +179,8 @@ impl FrameParser {
                     };
                     let start = dest.len();
                     dest.extend_from_slice(chunk);
-                    if let Some(mask) = *mask {
-                        apply_mask(&mut dest[start..], mask, *mask_pos);
+                    if !CLIENT {
+                        apply_mask(&mut dest[start..], *mask, *mask_pos);
                         *mask_pos = (*mask_pos + take) & 3;
                     }
                     *remaining -= take as u64;
@@ -250,8 +218,7 @@ impl FrameParser {
         } = parsed;
         // RSV1 (0b100) marks a compressed message, on its first frame only (RFC 7692 §6).
         let rsv1 = parsed.rsv == 0b100;
-        let deflate = !matches!(self.inflate, Inflate::Off);
-        if parsed.rsv != 0 && !(rsv1 && deflate) {
+        if parsed.rsv != 0 && !(rsv1 && self.deflate) {
             return Err(violation(1002, "reserved bits set without an extension"));
         }
         if rsv1 && !matches!(opcode, OP_TEXT | OP_BINARY) {
@@ -260,12 +227,11 @@ impl FrameParser {
                 "RSV1 set on a control or continuation frame",
             ));
         }
-        let mask = match (self.role, parsed.mask) {
-            (Role::Server, None) => return Err(violation(1002, "client frames must be masked")),
-            (Role::Client, Some(_)) => {
-                return Err(violation(1002, "server frames must not be masked"));
-            }
-            (_, mask) => mask,
+        let mask = match parsed.mask {
+            Some(mask) if !CLIENT => mask,
+            None if CLIENT => [0; 4],
+            None => return Err(violation(1002, "client frames must be masked")),
+            Some(_) => return Err(violation(1002, "server frames must not be masked")),
         };
         match opcode {
             OP_CLOSE | OP_PING | OP_PONG => {
@@ -314,10 +280,11 @@ impl FrameParser {
         Ok(None)
     }
 
-    fn check_size(&self, so_far: usize, len: u64) -> Result<(), Violation> {
+    fn check_size(&mut self, so_far: usize, len: u64) -> Result<(), Violation> {
         let size = (so_far as u64).saturating_add(len);
         if size > self.max_message_size as u64 {
-            return Err(too_large(size));
+            self.too_large = size;
+            return Err(TOO_LARGE);
         }
         Ok(())
     }
@@ -359,28 +326,11 @@ impl FrameParser {
                 )))
             }
             _ if fin => {
-                let Some((kind, mut buf)) = self.message.take() else {
+                let Some((kind, buf)) = self.message.take() else {
                     return Err(violation(1011, "internal parser state"));
                 };
                 let bytes = if std::mem::take(&mut self.compressed) {
-                    let max = self.max_message_size;
-                    let inflated = match &mut self.inflate {
-                        Inflate::Context {
-                            window_bits,
-                            inflater,
-                        } => inflater
-                            .get_or_insert_with(|| Box::new(Inflater::new(*window_bits, false)))
-                            .inflate(&mut buf, max),
-                        Inflate::Shared | Inflate::Off => deflate::inflate_shared(&mut buf, max),
-                    }
-                    .map_err(|e| match e {
-                        InflateError::TooLarge => too_large(max as u64 + 1),
-                        InflateError::Invalid => violation(1007, "invalid permessage-deflate data"),
-                    })?;
-                    if kind == OP_TEXT && std::str::from_utf8(&inflated).is_err() {
-                        return Err(violation(1007, "invalid UTF-8 in a text message"));
-                    }
-                    inflated
+                    self.inflate(kind, buf)?
                 } else {
                     buf.freeze()
                 };
@@ -392,6 +342,38 @@ impl FrameParser {
             }
             _ => Ok(None),
         }
+    }
+
+    /// Inflates a compressed message (a data message of opcode `kind`) and checks the text
+    /// of a text message. Out of line: the path of plain messages stays small.
+    #[inline(never)]
+    fn inflate(&mut self, kind: u8, mut buf: BytesMut) -> Result<Bytes, Violation> {
+        let max = self.max_message_size;
+        let inflated = match self.context_bits {
+            0 => deflate::inflate_shared(&mut buf, max),
+            bits => self
+                .inflater
+                .get_or_insert_with(|| Box::new(Inflater::new(bits, false)))
+                .inflate(&mut buf, max),
+        }
+        .map_err(|e| match e {
+            InflateError::TooLarge => {
+                self.too_large = max as u64 + 1;
+                TOO_LARGE
+            }
+            InflateError::Invalid => violation(1007, "invalid permessage-deflate data"),
+        })?;
+        if kind == OP_TEXT && std::str::from_utf8(&inflated).is_err() {
+            return Err(violation(1007, "invalid UTF-8 in a text message"));
+        }
+        Ok(inflated)
+    }
+
+    /// After a violation with code 1009: the size of the message that was too large, as far
+    /// as it is known (the length its frames announced so far, or the limit plus one when
+    /// its inflated output outgrew the limit).
+    pub fn too_large_size(&self) -> u64 {
+        self.too_large
     }
 
     /// Whether no frame or message is partly received (the peer is between messages).
@@ -424,7 +406,10 @@ mod tests {
         frame
     }
 
-    fn parse_all(p: &mut FrameParser, mut input: &[u8]) -> Result<Vec<Event>, Violation> {
+    fn parse_all<const C: bool>(
+        p: &mut FrameParser<C>,
+        mut input: &[u8],
+    ) -> Result<Vec<Event>, Violation> {
         let mut events = vec![];
         while !input.is_empty() {
             let (n, ev) = p.feed(input)?;
@@ -679,7 +664,7 @@ mod tests {
         // A too-big message reports the size its header announced.
         let mut p = FrameParser::client(100, None);
         let err = parse_all(&mut p, &server_frame(true, false, OP_BINARY, &[0; 101])).unwrap_err();
-        assert_eq!(err.size, Some(101));
+        assert_eq!((err.code, p.too_large_size()), (1009, 101));
     }
 
     #[test]
@@ -714,7 +699,7 @@ mod tests {
         for no_context in [true, false] {
             let mut p = FrameParser::client(64 * 1024, Some(params(no_context, 15)));
             let err = parse_all(&mut p, &server_frame(true, true, OP_BINARY, &bomb)).unwrap_err();
-            assert_eq!((err.code, err.size), (1009, Some(64 * 1024 + 1)));
+            assert_eq!((err.code, p.too_large_size()), (1009, 64 * 1024 + 1));
         }
     }
 

@@ -411,7 +411,6 @@ impl WebSocket {
                     Err(_) => self.fail(Violation {
                         code: 1007,
                         reason: "invalid UTF-8 in a text message",
-                        size: None,
                     }),
                 }
             }
