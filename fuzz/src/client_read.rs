@@ -1,24 +1,27 @@
 //! `client_read`: what the client reads from a server (`svc_infra::fuzzing::client_read`):
-//! the handshake response (our `read_head`, `parse_head`, `verify_upgrade` and error-body
-//! reader), then the server's unmasked frames (tungstenite, with our limits), from a byte
+//! the handshake response (our `read_head`, `parse_head`, `verify_upgrade` with the
+//! permessage-deflate answer, and the error-body reader), then the server's unmasked frames
+//! through the client's own reader (the protocol core's parser in the client's role, with
+//! our limits, inflating compressed messages when deflate was agreed on), from a byte
 //! stream cut at the points the input chooses. Also checks the `FrameHeader` reader that
 //! `svc-ws bench` reads server frames with against tungstenite's, on the bytes after the
 //! response head.
 //!
 //! Input: one byte of settings (bits 0–1: `max_message_size` from [`MAX_SIZES`]; bits 2–3:
-//! the subprotocols offered, from [`OFFERS`]; bits 4–5: the mode), the cutting
-//! instructions of [`crate::split`], then the stream: in mode 0 the rest of the input as is;
-//! otherwise a response head built from the next bytes ([`response`]) followed, in mode 1,
-//! by the rest as is or, in mode 2 and 3, by unmasked frames described by the rest
-//! ([`crate::server_frames::frames`]).
+//! the subprotocols offered, from [`OFFERS`]; bits 4–5: the mode; bit 6: compression off,
+//! so that no permessage-deflate is offered), the cutting instructions of [`crate::split`],
+//! then the stream: in mode 0 the rest of the input as is; otherwise a response head built
+//! from the next bytes ([`response`]) followed, in mode 1, by the rest as is or, in mode 2
+//! and 3, by unmasked frames described by the rest ([`crate::server_frames::frames`]).
 //!
 //! Properties (a violation panics):
 //! - the outcome (handshake, messages, error) is the same whether the stream arrives whole
 //!   or cut;
 //! - an accepted handshake had, by a second reading of the head (httparse): status
 //!   101, HTTP/1.1, `Upgrade: websocket`, `Connection: upgrade`, the right
-//!   `Sec-WebSocket-Accept`, no extension, and no subprotocol or one that was offered; its
-//!   head is at most 16 KiB;
+//!   `Sec-WebSocket-Accept`, no extension or (when offered) a permessage-deflate answer
+//!   that `deflate::accept_response` accepts, deflate agreed on exactly then, and no
+//!   subprotocol or one that was offered; its head is at most 16 KiB;
 //! - every message is at most `max_message_size`, every control payload at most 125 bytes,
 //!   every close code one that may be sent;
 //! - nothing is read after an error;
@@ -29,7 +32,7 @@ use std::io::Cursor;
 
 use svc_infra::{
     fuzzing::{CLIENT_KEY, ClientEvent, ClientRun, client_read},
-    websocket::protocol::{FrameHeader, HeaderError},
+    websocket::protocol::{FrameHeader, HeaderError, deflate},
 };
 
 use crate::{server_frames, split};
@@ -43,6 +46,19 @@ pub const OFFERS: [&[&str]; 4] = [&[], &["chat"], &["chat", "superchat"], &["bea
 /// The longest response head the client accepts.
 const MAX_HEAD: usize = 16 * 1024;
 
+/// The `Sec-WebSocket-Extensions` answers a response can carry: permessage-deflate with
+/// and without context takeover and with windows, then answers the client must refuse.
+pub const EXTENSIONS: [&str; 8] = [
+    "permessage-deflate",
+    "permessage-deflate; server_no_context_takeover",
+    "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+    "permessage-deflate; client_max_window_bits=9; server_max_window_bits=10",
+    "permessage-deflate; client_max_window_bits",
+    "x-webkit-deflate-frame",
+    "permessage-deflate, permessage-deflate",
+    "permessage-deflate; server_max_window_bits=7",
+];
+
 /// Runs one input; panics only if a property is violated. Returns how deep it reached: 0
 /// when the handshake failed, else 1 plus the number of things read.
 pub fn run(rt: &tokio::runtime::Runtime, data: &[u8]) -> usize {
@@ -54,6 +70,7 @@ pub fn run(rt: &tokio::runtime::Runtime, data: &[u8]) -> usize {
         .iter()
         .map(|p| (*p).to_owned())
         .collect();
+    let compression = settings & 0x40 == 0;
     let (sizes, body) = split::sizes(rest);
     let stream = match (settings >> 4) & 3 {
         0 => body.to_vec(),
@@ -72,7 +89,7 @@ pub fn run(rt: &tokio::runtime::Runtime, data: &[u8]) -> usize {
             stream
         }
     };
-    run_stream(rt, &stream, &sizes, max, &offered)
+    run_stream(rt, &stream, &sizes, max, &offered, compression)
 }
 
 /// Reads `stream` whole and cut into `sizes`, and checks both readings; returns how deep
@@ -83,15 +100,16 @@ pub fn run_stream(
     sizes: &[usize],
     max: usize,
     offered: &[String],
+    compression: bool,
 ) -> usize {
     let read = |chunks: Vec<&[u8]>| {
         let chunks = chunks.into_iter().map(<[u8]>::to_vec).collect();
-        rt.block_on(client_read(chunks, max, offered))
+        rt.block_on(client_read(chunks, max, offered, compression))
     };
     let whole = read(vec![stream]);
     let cut = read(split::cut(stream, sizes));
     assert_eq!(whole, cut, "cutting the stream changed the outcome");
-    check(&whole, stream, max, offered);
+    check(&whole, stream, max, offered, compression);
     if let Some(end) = head_end(stream) {
         headers_agree(&stream[end..]);
     }
@@ -102,12 +120,21 @@ pub fn run_stream(
     }
 }
 
-fn check(run: &ClientRun, stream: &[u8], max: usize, offered: &[String]) {
+fn check(run: &ClientRun, stream: &[u8], max: usize, offered: &[String], compression: bool) {
     assert!(!run.read_after_error, "a message was read after an error");
     match &run.handshake {
-        Ok(chosen) => check_accepted(stream, chosen.as_deref(), offered),
+        Ok(chosen) => {
+            let deflate = check_accepted(stream, chosen.as_deref(), offered, compression);
+            assert_eq!(run.deflate, deflate, "deflate agreed on wrongly");
+        }
         Err(_) => assert!(run.events.is_empty() && run.error.is_none()),
     }
+    let closes = run
+        .events
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::Close(_)))
+        .count();
+    assert!(closes <= 1, "read on after a close frame");
     for event in &run.events {
         match event {
             ClientEvent::Message(m) => assert!(m.len() <= max, "message of {} > {max}", m.len()),
@@ -134,8 +161,14 @@ fn head_end(stream: &[u8]) -> Option<usize> {
     }
 }
 
-/// Checks, reading the head again with httparse, that an accepted handshake deserved it.
-fn check_accepted(stream: &[u8], chosen: Option<&str>, offered: &[String]) {
+/// Checks, reading the head again with httparse, that an accepted handshake deserved it;
+/// returns whether it agreed on permessage-deflate.
+fn check_accepted(
+    stream: &[u8],
+    chosen: Option<&str>,
+    offered: &[String],
+    compression: bool,
+) -> bool {
     let end = head_end(stream).expect("accepted without a complete head");
     assert!(end <= MAX_HEAD, "accepted a head of {end} bytes");
     let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -164,10 +197,24 @@ fn check_accepted(stream: &[u8], chosen: Option<&str>, offered: &[String]) {
     );
     let accept = tungstenite::handshake::derive_accept_key(CLIENT_KEY.as_bytes());
     assert_eq!(header("sec-websocket-accept"), Some(accept), "wrong accept");
-    assert!(
-        header("sec-websocket-extensions").is_none_or(|e| e.is_empty()),
-        "accepted an extension"
-    );
+    let extensions: Vec<String> = response
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+        .map(|h| String::from_utf8_lossy(h.value).into_owned())
+        .collect();
+    let deflate = if compression {
+        match deflate::accept_response(extensions.iter().map(String::as_str)) {
+            Ok(params) => params.is_some(),
+            Err(why) => panic!("accepted a deflate answer it must refuse: {why}"),
+        }
+    } else {
+        assert!(
+            extensions.iter().all(|e| e.trim().is_empty()),
+            "accepted an extension that was not offered: {extensions:?}"
+        );
+        false
+    };
     match header("sec-websocket-protocol").filter(|p| !p.is_empty()) {
         None => assert_eq!(chosen, None),
         Some(p) => {
@@ -178,6 +225,7 @@ fn check_accepted(stream: &[u8], chosen: Option<&str>, offered: &[String]) {
             );
         }
     }
+    deflate
 }
 
 /// `FrameHeader` (ours) and tungstenite's header reader on the frames at the start of
@@ -242,10 +290,11 @@ pub fn headers_agree(mut bytes: &[u8]) {
 /// body); returns it and the bytes not used.
 ///
 /// The first byte picks the variations: bits 0–1 the status (101, 101, 401, 503); bit 2 a
-/// wrong `Sec-WebSocket-Accept`; bit 3 a `Sec-WebSocket-Protocol` (the next byte picks it);
-/// bit 4 an extension; bit 5 no `Connection`; bit 6 a chunked body; bit 7 header names in
-/// upper case. The next byte is the length of an `X-Fuzz` header value taken as is, and
-/// the one after it the length of the body.
+/// wrong `Sec-WebSocket-Accept`; bit 3 a `Sec-WebSocket-Protocol` (bits 0–2 of the next
+/// byte pick it); bit 4 a `Sec-WebSocket-Extensions` (bits 3–5 of the next byte pick it
+/// from [`EXTENSIONS`]); bit 5 no `Connection`; bit 6 a chunked body; bit 7 header names in
+/// upper case. The byte after the next is the length of an `X-Fuzz` header value taken as
+/// is, and the one after it the length of the body.
 pub fn response(bytes: &[u8]) -> (Vec<u8>, &[u8]) {
     let mut r = bytes;
     let mut next = || {
@@ -255,6 +304,7 @@ pub fn response(bytes: &[u8]) -> (Vec<u8>, &[u8]) {
     };
     let v = next();
     let status = [101, 101, 401, 503][usize::from(v & 3)];
+    let pick = next();
     let protocol = [
         "chat",
         "superchat",
@@ -264,7 +314,8 @@ pub fn response(bytes: &[u8]) -> (Vec<u8>, &[u8]) {
         "CHAT",
         " chat ",
         "chat, x",
-    ][usize::from(next() & 7)];
+    ][usize::from(pick & 7)];
+    let extension = EXTENSIONS[usize::from((pick >> 3) & 7)];
     let junk_len = usize::from(next());
     let body_len = usize::from(next());
     let name = |n: &str| {
@@ -289,7 +340,7 @@ pub fn response(bytes: &[u8]) -> (Vec<u8>, &[u8]) {
         head += &format!("{}: {protocol}\r\n", name("Sec-WebSocket-Protocol"));
     }
     if v & 0x10 != 0 {
-        head += "Sec-WebSocket-Extensions: permessage-deflate\r\n";
+        head += &format!("{}: {extension}\r\n", name("Sec-WebSocket-Extensions"));
     }
     let mut out = head.into_bytes();
     let take = junk_len.min(r.len());

@@ -5,14 +5,14 @@
 //!
 //! | target | entry point here |
 //! |---|---|
-//! | `server_frames` | [`FrameParser`] (the server's read path) |
-//! | `client_read` | [`client_read`] (the client's handshake response, then its frames) |
+//! | `server_frames` | [`FrameParser`] (the server's read path; the client's is [`FrameParser::client`]) |
+//! | `client_read` | [`client_read`] (the client's handshake response, then its frames, through its own reader) |
 //! | `gateway_request` | [`gateway_answer`] (one `/ws` request and its answer) |
 //!
 //! The other targets (`upgrade_request`, `backplane_envelope`, `backplane_presence`,
 //! `auth_extract`) need nothing beyond the public API.
 
-#[cfg(feature = "server")]
+#[cfg(any(feature = "client", feature = "server"))]
 pub use crate::websocket::protocol::parser::{Event, FrameParser, Violation};
 
 #[cfg(feature = "client")]
@@ -25,17 +25,19 @@ pub use gateway::gateway_answer;
 mod client {
     use std::{
         collections::VecDeque,
+        future::poll_fn,
         io,
         pin::Pin,
         task::{Context, Poll},
     };
 
     use bytes::Bytes;
-    use futures_util::StreamExt as _;
     use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-    use tungstenite::Message;
 
-    use crate::websocket::{ProxySetting, Target, TlsRoots, WebSocketConfig, WebSocketMessage};
+    use crate::websocket::{
+        Compression, Connected, FrameReader, ProxySetting, ReadError, Target, TlsRoots,
+        WebSocketConfig, WebSocketMessage, frame_message, protocol::parser::Event, violation_error,
+    };
 
     /// The nonce [`client_read`]'s handshake sends (the example of RFC 6455 §1.3), so that
     /// an input can carry the matching `Sec-WebSocket-Accept`
@@ -47,9 +49,12 @@ mod client {
     pub struct ClientRun {
         /// The handshake: the subprotocol the server chose, or why it failed (as text).
         pub handshake: Result<Option<String>, String>,
-        /// What was read after the handshake, in order.
+        /// Whether the handshake agreed on permessage-deflate.
+        pub deflate: bool,
+        /// What was read after the handshake, in order, up to and with a close frame.
         pub events: Vec<ClientEvent>,
-        /// Why reading stopped, if it did not end cleanly (as text).
+        /// Why reading stopped, if it did not end cleanly (as text: the error the client's
+        /// receivers would get).
         pub error: Option<String>,
         /// Whether a read after the first error still produced a data message.
         pub read_after_error: bool,
@@ -69,21 +74,32 @@ mod client {
     }
 
     /// Runs the client's side of a connection to `ws://fuzz.invalid/` (offering
-    /// `subprotocols`, limited to `max_message_size`) against a server that sends `chunks`,
-    /// one per read, then closes: the opening handshake with [`CLIENT_KEY`], then every
-    /// frame until the end or the first error. What the client writes is discarded.
+    /// `subprotocols`, and permessage-deflate if `compression`, limited to
+    /// `max_message_size`) against a server that sends `chunks`, one per read, then
+    /// closes: the opening handshake with [`CLIENT_KEY`], then the client's read path (the
+    /// same reader its connection actor uses) until the end, a close frame (after which
+    /// the client reads nothing more that counts) or the first error. What the client
+    /// writes is discarded.
     pub async fn client_read(
         chunks: Vec<Vec<u8>>,
         max_message_size: usize,
         subprotocols: &[String],
+        compression: bool,
     ) -> ClientRun {
         let mut run = ClientRun {
             handshake: Ok(None),
+            deflate: false,
             events: Vec::new(),
             error: None,
             read_after_error: false,
         };
-        let config = WebSocketConfig::default().with_max_message_size(max_message_size);
+        let config = WebSocketConfig::default()
+            .with_max_message_size(max_message_size)
+            .with_compression(if compression {
+                Compression::Shared
+            } else {
+                Compression::Off
+            });
         let target = match Target::new(
             "ws://fuzz.invalid/",
             config,
@@ -101,36 +117,51 @@ mod client {
         let stream = Chunks {
             chunks: chunks.into(),
         };
-        let mut socket = match target.handshake(stream, CLIENT_KEY).await {
-            Ok((socket, chosen)) => {
-                run.handshake = Ok(chosen);
-                socket
-            }
+        let Connected {
+            mut stream,
+            read_ahead,
+            subprotocol,
+            deflate,
+        } = match target.handshake(stream, CLIENT_KEY).await {
+            Ok(connected) => connected,
             Err(e) => {
                 run.handshake = Err(e.to_string());
                 return run;
             }
         };
-        while let Some(read) = socket.next().await {
+        run.handshake = Ok(subprotocol);
+        run.deflate = deflate.is_some();
+        let mut reader = FrameReader::new(max_message_size, deflate, read_ahead);
+        loop {
+            let read = poll_fn(|cx| reader.poll_next(&mut stream, cx)).await;
             let event = match read {
-                Ok(Message::Ping(p)) => ClientEvent::Ping(p),
-                Ok(Message::Pong(p)) => ClientEvent::Pong(p),
-                Ok(Message::Close(frame)) => ClientEvent::Close(
-                    frame.map(|f| (u16::from(f.code), f.reason.as_str().to_owned())),
-                ),
-                Ok(Message::Frame(_)) => continue,
-                Ok(message) => match WebSocketMessage::from_tungstenite(message) {
-                    Some(m) => ClientEvent::Message(m),
+                Ok(None) => break,
+                Ok(Some(Event::Ping(p))) => ClientEvent::Ping(p),
+                Ok(Some(Event::Pong(p))) => ClientEvent::Pong(p),
+                Ok(Some(Event::Close(close))) => {
+                    run.events.push(ClientEvent::Close(close));
+                    break;
+                }
+                Ok(Some(data)) => match frame_message(data) {
+                    Some(Ok(m)) => ClientEvent::Message(m),
+                    Some(Err(v)) => {
+                        run.error = Some(violation_error(&v, 0, max_message_size).to_string());
+                        break;
+                    }
                     None => continue,
                 },
                 Err(e) => {
-                    run.error = Some(e.to_string());
+                    run.error = Some(match e {
+                        ReadError::Violation(v, size) => {
+                            violation_error(&v, size, max_message_size).to_string()
+                        }
+                        ReadError::Io(e) => e.to_string(),
+                    });
                     // The client's actor stops reading here; check that reading on would
                     // not deliver anything either.
-                    run.read_after_error = matches!(
-                        socket.next().await,
-                        Some(Ok(Message::Text(_) | Message::Binary(_)))
-                    );
+                    let again = poll_fn(|cx| reader.poll_next(&mut stream, cx)).await;
+                    run.read_after_error =
+                        matches!(again, Ok(Some(Event::Text(_) | Event::Binary(_))));
                     break;
                 }
             };

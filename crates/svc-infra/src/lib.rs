@@ -7,7 +7,7 @@
 //!
 //! | Feature | Default | What it adds |
 //! |---|---|---|
-//! | `client` | yes | [`websocket::WebSocketClient`], [`websocket::websocket_connect`] (tokio-tungstenite, rustls) |
+//! | `client` | yes | [`websocket::WebSocketClient`], [`websocket::websocket_connect`] (the library's protocol core with permessage-deflate, rustls) |
 //! | `server` | yes | [`websocket::ConnectionManager`] and the axum integration |
 //! | `auth` | yes | [`auth`]: JWT / API-key authentication and the `ws_*_router` factories |
 //! | `tls` | no | [`websocket::ServerTls`] for [`websocket::Serve::tls`]: `https://` and `wss://` from a PEM certificate chain and key, reloadable while serving (rustls); enables `server` |

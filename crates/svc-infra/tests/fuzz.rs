@@ -413,10 +413,30 @@ fn handcrafted_server_stream(rng: &mut StdRng) -> Vec<u8> {
 fn client_read_input(rng: &mut StdRng) -> Vec<u8> {
     let max = rng.random_range(0..4u8);
     let offers = rng.random_range(0..4u8) << 2;
+    // Compression off (no offer) one time in five.
+    let no_offer = if rng.random_bool(0.2) { 0x40 } else { 0 };
     let sizes = random_sizes(rng);
-    let (mode, stream) = match rng.random_range(0..10) {
+    let (mode, stream) = match rng.random_range(0..12) {
         0 => (0, random_bytes(rng, 300)),
         1 => (0, handcrafted_server_stream(rng)),
+        10 | 11 => {
+            // permessage-deflate agreed on (with or without the server's context takeover),
+            // then compressed server messages (some fragmented, some mutated) and a close.
+            let v = 0b1_0001; // 101, right accept, Connection, an extension
+            let pick = rng.random_range(0..4u8) << 3; // one of the acceptable answers
+            let mut s = vec![v, pick, 0, 0];
+            let mut frames = Vec::new();
+            for _ in 0..rng.random_range(1..4) {
+                frames.extend(compressed_message(rng));
+            }
+            frames.extend(client_stream(&[0x05, 2, 0x03, 0xe8]));
+            let mut frames = unmask(&frames);
+            if rng.random_bool(0.3) {
+                mutate(rng, &mut frames);
+            }
+            s.extend(frames);
+            (1, s)
+        }
         m => {
             // the response's variations: status 101 three times in four
             let mut v: u8 = rng.random();
@@ -444,7 +464,7 @@ fn client_read_input(rng: &mut StdRng) -> Vec<u8> {
             (mode, s)
         }
     };
-    let mut input = vec![max | offers | (mode << 4)];
+    let mut input = vec![max | offers | (mode << 4) | no_offer];
     input.extend(split::encode(&sizes, &stream));
     input
 }
@@ -477,12 +497,42 @@ fn client_read() {
     // A valid handshake and a message get through; a wrong accept does not.
     let mut ok = head_of_len(200);
     ok.extend_from_slice(b"\x81\x02hi\x88\x02\x03\xe8");
-    assert_eq!(client_read::run_stream(&rt, &ok, &[3], 1000, &[]), 3);
+    assert_eq!(client_read::run_stream(&rt, &ok, &[3], 1000, &[], true), 3);
     let wrong = String::from_utf8(head_of_len(200))
         .unwrap()
         .replace(ACCEPT, "x");
     assert_eq!(
-        client_read::run_stream(&rt, wrong.as_bytes(), &[], 1000, &[]),
+        client_read::run_stream(&rt, wrong.as_bytes(), &[], 1000, &[], true),
+        0
+    );
+    // permessage-deflate: agreed on when offered, then a compressed message is inflated;
+    // the same answer fails the handshake when nothing was offered.
+    let with_deflate = String::from_utf8(head_of_len(200)).unwrap().replace(
+        "X-Pad:",
+        "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\nX-Pad:",
+    );
+    let mut stream = with_deflate.into_bytes();
+    let mut packed = Vec::new();
+    assert!(
+        svc_infra::websocket::protocol::deflate::Deflater::new(15, true)
+            .compress("hello hello hello hello hello".as_bytes(), &mut packed)
+    );
+    stream.extend(svc_infra::websocket::protocol::encode_deflated_frame(1, &packed).to_vec());
+    let run = rt.block_on(svc_infra::fuzzing::client_read(
+        vec![stream.clone()],
+        1000,
+        &[],
+        true,
+    ));
+    assert!(run.deflate, "{run:?}");
+    assert_eq!(
+        run.events,
+        vec![svc_infra::fuzzing::ClientEvent::Message(
+            "hello hello hello hello hello".into()
+        )]
+    );
+    assert_eq!(
+        client_read::run_stream(&rt, &stream, &[7], 1000, &[], false),
         0
     );
 

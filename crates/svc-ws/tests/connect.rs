@@ -307,8 +307,8 @@ async fn garbage_after_the_upgrade_is_a_protocol_error() {
     assert_ended(
         &out,
         1,
-        // tungstenite's words for the first byte, 't' (0x74): a reserved opcode.
-        "svc-ws: protocol error: Encountered invalid opcode: 4",
+        // The first byte, 't' (0x74), has the three reserved bits set.
+        "svc-ws: protocol error: reserved bits set without an extension (closed with 1002)",
     );
     assert_eq!(within("server", seen).await.unwrap(), 1002);
 }

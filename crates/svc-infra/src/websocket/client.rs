@@ -8,6 +8,7 @@
 mod actor;
 mod handshake;
 mod proxy;
+mod reader;
 mod transport;
 
 use std::{
@@ -28,8 +29,9 @@ use super::{ConnectionState, Result, WebSocketConfig, WebSocketError, WebSocketM
 
 pub(crate) use self::{
     actor::CloseOrigin,
-    handshake::{Target, TlsRoots},
+    handshake::{Connected, Target, TlsRoots},
     proxy::ProxySetting,
+    reader::{FrameReader, ReadError, message as frame_message, violation_error},
 };
 
 /// A connected WebSocket client.
@@ -64,6 +66,21 @@ pub(crate) use self::{
 /// ```
 ///
 /// Dropping the client and every [`WebSocketSender`] closes the connection with 1000.
+///
+/// # Compression
+///
+/// Unless the config says [`Compression::Off`](crate::websocket::Compression::Off)
+/// (`WS_COMPRESSION=off`), the client offers permessage-deflate (RFC 7692) as browsers and
+/// Python's `websockets` do (`permessage-deflate; client_max_window_bits`). If the server
+/// accepts, messages of at least `compression_min_size` bytes go deflated when that makes
+/// them smaller, and compressed messages from the server are inflated, their inflated size
+/// counting against `max_message_size` as it grows (a decompression bomb fails with
+/// [`MessageTooLarge`] having allocated no more than the limit). When the server answers
+/// `server_no_context_takeover` and `client_no_context_takeover`, as ours does, the
+/// connection keeps no codec state: one compressor and one decompressor per thread serve
+/// every connection. A server that keeps its context gets a decompressor of its own per
+/// connection (and a compressor, unless it asked for `client_no_context_takeover`),
+/// allocated on the first compressed message.
 ///
 /// [`MessageTooLarge`]: WebSocketError::MessageTooLarge
 pub struct WebSocketClient {
@@ -333,7 +350,8 @@ impl ClientBuilder {
     /// - [`Authentication`](WebSocketError::Authentication): the server answered 401 or 403
     ///   (with up to 1 KiB of its response body).
     /// - [`Protocol`](WebSocketError::Protocol): the 101 response breaks RFC 6455 (wrong
-    ///   accept key, an unrequested extension or subprotocol).
+    ///   accept key, an unrequested extension or subprotocol) or RFC 7692 (a
+    ///   permessage-deflate answer with parameters the client may not accept).
     /// - [`Timeout`](WebSocketError::Timeout): `open_timeout` expired.
     pub async fn connect(&self) -> Result<WebSocketClient> {
         WebSocketClient::open(&self.target()?).await
@@ -386,9 +404,16 @@ impl WebSocketClient {
     }
 
     pub(crate) async fn open(target: &Target) -> Result<Self> {
-        let (socket, subprotocol) = target.open().await?;
-        let (commands, inbound, shared) = actor::spawn(socket, &target.config);
-        tracing::debug!(url = %super::redact_url(&target.url), ?subprotocol, "websocket connected");
+        let connected = target.open().await?;
+        let subprotocol = connected.subprotocol.clone();
+        let deflate = connected.deflate;
+        let (commands, inbound, shared) = actor::spawn(connected, &target.config);
+        tracing::debug!(
+            url = %super::redact_url(&target.url),
+            ?subprotocol,
+            ?deflate,
+            "websocket connected"
+        );
         Ok(Self {
             sender: WebSocketSender {
                 commands,
@@ -615,10 +640,7 @@ impl WebSocketSender {
             return Err(self.shared.closed_error());
         }
         let (ack, done) = oneshot::channel();
-        let command = Command::Send {
-            message: message.into_tungstenite(),
-            ack,
-        };
+        let command = Command::Send { message, ack };
         if self.commands.send(command).await.is_err() {
             return Err(self.shared.closed_error());
         }

@@ -45,7 +45,7 @@ use super::backoff::Backoff;
 /// | `WS_MAX_CONNECTIONS_PER_USER` | `100` | Server: connections one user may hold on this node (more get HTTP 429) | integer ≥ 0; `0` = no limit |
 /// | `WS_MAX_INCOMING_RATE` | `10000` | Server: frames per second one connection may send; beyond it the server reads more slowly (never closes, never drops) | integer ≥ 0; `0` = no limit |
 /// | `WS_MAX_INCOMING_BURST` | `10000` | Server: frames a connection may send at once above that rate | integer > 0 |
-/// | `WS_COMPRESSION` | `shared` | permessage-deflate (RFC 7692): `shared` negotiates it when offered (server: no context takeover either way, one compressor per thread, a broadcast deflated once); `off` never does | `off`, `shared` |
+/// | `WS_COMPRESSION` | `shared` | permessage-deflate (RFC 7692). `shared`: a server negotiates it when offered (no context takeover either way, one compressor per thread, a broadcast deflated once); a client offers it (`permessage-deflate; client_max_window_bits`) and uses what the server answers. `off`: a server never negotiates it, a client never offers it | `off`, `shared` |
 /// | `WS_COMPRESSION_MIN_SIZE` | `128` | Messages shorter than this many bytes are sent uncompressed | integer ≥ 0 |
 /// | `WS_ALLOWED_ORIGINS` | `*` | Browser origins the server accepts upgrades from (others get 403) | comma-separated exact origins (`https://app.example.com`), or `*` for any |
 ///
@@ -104,10 +104,11 @@ pub struct WebSocketConfig {
     /// Server side: how many frames a connection may send at once above
     /// [`max_incoming_rate`](Self::max_incoming_rate). Default 10,000.
     pub max_incoming_burst: u32,
-    /// permessage-deflate: whether it is negotiated. Default [`Compression::Shared`].
+    /// permessage-deflate: whether a server negotiates it and a client offers it. Default
+    /// [`Compression::Shared`].
     pub compression: Compression,
-    /// Messages shorter than this (bytes) are sent uncompressed: deflate would not shrink
-    /// them enough to pay for itself. Default 128.
+    /// Messages shorter than this (bytes) are sent uncompressed, by a server and a client
+    /// alike: deflate would not shrink them enough to pay for itself. Default 128.
     pub compression_min_size: usize,
 }
 
@@ -115,13 +116,21 @@ pub struct WebSocketConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Compression {
-    /// Never negotiated: every message goes plain.
+    /// Never negotiated: a client offers nothing, a server accepts no offer, every message
+    /// goes plain.
     Off,
     /// Negotiated when the peer offers it (every browser does). A server answers with
     /// `server_no_context_takeover` and `client_no_context_takeover`: no connection keeps
     /// codec state between messages, one compressor and one decompressor per thread serve
     /// them all, idle connections cost nothing more, and a broadcast is deflated once and
     /// the same bytes go to every recipient.
+    ///
+    /// A client offers `permessage-deflate; client_max_window_bits` (as browsers and
+    /// Python's `websockets` do) and takes what the server answers: with our server (or
+    /// any that answers the `no_context_takeover` parameters) it also uses the per-thread
+    /// compressor and decompressor and holds no codec state; with a server that keeps
+    /// context takeover, the connection gets its own decompressor and compressor (windows
+    /// as the server named them), allocated on the first compressed message.
     #[default]
     Shared,
 }

@@ -96,7 +96,8 @@ pub enum WebSocketError {
     },
 
     /// The peer broke the WebSocket protocol (bad frame, invalid UTF-8 in a text message,
-    /// wrong handshake headers, an unoffered subprotocol).
+    /// a compressed message that is not valid deflate data, wrong handshake headers, an
+    /// unoffered subprotocol or extension, a permessage-deflate answer RFC 7692 forbids).
     ///
     /// *What to do:* nothing to retry on our side; the peer is misbehaving. The connection
     /// was closed with 1002 or 1007.

@@ -31,7 +31,10 @@ pub use client::{
     ClientBuilder, RootCertificate, WebSocketClient, WebSocketSender, easy_websocket_client,
 };
 #[cfg(feature = "client")]
-pub(crate) use client::{ProxySetting, Target, TlsRoots};
+pub(crate) use client::{
+    Connected, FrameReader, ProxySetting, ReadError, Target, TlsRoots, frame_message,
+    violation_error,
+};
 pub use config::{Compression, ConfigError, WebSocketConfig, get_default_config};
 pub use error::{BoxError, ConnectFailure, Result, WebSocketError};
 pub use models::{ConnectionInfo, ConnectionState, WebSocketMessage};

@@ -97,26 +97,6 @@ impl WebSocketMessage {
         self
     }
 
-    /// A tungstenite text or binary message as ours, without copying; `None` for control
-    /// frames.
-    #[cfg(feature = "client")]
-    pub(crate) fn from_tungstenite(message: tungstenite::Message) -> Option<Self> {
-        match message {
-            tungstenite::Message::Text(t) => Some(Self::from_payload(Payload::Text(t))),
-            tungstenite::Message::Binary(b) => Some(Self::from_payload(Payload::Binary(b))),
-            _ => None,
-        }
-    }
-
-    /// This message as a tungstenite message, without copying.
-    #[cfg(feature = "client")]
-    pub(crate) fn into_tungstenite(self) -> tungstenite::Message {
-        match self.payload {
-            Payload::Text(t) => tungstenite::Message::Text(t),
-            Payload::Binary(b) => tungstenite::Message::Binary(b),
-        }
-    }
-
     /// Whether this is a text message.
     pub fn is_text(&self) -> bool {
         matches!(self.payload, Payload::Text(_))

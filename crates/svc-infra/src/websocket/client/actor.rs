@@ -1,42 +1,56 @@
 //! The connection actor: one task owns the socket; handles talk to it over bounded channels.
 //!
-//! The actor reads frames, writes queued messages in batches, answers pings (tungstenite does
-//! that while reading), sends keepalive pings and checks their pongs, and runs the closing
-//! handshake. No lock is held across an `.await`: the only locks guard small records that are
-//! read and written synchronously.
+//! The actor reads server frames with the protocol core's parser (`reader.rs`), writes
+//! queued messages as masked frames in batches (deflated when permessage-deflate was
+//! agreed on), answers pings, sends keepalive pings and checks their pongs, and runs the
+//! closing handshake. No lock is held across an `.await`: the only locks guard small
+//! records that are read and written synchronously.
 //!
 //! Backpressure: inbound messages go to a channel of `max_queue_size`; when it is full the
 //! actor stops reading the socket (TCP then slows the peer down) and pauses the pong deadline,
 //! because a pong that we do not read is our fault, not the peer's. Outbound messages come
 //! through a channel of `max_queue_size`; while a write is blocked no new command is taken, so
-//! senders wait.
+//! senders wait. Frames the actor writes on its own (pongs, pings, close) go out with the
+//! next write; a peer that sends pings but never reads our answers stops being read once
+//! they pile up past [`write_limit`].
+//!
+//! Memory: an idle connection holds no read buffer (a read goes through the stack, only a
+//! read that ends mid-event keeps its rest), no write buffer (released after every write)
+//! and no codec state unless the server keeps a compression context (then an inflater or
+//! deflater is allocated on the first compressed message).
 
 use std::{
     future::poll_fn,
+    io,
     pin::Pin,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
-    task::Poll,
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
-use bytes::Bytes;
-use futures_util::{Sink, StreamExt};
+use bytes::{Buf, BytesMut};
 use tokio::{
+    io::AsyncWrite,
     sync::{mpsc, oneshot, watch},
     time::{Instant, sleep_until},
 };
-use tokio_tungstenite::tungstenite::{
-    self, Message,
-    error::{CapacityError, ProtocolError},
-    protocol::{CloseFrame, frame::coding::CloseCode},
-};
 
-use super::handshake::{Socket, WRITE_BUFFER};
+use super::{
+    handshake::Connected,
+    reader::{self, FrameReader, ReadError},
+    transport::Transport,
+};
 use crate::websocket::{
     ConnectionState, Result, WebSocketConfig, WebSocketError, WebSocketMessage,
+    protocol::{
+        self, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT,
+        deflate::{self, DeflateParams, Deflater},
+        parser::Event as Frame,
+        put_masked_frame,
+    },
 };
 
 /// How long a failed connection may take to write its close frame before it is dropped.
@@ -44,6 +58,17 @@ const FAIL_FLUSH_LIMIT: Duration = Duration::from_secs(1);
 
 /// Most messages written in one batch before the socket is flushed.
 const MAX_BATCH: usize = 256;
+
+/// A batch of messages stops growing past this many bytes.
+const WRITE_BUFFER: usize = 64 * 1024;
+
+/// How much unwritten output stops the reading: one batch (at most [`WRITE_BUFFER`] and one
+/// message) and room for the control frames that answer the peer.
+fn write_limit(max_message_size: usize) -> usize {
+    WRITE_BUFFER
+        .saturating_add(max_message_size)
+        .saturating_add(64 * 1024)
+}
 
 /// Who ended a connection, which decides whether `websocket_connect` reconnects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,7 +175,7 @@ impl Shared {
 #[derive(Debug)]
 pub(crate) enum Command {
     Send {
-        message: Message,
+        message: WebSocketMessage,
         ack: oneshot::Sender<Result<()>>,
     },
     Close {
@@ -160,10 +185,56 @@ pub(crate) enum Command {
     },
 }
 
-/// Starts the actor for an open socket; returns the command sender, the inbound receiver
-/// and the shared state.
+/// How outgoing messages are compressed (permessage-deflate, RFC 7692).
+#[derive(Debug)]
+enum Compressor {
+    /// Not negotiated.
+    Off,
+    /// `client_no_context_takeover`: the compressor is reset after each message, so this
+    /// thread's shared one for the window serves.
+    Shared { window_bits: u8 },
+    /// Context takeover: the connection's own compressor, allocated on first use.
+    Context {
+        window_bits: u8,
+        deflater: Option<Box<Deflater>>,
+    },
+}
+
+impl Compressor {
+    fn new(params: Option<DeflateParams>) -> Self {
+        match params {
+            None => Self::Off,
+            Some(p) if p.client_no_context_takeover => Self::Shared {
+                window_bits: p.client_max_window_bits,
+            },
+            Some(p) => Self::Context {
+                window_bits: p.client_max_window_bits,
+                deflater: None,
+            },
+        }
+    }
+
+    /// Deflates `payload` into `out`; `false` when the message goes plain (no compression,
+    /// or it would not shrink: a context compressor then starts afresh, see
+    /// [`Deflater::compress`]).
+    fn compress(&mut self, payload: &[u8], out: &mut Vec<u8>) -> bool {
+        match self {
+            Self::Off => false,
+            Self::Shared { window_bits } => deflate::deflate_shared(payload, *window_bits, out),
+            Self::Context {
+                window_bits,
+                deflater,
+            } => deflater
+                .get_or_insert_with(|| Box::new(Deflater::new(*window_bits, false)))
+                .compress(payload, out),
+        }
+    }
+}
+
+/// Starts the actor for a connection whose handshake succeeded; returns the command
+/// sender, the inbound receiver and the shared state.
 pub(crate) fn spawn(
-    socket: Socket,
+    connected: Connected<Transport>,
     config: &WebSocketConfig,
 ) -> (
     mpsc::Sender<Command>,
@@ -174,8 +245,21 @@ pub(crate) fn spawn(
     let (in_tx, in_rx) = mpsc::channel(config.max_queue_size);
     let shared = Arc::new(Shared::new());
     let now = Instant::now();
+    let Connected {
+        stream,
+        read_ahead,
+        deflate,
+        ..
+    } = connected;
     let actor = Actor {
-        ws: socket,
+        io: stream,
+        reader: FrameReader::new(config.max_message_size, deflate, read_ahead),
+        out: BytesMut::new(),
+        write_limit: write_limit(config.max_message_size),
+        compressor: Compressor::new(deflate),
+        compress_min: config.compression_min_size,
+        max_message_size: config.max_message_size,
+        peer_closed: false,
         commands: cmd_rx,
         commands_open: true,
         inbound: Some(in_tx),
@@ -201,7 +285,18 @@ pub(crate) fn spawn(
 }
 
 struct Actor {
-    ws: Socket,
+    io: Transport,
+    reader: FrameReader,
+    /// Frames not written yet. Released once written, so an idle connection holds none.
+    out: BytesMut,
+    /// Reading pauses while `out` holds more than this.
+    write_limit: usize,
+    compressor: Compressor,
+    /// Messages shorter than this go plain (`compression_min_size`).
+    compress_min: usize,
+    max_message_size: usize,
+    /// The peer's close frame arrived: what follows it is ignored.
+    peer_closed: bool,
     commands: mpsc::Receiver<Command>,
     commands_open: bool,
     inbound: Option<mpsc::Sender<WebSocketMessage>>,
@@ -218,7 +313,7 @@ struct Actor {
     write_timeout: Duration,
     /// Since when the current write has been waiting for the socket.
     write_since: Option<Instant>,
-    /// Frames were handed to tungstenite and still have to reach the socket.
+    /// `out` has frames that still have to reach the socket (or the flush is pending).
     flushing: bool,
     /// The read side is finished (end of stream or a read error).
     read_done: bool,
@@ -234,8 +329,8 @@ struct Actor {
 }
 
 enum Event {
-    Flushed(std::result::Result<(), tungstenite::Error>),
-    Read(Option<std::result::Result<Message, tungstenite::Error>>),
+    Flushed(io::Result<()>),
+    Read(std::result::Result<Option<Frame>, ReadError>),
     /// The pending inbound message was handed over (or its receiver is gone).
     Delivered {
         receiver_gone: bool,
@@ -273,7 +368,8 @@ impl Actor {
     }
 
     async fn next_event(&mut self) -> Event {
-        let can_read = !self.read_done && self.pending.is_none();
+        let can_read =
+            !self.read_done && self.pending.is_none() && self.out.len() <= self.write_limit;
         let flushing = self.flushing;
         let paused = self.pending.is_some();
         let keepalive_on = self.open && !paused;
@@ -299,13 +395,13 @@ impl Actor {
         let accept_commands = self.commands_open && !flushing;
         let has_pending = self.pending.is_some();
 
-        let ws = &mut self.ws;
+        let (stream, out, reader) = (&mut self.io, &mut self.out, &mut self.reader);
         let io = poll_fn(|cx| {
-            if flushing && let Poll::Ready(r) = Pin::new(&mut *ws).poll_flush(cx) {
+            if flushing && let Poll::Ready(r) = poll_write_all(stream, out, cx) {
                 return Poll::Ready(Event::Flushed(r));
             }
-            if can_read && let Poll::Ready(m) = ws.poll_next_unpin(cx) {
-                return Poll::Ready(Event::Read(m));
+            if can_read && let Poll::Ready(r) = reader.poll_next(stream, cx) {
+                return Poll::Ready(Event::Read(r));
             }
             Poll::Pending
         });
@@ -351,6 +447,7 @@ impl Actor {
         match event {
             Event::Flushed(Ok(())) => {
                 self.flushing = false;
+                self.out = BytesMut::new();
                 for ack in self.acks.drain(..) {
                     let _ = ack.send(Ok(()));
                 }
@@ -362,18 +459,28 @@ impl Actor {
                 self.abnormal();
                 false
             }
-            Event::Read(None) => {
+            Event::Read(Ok(None)) => {
                 self.read_done = true;
                 self.abnormal();
                 self.keep_flushing()
             }
-            Event::Read(Some(Ok(message))) => {
-                self.on_message(message);
+            Event::Read(Ok(Some(frame))) => {
+                self.on_frame(frame);
+                if self.read_done {
+                    return self.keep_flushing();
+                }
                 true
             }
-            Event::Read(Some(Err(e))) => {
+            Event::Read(Err(ReadError::Violation(v, size))) => {
                 self.read_done = true;
-                self.on_read_error(e);
+                let error = reader::violation_error(&v, size, self.max_message_size);
+                self.fail(v.code, v.reason, error);
+                self.keep_flushing()
+            }
+            Event::Read(Err(ReadError::Io(e))) => {
+                tracing::debug!(error = %e, "websocket read failed");
+                self.read_done = true;
+                self.abnormal();
                 self.keep_flushing()
             }
             Event::Delivered { receiver_gone } => {
@@ -429,29 +536,29 @@ impl Actor {
         self.flushing
     }
 
-    fn on_message(&mut self, message: Message) {
-        match message {
-            Message::Text(_) | Message::Binary(_) => {
-                let Some(tx) = &self.inbound else {
-                    return; // nobody receives any more
-                };
-                let Some(message) = WebSocketMessage::from_tungstenite(message) else {
-                    return;
-                };
-                match tx.try_send(message.received_now()) {
-                    Ok(()) => {}
-                    // While we close, messages still in flight are delivered if there is
-                    // room, never waited for: the closing handshake must not stall.
-                    Err(mpsc::error::TrySendError::Full(message)) if self.open => {
-                        self.pending = Some(message);
+    fn on_frame(&mut self, frame: Frame) {
+        match frame {
+            Frame::Text(_) | Frame::Binary(_) => {
+                if self.peer_closed {
+                    return; // nothing counts after a close frame
+                }
+                match reader::message(frame) {
+                    Some(Ok(message)) => self.deliver(message),
+                    Some(Err(v)) => {
+                        self.read_done = true;
+                        let error = reader::violation_error(&v, 0, self.max_message_size);
+                        self.fail(v.code, v.reason, error);
                     }
-                    Err(mpsc::error::TrySendError::Full(_)) => {}
-                    Err(mpsc::error::TrySendError::Closed(_)) => self.inbound = None,
+                    None => {}
                 }
             }
-            // tungstenite queued the pong; make sure it goes out even if reading pauses.
-            Message::Ping(_) => self.flushing = true,
-            Message::Pong(payload) => {
+            Frame::Ping(payload) => {
+                // Answered while data can flow; after a close frame only close is sent.
+                if self.open {
+                    self.put_frame(OP_PONG, &payload);
+                }
+            }
+            Frame::Pong(payload) => {
                 if let Some((seq, sent)) = self.outstanding
                     && payload.as_ref() == seq.to_be_bytes()
                 {
@@ -462,60 +569,77 @@ impl Actor {
                     self.next_ping = self.ping_interval.map(|i| after(sent, i));
                 }
             }
-            Message::Close(frame) => {
+            Frame::Close(close) => {
+                if std::mem::replace(&mut self.peer_closed, true) {
+                    return;
+                }
                 if !self.open {
-                    // The answer to our close frame: receivers see the end now.
+                    // The answer to our close frame: receivers see the end now. The server
+                    // closes the TCP connection next (RFC 6455 §7.1.1): we read on until it
+                    // does, within the close deadline.
                     self.inbound = None;
                     return;
                 }
-                let (code, reason) = match &frame {
-                    Some(f) => (u16::from(f.code), f.reason.as_str().to_owned()),
-                    None => (1005, String::new()),
-                };
+                let (code, reason) = close.unwrap_or((1005, String::new()));
                 let error = (!matches!(code, 1000 | 1001 | 1005))
                     .then(|| WebSocketError::closed(code, reason.clone()));
                 self.shared.record(code, &reason, CloseOrigin::Peer, error);
                 self.stop_data();
-                // tungstenite queued the echo of the close frame.
-                self.flushing = true;
+                // Echo the peer's close frame (RFC 6455 §5.5.1): its code and reason; a
+                // close without a code gets none.
+                if code == 1005 {
+                    self.put_frame(OP_CLOSE, &[]);
+                } else {
+                    self.send_close(code, &reason);
+                }
                 self.close_deadline = Some(after(Instant::now(), self.close_timeout));
             }
-            Message::Frame(_) => {}
         }
     }
 
-    fn on_read_error(&mut self, error: tungstenite::Error) {
-        match error {
-            tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
-                self.fail(
-                    1009,
-                    "message too big",
-                    WebSocketError::MessageTooLarge {
-                        size,
-                        limit: max_size,
-                    },
-                );
+    fn deliver(&mut self, message: WebSocketMessage) {
+        let Some(tx) = &self.inbound else {
+            return; // nobody receives any more
+        };
+        match tx.try_send(message.received_now()) {
+            Ok(()) => {}
+            // While we close, messages still in flight are delivered if there is room,
+            // never waited for: the closing handshake must not stall.
+            Err(mpsc::error::TrySendError::Full(message)) if self.open => {
+                self.pending = Some(message);
             }
-            tungstenite::Error::Utf8(_) => self.fail(
-                1007,
-                "invalid UTF-8",
-                WebSocketError::Protocol("the peer sent invalid UTF-8 in a text message".into()),
-            ),
-            tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-                self.abnormal();
-            }
-            tungstenite::Error::Protocol(e) => {
-                self.fail(
-                    1002,
-                    "protocol error",
-                    WebSocketError::Protocol(e.to_string()),
-                );
-            }
-            other => {
-                tracing::debug!(error = %other, "websocket read failed");
-                self.abnormal();
+            Err(mpsc::error::TrySendError::Full(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => self.inbound = None,
+        }
+    }
+
+    /// Queues a control frame (masked with a fresh key) for the next write.
+    fn put_frame(&mut self, opcode: u8, payload: &[u8]) {
+        put_masked_frame(&mut self.out, opcode, false, payload, rand::random());
+        self.flushing = true;
+    }
+
+    /// Queues a data message for the next write: deflated when permessage-deflate was
+    /// agreed on, the message is at least `compression_min_size` bytes and deflate makes it
+    /// smaller; plain otherwise. Masked with a fresh key either way.
+    fn put_message(&mut self, message: &WebSocketMessage) {
+        let opcode = if message.is_text() {
+            OP_TEXT
+        } else {
+            OP_BINARY
+        };
+        let payload = message.as_bytes();
+        let mask = rand::random();
+        if payload.len() >= self.compress_min && !matches!(self.compressor, Compressor::Off) {
+            let mut deflated = Vec::new();
+            if self.compressor.compress(payload, &mut deflated) {
+                put_masked_frame(&mut self.out, opcode, true, &deflated, mask);
+                self.flushing = true;
+                return;
             }
         }
+        put_masked_frame(&mut self.out, opcode, false, payload, mask);
+        self.flushing = true;
     }
 
     /// The connection is gone without a close frame: 1006.
@@ -575,14 +699,11 @@ impl Actor {
     }
 
     fn send_close(&mut self, code: u16, reason: &str) {
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: crate::websocket::protocol::close_reason(reason).into(),
-        };
-        match Pin::new(&mut self.ws).start_send(Message::Close(Some(frame))) {
-            Ok(()) => self.flushing = true,
-            Err(e) => tracing::debug!(error = %e, "could not queue the close frame"),
-        }
+        let reason = protocol::close_reason(reason);
+        let mut payload = Vec::with_capacity(2 + reason.len());
+        payload.extend_from_slice(&code.to_be_bytes());
+        payload.extend_from_slice(reason.as_bytes());
+        self.put_frame(OP_CLOSE, &payload);
         self.close_deadline = Some(after(Instant::now(), self.close_timeout));
     }
 
@@ -606,17 +727,8 @@ impl Actor {
                         let _ = ack.send(Err(self.shared.closed_error()));
                     } else {
                         batched += message.len();
-                        match Pin::new(&mut self.ws).start_send(message) {
-                            Ok(()) => {
-                                self.flushing = true;
-                                self.acks.push(ack);
-                            }
-                            Err(e) => {
-                                tracing::debug!(error = %e, "websocket write failed");
-                                let _ = ack.send(Err(WebSocketError::closed(1006, "")));
-                                self.abnormal();
-                            }
-                        }
+                        self.put_message(&message);
+                        self.acks.push(ack);
                     }
                 }
                 Command::Close { code, reason, done } => {
@@ -634,13 +746,9 @@ impl Actor {
 
     fn send_ping(&mut self) {
         self.ping_seq = self.ping_seq.wrapping_add(1);
-        let payload = Bytes::copy_from_slice(&self.ping_seq.to_be_bytes());
-        if let Err(e) = Pin::new(&mut self.ws).start_send(Message::Ping(payload)) {
-            // Typically a write buffer that a non-reading peer filled up. Count the ping as
-            // sent anyway: no pong will come and the deadline fails the connection.
-            tracing::debug!(error = %e, "could not send keepalive ping");
-        }
-        self.flushing = true;
+        // Queued even behind a write that a non-reading peer stalled: then no pong comes
+        // and the deadline fails the connection.
+        self.put_frame(OP_PING, &self.ping_seq.to_be_bytes());
         self.outstanding = Some((self.ping_seq, Instant::now()));
     }
 
@@ -663,4 +771,20 @@ impl Actor {
             let _ = done.send(());
         }
     }
+}
+
+/// Writes all of `out` to `stream`, then flushes it (TLS keeps bytes until flushed).
+fn poll_write_all(
+    stream: &mut Transport,
+    out: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    while !out.is_empty() {
+        let n = ready!(Pin::new(&mut *stream).poll_write(cx, out))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        out.advance(n);
+    }
+    Pin::new(stream).poll_flush(cx)
 }

@@ -1,11 +1,13 @@
 //! Opening a connection: URL checks, TCP (or a tunnel through a proxy: `proxy.rs`), TLS
-//! (rustls) and the RFC 6455 opening handshake.
+//! (rustls) and the RFC 6455 opening handshake, with the permessage-deflate offer (RFC
+//! 7692) unless compression is off.
 //!
 //! The handshake is written here rather than taken from tungstenite because tungstenite's
 //! client handshake (a) rejects a server that picks no subprotocol when some were offered,
 //! which RFC 6455 allows and the Python client accepts, and (b) only keeps the bytes of the
 //! response body that happened to arrive with the headers, while an authentication failure
-//! should report what the server said. Framing after the handshake is tungstenite's.
+//! should report what the server said. Framing after the handshake is the protocol core's
+//! (`actor.rs`, `reader.rs`).
 
 use std::{
     fmt,
@@ -21,17 +23,31 @@ use tokio::{
     time::Instant,
 };
 use tokio_rustls::client::TlsStream;
-use tokio_tungstenite::{WebSocketStream, tungstenite};
-use tungstenite::protocol::{Role, WebSocketConfig as WireConfig};
 
 use super::{
     proxy::{Proxy, ProxySetting, Tunnel},
     transport::Transport,
 };
-use crate::websocket::{ConnectFailure, Result, WebSocketConfig, WebSocketError};
+use crate::websocket::{
+    Compression, ConnectFailure, Result, WebSocketConfig, WebSocketError,
+    protocol::{
+        self,
+        deflate::{self, DeflateParams},
+    },
+};
 
-/// The stream a connected client talks over.
-pub(crate) type Socket = WebSocketStream<Transport>;
+/// A connection whose opening handshake succeeded.
+#[derive(Debug)]
+pub(crate) struct Connected<S> {
+    /// The byte stream, at the first frame.
+    pub(crate) stream: S,
+    /// Bytes that arrived after the response head: the start of the first frames.
+    pub(crate) read_ahead: Vec<u8>,
+    /// The subprotocol the server chose.
+    pub(crate) subprotocol: Option<String>,
+    /// permessage-deflate, if the server accepted our offer: the parameters agreed on.
+    pub(crate) deflate: Option<DeflateParams>,
+}
 
 /// Largest response head (status line and headers) we accept.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
@@ -39,10 +55,6 @@ const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 const MAX_ERROR_BODY: usize = 1024;
 /// How long we wait for the body of a refused handshake (bounded by `open_timeout` too).
 const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(1);
-/// Size of tungstenite's read buffer (allocated once per connection).
-const READ_BUFFER: usize = 32 * 1024;
-/// Frames are buffered up to this many bytes before they are written out.
-pub(crate) const WRITE_BUFFER: usize = 64 * 1024;
 
 /// Everything needed to open connections to one URL, checked once.
 #[derive(Clone)]
@@ -52,6 +64,8 @@ pub(crate) struct Target {
     port: u16,
     /// Request without the `Sec-WebSocket-Key` line and the final blank line.
     request_head: String,
+    /// The request offers permessage-deflate ([`deflate::CLIENT_OFFER`]).
+    offers_deflate: bool,
     subprotocols: Vec<String>,
     tls: Option<Arc<rustls::ClientConfig>>,
     /// The proxy to tunnel through, chosen once; `None`: direct.
@@ -118,7 +132,14 @@ impl Target {
             authority,
             target,
         } = parse_url(url)?;
-        let head = request_head(url, &authority, &target, headers, subprotocols)?;
+        let offers_deflate = config.compression != Compression::Off;
+        let mut head = request_head(url, &authority, &target, headers, subprotocols)?;
+        if offers_deflate {
+            head.push_str(&format!(
+                "Sec-WebSocket-Extensions: {}\r\n",
+                deflate::CLIENT_OFFER
+            ));
+        }
         let mut proxy = Proxy::choose(proxy, url, secure, &host, port)?;
 
         // One TLS config serves the server and an `https://` proxy: the same roots.
@@ -135,6 +156,7 @@ impl Target {
             host,
             port,
             request_head: head,
+            offers_deflate,
             subprotocols: subprotocols.to_vec(),
             tls: if secure { tls } else { None },
             proxy,
@@ -143,8 +165,8 @@ impl Target {
     }
 
     /// Opens one connection: TCP (or a tunnel through the proxy), TLS, handshake, all
-    /// within `open_timeout`. Returns the socket and the subprotocol the server chose.
-    pub(crate) async fn open(&self) -> Result<(Socket, Option<String>)> {
+    /// within `open_timeout`.
+    pub(crate) async fn open(&self) -> Result<Connected<Transport>> {
         let limit = self.config.open_timeout;
         // A limit past what the clock can hold (`Duration::MAX`) is 30 years, as in
         // `tokio::time::timeout`.
@@ -160,7 +182,7 @@ impl Target {
         }
     }
 
-    async fn open_inner(&self, deadline: Instant) -> Result<(Socket, Option<String>)> {
+    async fn open_inner(&self, deadline: Instant) -> Result<Connected<Transport>> {
         let io_err = |e: std::io::Error| WebSocketError::failed(&self.url, ConnectFailure::Io(e));
         let tunnel = match &self.proxy {
             Some(proxy) => {
@@ -190,8 +212,7 @@ impl Target {
             }
         };
 
-        let key = tungstenite::handshake::client::generate_key();
-        self.handshake(stream, &key).await
+        self.handshake(stream, &new_key()).await
     }
 
     /// The TLS handshake with the server over `io` (TCP, or a proxy's tunnel).
@@ -222,14 +243,10 @@ impl Target {
     }
 
     /// The opening handshake on a connected `stream` with the nonce `key`: sends the
-    /// request, reads and checks the response (RFC 6455 §4.1), and hands the bytes after
-    /// it to tungstenite. Generic over the stream so that it runs without a network too
-    /// (the `client_read` fuzz target).
-    pub(crate) async fn handshake<S>(
-        &self,
-        mut stream: S,
-        key: &str,
-    ) -> Result<(WebSocketStream<S>, Option<String>)>
+    /// request, reads and checks the response (RFC 6455 §4.1, RFC 7692 §7.1), and returns
+    /// the stream with the bytes that came after the response. Generic over the stream so
+    /// that it runs without a network too (the `client_read` fuzz target).
+    pub(crate) async fn handshake<S>(&self, mut stream: S, key: &str) -> Result<Connected<S>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -262,24 +279,26 @@ impl Target {
                 }
             });
         }
-        let subprotocol = self.verify_upgrade(&response, key)?;
-
-        let socket = WebSocketStream::from_partially_read(
+        let (subprotocol, deflate) = self.verify_upgrade(&response, key)?;
+        Ok(Connected {
             stream,
-            tail,
-            Role::Client,
-            Some(self.wire_config()),
-        )
-        .await;
-        Ok((socket, subprotocol))
+            read_ahead: tail,
+            subprotocol,
+            deflate,
+        })
     }
 
     fn protocol(&self, why: impl fmt::Display) -> WebSocketError {
         WebSocketError::Protocol(format!("handshake with {}: {why}", self.url))
     }
 
-    /// The checks of RFC 6455 §4.1 on a 101 response; returns the chosen subprotocol.
-    fn verify_upgrade(&self, response: &Head, key: &str) -> Result<Option<String>> {
+    /// The checks of RFC 6455 §4.1 and RFC 7692 §7.1 on a 101 response; returns the chosen
+    /// subprotocol and the permessage-deflate parameters.
+    fn verify_upgrade(
+        &self,
+        response: &Head,
+        key: &str,
+    ) -> Result<(Option<String>, Option<DeflateParams>)> {
         let upgrade_ok = response
             .header("upgrade")
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
@@ -293,40 +312,44 @@ impl Target {
         if !connection_ok {
             return Err(self.protocol("the response lacks `Connection: Upgrade`"));
         }
-        let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let expected = protocol::accept_key(key.as_bytes());
         if response.header("sec-websocket-accept").map(str::trim) != Some(expected.as_str()) {
             return Err(self.protocol("wrong Sec-WebSocket-Accept"));
         }
-        if let Some(ext) = response.header("sec-websocket-extensions")
-            && !ext.trim().is_empty()
-        {
-            return Err(self.protocol(format!(
-                "the server enabled extension {ext:?}, which was not offered"
-            )));
-        }
-        match response.header("sec-websocket-protocol").map(str::trim) {
-            None | Some("") => Ok(None),
-            Some(chosen) if self.subprotocols.iter().any(|p| p == chosen) => {
-                Ok(Some(chosen.to_owned()))
+        let extensions = response.headers("sec-websocket-extensions");
+        let deflate = if self.offers_deflate {
+            deflate::accept_response(extensions)
+                .map_err(|why| self.protocol(format!("Sec-WebSocket-Extensions: {why}")))?
+        } else {
+            match extensions.into_iter().find(|e| !e.trim().is_empty()) {
+                Some(ext) => {
+                    return Err(self.protocol(format!(
+                        "the server enabled extension {ext:?}, which was not offered"
+                    )));
+                }
+                None => None,
             }
-            Some(chosen) => Err(self.protocol(format!(
-                "the server chose subprotocol {chosen:?}, which was not offered (offered: {:?})",
-                self.subprotocols
-            ))),
-        }
+        };
+        let subprotocol = match response.header("sec-websocket-protocol").map(str::trim) {
+            None | Some("") => None,
+            Some(chosen) if self.subprotocols.iter().any(|p| p == chosen) => {
+                Some(chosen.to_owned())
+            }
+            Some(chosen) => {
+                return Err(self.protocol(format!(
+                    "the server chose subprotocol {chosen:?}, which was not offered (offered: {:?})",
+                    self.subprotocols
+                )));
+            }
+        };
+        Ok((subprotocol, deflate))
     }
+}
 
-    /// tungstenite's limits from our config: bounded buffers both ways.
-    fn wire_config(&self) -> WireConfig {
-        let max = self.config.max_message_size;
-        WireConfig::default()
-            .read_buffer_size(READ_BUFFER)
-            .write_buffer_size(WRITE_BUFFER)
-            // One batch of frames (≤ WRITE_BUFFER plus one message) plus control frames.
-            .max_write_buffer_size(WRITE_BUFFER.saturating_add(max).saturating_add(64 * 1024))
-            .max_message_size(Some(max))
-            .max_frame_size(Some(max))
-    }
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes in base64 (RFC 6455 §4.1).
+fn new_key() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>())
 }
 
 fn tls_config(url: &str, roots: &TlsRoots) -> Result<Arc<rustls::ClientConfig>> {
@@ -436,6 +459,15 @@ impl Head {
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a header that may be repeated, in order.
+    fn headers(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 }
 
@@ -676,6 +708,26 @@ mod tests {
         assert!(t.request_head.contains("Host: [::1]\r\n"));
         assert_eq!(t.port, 80);
         assert_eq!(target("wss://example.com").unwrap().port, 443);
+    }
+
+    #[test]
+    fn the_request_offers_permessage_deflate_unless_compression_is_off() {
+        let offer = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+        assert!(target("ws://h/").unwrap().request_head.contains(offer));
+        let off = Target::new(
+            "ws://h/",
+            WebSocketConfig::default().with_compression(Compression::Off),
+            &[],
+            &[],
+            &TlsRoots::default(),
+            &ProxySetting::Off,
+        )
+        .unwrap();
+        assert!(!off.request_head.contains("Sec-WebSocket-Extensions"));
+        // Keys are fresh 16-byte nonces.
+        let (a, b) = (new_key(), new_key());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 24);
     }
 
     #[test]

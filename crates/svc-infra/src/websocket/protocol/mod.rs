@@ -22,13 +22,15 @@ pub mod deflate;
 mod frame;
 #[cfg(any(feature = "client", feature = "server"))]
 mod handshake;
-#[cfg(feature = "server")]
+#[cfg(any(feature = "client", feature = "server"))]
 pub(crate) mod parser;
 
 pub(crate) use close::utf8_prefix;
 pub use close::{
     CloseError, MAX_CLOSE_REASON, close_reason, encode_close, is_valid_close_code, parse_close,
 };
+#[cfg(feature = "client")]
+pub(crate) use frame::put_masked_frame;
 pub use frame::{
     FrameHeader, HeaderError, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
     RSV1, apply_mask, encode_deflated_frame, encode_frame, encode_masked_deflated_frame,
