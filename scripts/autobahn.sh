@@ -49,7 +49,7 @@ server|server-full)
 client|client-full)
   cargo build --release -q -p svc-infra --example autobahn_client
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  "$AUTOBAHN" client --port "$port" --exclude '12.*,13.*' --out "$out" -q \
+  "$AUTOBAHN" client --port "$port" "${exclude[@]}" --unimplemented fail --out "$out" -q \
     -- "$TARGET/release/examples/autobahn_client"
   ;;
 *)

@@ -52,7 +52,8 @@ enum State {
         fin: bool,
         remaining: u64,
         mask: [u8; 4],
-        mask_pos: usize,
+        /// Offset into the mask of the next payload byte (0 to 3).
+        mask_pos: u8,
     },
 }
 
@@ -66,26 +67,34 @@ enum State {
 pub struct FrameParser<const CLIENT: bool = false> {
     state: State,
     header: [u8; 14],
-    header_len: usize,
+    header_len: u8,
     /// The data message being assembled: opcode and payload so far.
     message: Option<(u8, BytesMut)>,
     /// permessage-deflate was negotiated: a message may arrive compressed.
     deflate: bool,
-    /// The peer keeps its compressor's window between messages, of this many bits: so must
-    /// this connection's own inflater. 0: the peer resets it after each message, and this
-    /// thread's shared inflater serves (the connection holds nothing).
-    context_bits: u8,
-    /// The connection's own inflater (with `context_bits`), allocated on the first
-    /// compressed message.
-    inflater: Option<Box<Inflater>>,
-    /// After a 1009 violation: the message's size as far as it is known.
-    too_large: u64,
+    /// What only a client's parser keeps; `None` in a server's, which pays one pointer for
+    /// it (every idle server connection holds a parser: its size is per-connection memory).
+    client: Option<Box<ClientSide>>,
     /// The message being assembled is compressed (RSV1 on its first frame).
     compressed: bool,
     /// How much of a text message is known to be valid UTF-8 (for fail-fast checks).
     utf8_checked: usize,
     control: BytesMut,
     max_message_size: usize,
+}
+
+/// The part of a parser only the client's role needs.
+#[derive(Debug, Default)]
+struct ClientSide {
+    /// The peer keeps its compressor's window between messages, of this many bits: so must
+    /// this connection's own inflater. 0: the peer resets it after each message, and this
+    /// thread's shared inflater serves.
+    context_bits: u8,
+    /// The connection's own inflater (with `context_bits`), allocated on the first
+    /// compressed message.
+    inflater: Option<Inflater>,
+    /// After a 1009 violation: the message's size as far as it is known.
+    too_large: u64,
 }
 
 impl FrameParser {
@@ -95,7 +104,7 @@ impl FrameParser {
     /// (their inflated size counts against the limit) and this thread's shared inflater
     /// serves.
     pub fn new(max_message_size: usize, deflate: bool) -> Self {
-        Self::with_deflate(max_message_size, deflate, 0)
+        Self::with_deflate(max_message_size, deflate, None)
     }
 }
 
@@ -111,21 +120,27 @@ impl FrameParser<true> {
             Some(p) if !p.server_no_context_takeover => p.server_max_window_bits.max(1),
             _ => 0,
         };
-        Self::with_deflate(max_message_size, deflate.is_some(), context_bits)
+        let client = ClientSide {
+            context_bits,
+            ..ClientSide::default()
+        };
+        Self::with_deflate(max_message_size, deflate.is_some(), Some(Box::new(client)))
     }
 }
 
 impl<const CLIENT: bool> FrameParser<CLIENT> {
-    fn with_deflate(max_message_size: usize, deflate: bool, context_bits: u8) -> Self {
+    fn with_deflate(
+        max_message_size: usize,
+        deflate: bool,
+        client: Option<Box<ClientSide>>,
+    ) -> Self {
         Self {
             state: State::Header,
             header: [0; 14],
             header_len: 0,
             message: None,
             deflate,
-            context_bits,
-            inflater: None,
-            too_large: 0,
+            client,
             compressed: false,
             utf8_checked: 0,
             control: BytesMut::new(),
@@ -142,15 +157,16 @@ impl<const CLIENT: bool> FrameParser<CLIENT> {
             match &mut self.state {
                 State::Header => {
                     // Gather the two fixed bytes, then the extended length and mask.
-                    let need = FrameHeader::needed(&self.header[..self.header_len]);
-                    if self.header_len < need {
-                        let take = (need - self.header_len).min(input.len() - pos);
+                    let have = usize::from(self.header_len);
+                    let need = FrameHeader::needed(&self.header[..have]);
+                    if have < need {
+                        let take = (need - have).min(input.len() - pos);
                         if take == 0 {
                             return Ok((pos, None));
                         }
-                        self.header[self.header_len..self.header_len + take]
-                            .copy_from_slice(&input[pos..pos + take]);
-                        self.header_len += take;
+                        self.header[have..have + take].copy_from_slice(&input[pos..pos + take]);
+                        // At most 14: a header's length.
+                        self.header_len += take as u8;
                         pos += take;
                         continue;
                     }
@@ -180,8 +196,8 @@ impl<const CLIENT: bool> FrameParser<CLIENT> {
                     let start = dest.len();
                     dest.extend_from_slice(chunk);
                     if !CLIENT {
-                        apply_mask(&mut dest[start..], *mask, *mask_pos);
-                        *mask_pos = (*mask_pos + take) & 3;
+                        apply_mask(&mut dest[start..], *mask, usize::from(*mask_pos));
+                        *mask_pos = ((usize::from(*mask_pos) + take) & 3) as u8;
                     }
                     *remaining -= take as u64;
                     pos += take;
@@ -283,7 +299,9 @@ impl<const CLIENT: bool> FrameParser<CLIENT> {
     fn check_size(&mut self, so_far: usize, len: u64) -> Result<(), Violation> {
         let size = (so_far as u64).saturating_add(len);
         if size > self.max_message_size as u64 {
-            self.too_large = size;
+            if let Some(client) = &mut self.client {
+                client.too_large = size;
+            }
             return Err(TOO_LARGE);
         }
         Ok(())
@@ -349,16 +367,21 @@ impl<const CLIENT: bool> FrameParser<CLIENT> {
     #[inline(never)]
     fn inflate(&mut self, kind: u8, mut buf: BytesMut) -> Result<Bytes, Violation> {
         let max = self.max_message_size;
-        let inflated = match self.context_bits {
-            0 => deflate::inflate_shared(&mut buf, max),
-            bits => self
-                .inflater
-                .get_or_insert_with(|| Box::new(Inflater::new(bits, false)))
-                .inflate(&mut buf, max),
+        let inflated = match &mut self.client {
+            Some(client) if client.context_bits != 0 => {
+                let bits = client.context_bits;
+                client
+                    .inflater
+                    .get_or_insert_with(|| Inflater::new(bits, false))
+                    .inflate(&mut buf, max)
+            }
+            _ => deflate::inflate_shared(&mut buf, max),
         }
         .map_err(|e| match e {
             InflateError::TooLarge => {
-                self.too_large = max as u64 + 1;
+                if let Some(client) = &mut self.client {
+                    client.too_large = max as u64 + 1;
+                }
                 TOO_LARGE
             }
             InflateError::Invalid => violation(1007, "invalid permessage-deflate data"),
@@ -373,7 +396,7 @@ impl<const CLIENT: bool> FrameParser<CLIENT> {
     /// as it is known (the length its frames announced so far, or the limit plus one when
     /// its inflated output outgrew the limit).
     pub fn too_large_size(&self) -> u64 {
-        self.too_large
+        self.client.as_ref().map_or(0, |c| c.too_large)
     }
 
     /// Whether no frame or message is partly received (the peer is between messages).
