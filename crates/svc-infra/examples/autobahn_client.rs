@@ -1,12 +1,17 @@
 //! Autobahn|Testsuite client driver: runs the fuzzing server's case loop with our
-//! `WebSocketClient`, echoing every text and binary message.
+//! `WebSocketClient`, echoing every text and binary message. The client offers
+//! permessage-deflate (the default `Compression::Shared`), so the compression cases 12.* and
+//! 13.* run too.
 //!
 //! Run with:
 //!
 //! ```sh
 //! cargo build --release -p svc-infra --example autobahn_client
 //! ../shared/tools/autobahn client --exclude '12.*,13.*' -- target/release/examples/autobahn_client
+//! ../shared/tools/autobahn client --cases '12.*,13.*' -- target/release/examples/autobahn_client
 //! ```
+//!
+//! (`scripts/autobahn.sh client-full` runs every case; `scripts/autobahn.sh client`, CI's, most.)
 //!
 //! The runner starts the fuzzing server on 127.0.0.1 and sets `AUTOBAHN_URL` (default
 //! `ws://127.0.0.1:9001`) and `AUTOBAHN_AGENT` (default `svc-infra`).
