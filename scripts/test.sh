@@ -20,6 +20,8 @@ step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 step "each feature of svc-infra on its own (cargo hack)"
 cargo hack check -p svc-infra --each-feature --no-dev-deps
+step "cargo doc -D warnings (no broken links)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps -q
 step "cargo test"
 cargo test --workspace --all-features
 step "Browser: the gateway's demo page in Chromium"

@@ -75,9 +75,10 @@ impl Connection {
     }
 
     /// Sends a message to this connection only. Never waits: written now or queued. A full
-    /// queue applies the manager's slow-consumer policy, counted in [`ManagerStats`] like a
-    /// broadcast's: `Disconnect` gives an error (the connection closes with 1013), the drop
-    /// policies give `Ok` and count the dropped message.
+    /// queue applies the manager's slow-consumer policy, counted in
+    /// [`ManagerStats`](super::ManagerStats) like a broadcast's: `Disconnect` gives an error
+    /// (the connection closes with 1013), the drop policies give `Ok` and count the dropped
+    /// message.
     pub fn send(&self, message: impl IntoMessage) -> Result<(), WebSocketError> {
         let message = self.manager.prepare(message)?;
         let counters = &self.manager.inner.counters;
