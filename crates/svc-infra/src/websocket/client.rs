@@ -9,6 +9,7 @@ mod actor;
 mod handshake;
 mod proxy;
 mod reader;
+mod response;
 mod transport;
 
 use std::{

@@ -39,7 +39,10 @@ use tokio::{
 };
 use tokio_rustls::client::TlsStream;
 
-use super::handshake::{Host, parse_head, read_head};
+use super::{
+    handshake::Host,
+    response::{parse_head, read_head},
+};
 use crate::websocket::{ConnectFailure, Result, WebSocketError, redact_url};
 
 /// What the builder says about proxies.
