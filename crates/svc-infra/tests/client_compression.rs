@@ -12,11 +12,11 @@ use std::{
 
 use axum::{Router, extract::Path, response::Response, routing::get};
 use bytes::BytesMut;
-use common::{raw::raw_server, server::serve, step, within};
+use common::{raw::raw_server, server::serve, step};
 use svc_infra::websocket::{
     Compression, ConnectionManager, WebSocketClient, WebSocketConfig, WebSocketError, WsManager,
     WsUpgrade, add_websocket_manager_with,
-    protocol::{self, FrameHeader, OP_BINARY, OP_CLOSE, OP_TEXT, apply_mask, deflate},
+    protocol::{self, FrameHeader, OP_BINARY, OP_CLOSE, OP_TEXT, deflate},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -220,48 +220,19 @@ async fn against_our_server_messages_go_compressed_both_ways_and_arrive_intact()
 /// Reads the upgrade request and answers 101 with `extensions` as
 /// `Sec-WebSocket-Extensions` (no header if empty); returns the request.
 async fn answer(stream: &mut TcpStream, extensions: &str) -> String {
-    let request = common::raw::read_request(stream).await;
-    let key = request
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case("sec-websocket-key")
-                .then(|| v.trim().to_owned())
-        })
-        .expect("no Sec-WebSocket-Key");
     let extension = if extensions.is_empty() {
         String::new()
     } else {
         format!("Sec-WebSocket-Extensions: {extensions}\r\n")
     };
-    let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {}\r\n{extension}\r\n",
-        protocol::accept_key(key.as_bytes())
-    );
-    step(stream.write_all(response.as_bytes())).await.unwrap();
-    request
+    common::raw::raw_handshake(stream, &extension).await
 }
 
 /// A client frame as it came: RSV1, opcode, unmasked payload.
 async fn read_client_frame(stream: &mut TcpStream) -> (bool, u8, Vec<u8>) {
-    let mut head = vec![0u8; 2];
-    within("frame header", stream.read_exact(&mut head))
-        .await
-        .unwrap();
-    head.resize(FrameHeader::needed(&head), 0);
-    within("frame header", stream.read_exact(&mut head[2..]))
-        .await
-        .unwrap();
-    let h = FrameHeader::parse(&head).unwrap().unwrap();
-    let mask = h.mask.expect("client frames are masked");
-    let mut payload = vec![0u8; usize::try_from(h.payload_len).unwrap()];
-    within("frame payload", stream.read_exact(&mut payload))
-        .await
-        .unwrap();
-    apply_mask(&mut payload, mask, 0);
-    (h.rsv & 0b100 != 0, h.opcode, payload)
+    let (header, payload) = common::raw::read_frame(stream).await;
+    assert!(header.mask.is_some(), "client frames are masked");
+    (header.rsv & 0b100 != 0, header.opcode, payload)
 }
 
 /// An unmasked server frame, RSV1 set if `compressed`.

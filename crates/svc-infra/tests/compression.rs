@@ -9,11 +9,11 @@ use std::net::SocketAddr;
 
 use axum::{Router, extract::Path, response::Response, routing::get};
 use bytes::BytesMut;
-use common::{eventually, server::serve, within};
+use common::{eventually, raw, server::serve, within};
 use svc_infra::websocket::{
     Compression, ConnectionManager, WebSocketConfig, WsManager, WsUpgrade,
     add_websocket_manager_with,
-    protocol::{self, FrameHeader, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_TEXT, deflate},
+    protocol::{self, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_TEXT, deflate},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -76,19 +76,8 @@ async fn upgrade(addr: SocketAddr, user: &str, offer: &str) -> (TcpStream, Optio
 
 /// A server frame as it came: RSV1, opcode, payload.
 async fn read_frame(tcp: &mut TcpStream) -> (bool, u8, Vec<u8>) {
-    let mut head = vec![0u8; 2];
-    within("frame header", tcp.read_exact(&mut head))
-        .await
-        .unwrap();
-    head.resize(FrameHeader::needed(&head), 0);
-    within("frame header", tcp.read_exact(&mut head[2..]))
-        .await
-        .unwrap();
-    let header = FrameHeader::parse(&head).unwrap().unwrap();
-    let mut payload = vec![0u8; usize::try_from(header.payload_len).unwrap()];
-    within("payload", tcp.read_exact(&mut payload))
-        .await
-        .unwrap();
+    let (header, payload) = raw::read_frame(tcp).await;
+    assert!(header.mask.is_none(), "a server frame is not masked");
     (header.rsv & 0b100 != 0, header.opcode, payload)
 }
 

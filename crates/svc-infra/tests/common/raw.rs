@@ -55,8 +55,8 @@ pub async fn read_request(stream: &mut TcpStream) -> String {
 }
 
 /// Completes the server side of the handshake by hand, adding `extra` header lines
-/// (each ending in `\r\n`).
-pub async fn raw_handshake(stream: &mut TcpStream, extra: &str) {
+/// (each ending in `\r\n`); returns the request head.
+pub async fn raw_handshake(stream: &mut TcpStream, extra: &str) -> String {
     let request = read_request(stream).await;
     let key = request
         .lines()
@@ -73,6 +73,7 @@ pub async fn raw_handshake(stream: &mut TcpStream, extra: &str) {
          Sec-WebSocket-Accept: {accept}\r\n{extra}\r\n"
     );
     step(stream.write_all(response.as_bytes())).await.unwrap();
+    request
 }
 
 /// An unmasked server frame.
@@ -158,8 +159,8 @@ pub async fn upgrade_request(
     )
 }
 
-/// Reads one (unmasked) server frame: opcode and payload.
-pub async fn read_server_frame(tcp: &mut (impl tokio::io::AsyncRead + Unpin)) -> (u8, Vec<u8>) {
+/// Reads one frame of either role: its header and its payload, unmasked if it was masked.
+pub async fn read_frame(tcp: &mut (impl tokio::io::AsyncRead + Unpin)) -> (FrameHeader, Vec<u8>) {
     let mut head = vec![0u8; 2];
     within("frame header", tcp.read_exact(&mut head))
         .await
@@ -171,11 +172,20 @@ pub async fn read_server_frame(tcp: &mut (impl tokio::io::AsyncRead + Unpin)) ->
     let header = FrameHeader::parse(&head)
         .expect("a valid frame header")
         .expect("a whole header");
-    assert!(header.mask.is_none(), "a server frame is not masked");
     let mut payload = vec![0u8; usize::try_from(header.payload_len).unwrap()];
     within("frame payload", tcp.read_exact(&mut payload))
         .await
         .unwrap();
+    if let Some(mask) = header.mask {
+        apply_mask(&mut payload, mask, 0);
+    }
+    (header, payload)
+}
+
+/// Reads one (unmasked) server frame: opcode and payload.
+pub async fn read_server_frame(tcp: &mut (impl tokio::io::AsyncRead + Unpin)) -> (u8, Vec<u8>) {
+    let (header, payload) = read_frame(tcp).await;
+    assert!(header.mask.is_none(), "a server frame is not masked");
     (header.opcode, payload)
 }
 
