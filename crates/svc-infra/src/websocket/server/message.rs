@@ -95,7 +95,7 @@ impl PreparedMessage {
     /// smaller window gets one made for it when `alone` (a send to it only), the plain frame
     /// in a broadcast (where deflating per recipient would undo the point of sharing).
     pub(crate) fn frame_for(&self, out: &Outbound, alone: bool) -> (Bytes, bool) {
-        let Some(bits) = out.deflate_for(self.len()) else {
+        let Some(bits) = out.deflate_for(|| self.len()) else {
             return (self.frame.clone(), false);
         };
         if bits == deflate::MAX_WINDOW_BITS {

@@ -162,10 +162,12 @@ impl Outbound {
         }
     }
 
-    /// The window to deflate a message of `len` bytes for this peer with, or `None` when it
-    /// goes plain (no permessage-deflate, or too short to be worth it).
-    pub(crate) fn deflate_for(&self, len: usize) -> Option<u8> {
-        (self.deflate_bits != 0 && len >= self.compress_min as usize).then_some(self.deflate_bits)
+    /// The window to deflate a message of `len()` bytes for this peer with, or `None` when
+    /// it goes plain (no permessage-deflate, or too short to be worth it). `len` is asked
+    /// only of peers that negotiated compression: a broadcast's other recipients cost a
+    /// byte's test.
+    pub(crate) fn deflate_for(&self, len: impl FnOnce() -> usize) -> Option<u8> {
+        (self.deflate_bits != 0 && len() >= self.compress_min as usize).then_some(self.deflate_bits)
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, OutState> {

@@ -203,7 +203,7 @@ impl WebSocket {
         let payload = message.as_bytes();
         let deflated = self
             .out
-            .deflate_for(payload.len())
+            .deflate_for(|| payload.len())
             .and_then(|bits| deflate::deflate_frame(opcode, payload, bits));
         Ok(deflated.unwrap_or_else(|| protocol::encode_frame(opcode, payload)))
     }
