@@ -8,8 +8,10 @@
 # run 12.1.* (the first data set, every message size and fragmentation) and 13.7.* (several
 # offers at once: window 8, no context takeover, the first acceptable one taken). `server-full`
 # and `client-full` run all 517 cases; docs/conformance.md records their latest result.
+# `server-dedicated` runs the 216 compression cases against the server in
+# WS_COMPRESSION=dedicated (context takeover per connection).
 # An "unimplemented" compression case (deflate declined) counts as failed.
-# Usage: scripts/autobahn.sh server|client|server-full|client-full
+# Usage: scripts/autobahn.sh server|client|server-full|client-full|server-dedicated
 # Binaries and reports are under ${CARGO_TARGET_DIR:-target} (where cargo puts them).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,18 +23,22 @@ if [ -z "${AUTOBAHN:-}" ]; then
   done
 fi
 [ -n "${AUTOBAHN:-}" ] || { echo "autobahn runner not found (set AUTOBAHN=/path/to/tools/autobahn)" >&2; exit 2; }
-mode=${1:?usage: scripts/autobahn.sh server|client|server-full|client-full}
+mode=${1:?usage: scripts/autobahn.sh server|client|server-full|client-full|server-dedicated}
 out=$TARGET/autobahn/$mode
 mkdir -p "$out"
 # The compression cases CI leaves out (see above); nothing for the -full modes.
 SOME_DEFLATE='12.2.*,12.3.*,12.4.*,12.5.*,13.1.*,13.2.*,13.3.*,13.4.*,13.5.*,13.6.*'
 case "$mode" in
 *-full) exclude=() ;;
+server-dedicated)
+  exclude=(--cases '12.*,13.*')
+  export WS_COMPRESSION=dedicated
+  ;;
 *) exclude=(--exclude "$SOME_DEFLATE") ;;
 esac
 
 case "$mode" in
-server|server-full)
+server|server-full|server-dedicated)
   cargo build --release -q -p svc-infra --example bench_app
   log=$(mktemp)
   "$TARGET/release/examples/bench_app" --port 0 2>"$log" &
@@ -53,7 +59,7 @@ client|client-full)
     -- "$TARGET/release/examples/autobahn_client"
   ;;
 *)
-  echo "usage: scripts/autobahn.sh server|client|server-full|client-full" >&2
+  echo "usage: scripts/autobahn.sh server|client|server-full|client-full|server-dedicated" >&2
   exit 2
   ;;
 esac

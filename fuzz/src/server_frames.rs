@@ -3,7 +3,8 @@
 //! chooses.
 //!
 //! Input: one byte of settings (bits 0–2 pick `max_message_size` from [`MAX_SIZES`]; bit 6
-//! negotiates permessage-deflate, so that RSV1 marks a compressed message; bit 7 asks for
+//! negotiates permessage-deflate, so that RSV1 marks a compressed message, and bit 5 lets
+//! the client keep its compression context, as `WS_COMPRESSION=dedicated` does; bit 7 asks for
 //! structured mode), the cutting instructions of [`crate::split`], then the
 //! stream. In raw mode the stream is the rest of the input as is. In structured mode the
 //! rest is a list of frame descriptions ([`frames`]) that become masked client frames, and
@@ -27,7 +28,7 @@
 
 use bytes::Bytes;
 use svc_infra::{
-    fuzzing::{Event, FrameParser, Violation},
+    fuzzing::{DeflateParams, Event, FrameParser, Violation},
     websocket::protocol::{encode_frame, encode_masked_frame},
 };
 
@@ -59,12 +60,17 @@ pub fn run(data: &[u8]) -> usize {
         return 0;
     };
     let max = MAX_SIZES[usize::from(settings & 7)];
-    let deflate = settings & 0x40 != 0;
+    let deflate = (settings & 0x40 != 0).then_some(DeflateParams {
+        server_no_context_takeover: true,
+        client_no_context_takeover: settings & 0x20 == 0,
+        server_max_window_bits: 15,
+        client_max_window_bits: 15,
+    });
     let (sizes, body) = split::sizes(rest);
     let (stream, expected) = if settings & 0x80 != 0 {
         let frames = frames(body);
         let stream: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
-        (stream, (!deflate).then(|| model(&frames, max)))
+        (stream, deflate.is_none().then(|| model(&frames, max)))
     } else {
         (body.to_vec(), None)
     };
@@ -85,8 +91,8 @@ pub fn run(data: &[u8]) -> usize {
 }
 
 /// Feeds `chunks` in order to a new parser, as the server's socket does, checking every
-/// step; `deflate`: permessage-deflate was negotiated.
-pub fn feed(chunks: &[&[u8]], max: usize, deflate: bool) -> Outcome {
+/// step; `deflate`: the permessage-deflate parameters, if negotiated.
+pub fn feed(chunks: &[&[u8]], max: usize, deflate: Option<DeflateParams>) -> Outcome {
     let mut parser = FrameParser::new(max, deflate);
     let mut events = Vec::new();
     let mut since_idle = 0usize;

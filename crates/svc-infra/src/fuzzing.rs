@@ -13,7 +13,10 @@
 //! `auth_extract`) need nothing beyond the public API.
 
 #[cfg(any(feature = "client", feature = "server"))]
-pub use crate::websocket::protocol::parser::{Event, FrameParser, Violation};
+pub use crate::websocket::protocol::{
+    deflate::DeflateParams,
+    parser::{Event, FrameParser, Violation},
+};
 
 #[cfg(feature = "client")]
 pub use client::{CLIENT_KEY, ClientEvent, ClientRun, client_read};

@@ -1,7 +1,9 @@
 //! permessage-deflate on the server, over real sockets with raw clients that offer it: the
 //! negotiation (offers → responses, refused parameters), compressed messages in both
 //! directions (fragmented ones too), a decompression bomb, a broadcast deflated once for
-//! every recipient, recipients without compression or with a smaller window beside them.
+//! every recipient, recipients without compression or with a smaller window beside them;
+//! `WS_COMPRESSION=dedicated` (context takeover per connection), a slow consumer's dropped
+//! messages included.
 
 mod common;
 
@@ -11,7 +13,7 @@ use axum::{Router, extract::Path, response::Response, routing::get};
 use bytes::BytesMut;
 use common::{eventually, raw, server::serve, within};
 use svc_infra::websocket::{
-    Compression, ConnectionManager, WebSocketConfig, WsManager, WsUpgrade,
+    Compression, ConnectionManager, SlowConsumerPolicy, WebSocketConfig, WsManager, WsUpgrade,
     add_websocket_manager_with,
     protocol::{self, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_TEXT, deflate},
 };
@@ -36,7 +38,10 @@ async fn ws(ws: WsUpgrade, Path(user): Path<String>, WsManager(manager): WsManag
 }
 
 async fn start(config: WebSocketConfig) -> (SocketAddr, ConnectionManager) {
-    let manager = ConnectionManager::new(config);
+    start_with(ConnectionManager::new(config)).await
+}
+
+async fn start_with(manager: ConnectionManager) -> (SocketAddr, ConnectionManager) {
     let app = Router::new().route("/ws/{user}", get(ws));
     let addr = serve(add_websocket_manager_with(app, manager.clone())).await;
     (addr, manager)
@@ -356,4 +361,151 @@ async fn a_message_that_does_not_shrink_goes_plain() {
     manager.broadcast(noise.clone()).await.unwrap();
     assert_eq!(read_frame(&mut tcp).await, (false, OP_BINARY, noise));
     assert_eq!(manager.stats().deflated, 1, "tried once");
+}
+
+fn dedicated() -> WebSocketConfig {
+    WebSocketConfig::default().with_compression(Compression::Dedicated)
+}
+
+#[tokio::test]
+async fn dedicated_mode_keeps_context_takeover_where_the_client_allows_it() {
+    let (addr, _) = start(dedicated()).await;
+    for (offer, response) in [
+        ("permessage-deflate", Some("permessage-deflate")),
+        (
+            "permessage-deflate; client_max_window_bits",
+            Some("permessage-deflate"),
+        ),
+        // What the client asks for is kept: no takeover on its side or ours.
+        (
+            "permessage-deflate; server_no_context_takeover",
+            Some("permessage-deflate; server_no_context_takeover"),
+        ),
+        (
+            "permessage-deflate; client_no_context_takeover; client_max_window_bits=9",
+            Some("permessage-deflate; client_no_context_takeover; client_max_window_bits=9"),
+        ),
+    ] {
+        let (_tcp, got) = upgrade(addr, "u", offer).await;
+        assert_eq!(got.as_deref(), response, "offer {offer:?}");
+    }
+    // WS_COMPRESSION_WINDOW_BITS=10 caps the client's window: named where the client lets
+    // the server choose, lowered where it named a larger one, and an offer that cannot be
+    // limited is declined.
+    let (addr, _) = start(dedicated().with_compression_window_bits(10)).await;
+    for (offer, response) in [
+        (
+            "permessage-deflate; client_max_window_bits",
+            Some("permessage-deflate; client_max_window_bits=10"),
+        ),
+        (
+            "permessage-deflate; client_max_window_bits=12",
+            Some("permessage-deflate; client_max_window_bits=10"),
+        ),
+        ("permessage-deflate", None),
+    ] {
+        let (_tcp, got) = upgrade(addr, "u", offer).await;
+        assert_eq!(got.as_deref(), response, "offer {offer:?}");
+    }
+}
+
+#[tokio::test]
+async fn dedicated_mode_compresses_with_each_connections_own_context() {
+    let (addr, manager) = start(dedicated()).await;
+    let (mut tcp, ext) = upgrade(addr, "alice", "permessage-deflate; client_max_window_bits").await;
+    assert_eq!(ext.as_deref(), Some("permessage-deflate"));
+    let text = json_message(2_000);
+    // The client keeps its context too: its second message refers back to the first.
+    let mut ours = deflate::Deflater::new(15, false);
+    let mut theirs = deflate::Inflater::new(15, false);
+    let mut sizes = Vec::new();
+    for round in 0..3 {
+        let mut packed = Vec::new();
+        assert!(ours.compress(text.as_bytes(), &mut packed));
+        let frame = client_frame(true, true, OP_TEXT, &packed);
+        within("send", tcp.write_all(&frame)).await.unwrap();
+        let (compressed, opcode, payload) = read_frame(&mut tcp).await;
+        assert!(compressed && opcode == OP_TEXT, "round {round}");
+        let echo = theirs.inflate(&mut BytesMut::from(&payload[..]), 1 << 20);
+        assert_eq!(echo.unwrap(), text.as_bytes(), "round {round}");
+        sizes.push(payload.len());
+    }
+    // With context takeover a repeated message costs a few bytes of back-references.
+    assert!(sizes[1] * 10 < sizes[0], "{sizes:?}");
+    assert!(sizes[2] * 10 < sizes[0], "{sizes:?}");
+
+    // A broadcast goes through the same compressor: it refers back to the echoes.
+    assert_eq!(manager.broadcast(text.as_str()).await.unwrap(), 1);
+    let (compressed, _, payload) = read_frame(&mut tcp).await;
+    assert!(compressed);
+    assert!(payload.len() * 10 < sizes[0], "{} bytes", payload.len());
+    let got = theirs.inflate(&mut BytesMut::from(&payload[..]), 1 << 20);
+    assert_eq!(got.unwrap(), text.as_bytes());
+}
+
+/// Frames dropped for a slow consumer never reach its connection's compressor, so what it
+/// does receive inflates with its context intact: the reader here is slow (a millisecond per
+/// frame), so the flusher deflates queued frames before the socket takes them, and the
+/// policy must drop others than those.
+#[tokio::test]
+async fn dedicated_mode_survives_drop_oldest_for_a_slow_consumer() {
+    let manager = ConnectionManager::builder(dedicated())
+        .slow_consumer_policy(SlowConsumerPolicy::DropOldest)
+        .build();
+    let (addr, manager) = start_with(manager).await;
+    let (mut slow, _) = upgrade(addr, "slow", "permessage-deflate").await;
+    eventually("connected", || manager.connection_count() == 1).await;
+    let publishing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let slow_while = publishing.clone();
+    let reader = tokio::spawn(async move {
+        let mut theirs = deflate::Inflater::new(15, false);
+        let (mut last, mut received) = (-1i64, 0usize);
+        loop {
+            let (compressed, opcode, payload) = read_frame(&mut slow).await;
+            assert_eq!(opcode, OP_TEXT);
+            let text = if compressed {
+                let out = theirs.inflate(&mut BytesMut::from(&payload[..]), 1 << 20);
+                out.expect("every frame inflates with the connection's context")
+                    .to_vec()
+            } else {
+                payload
+            };
+            let value: serde_json::Value = serde_json::from_slice(&text).unwrap();
+            let Some(n) = value["n"].as_i64() else {
+                assert_eq!(value["n"], "last");
+                return received;
+            };
+            assert!(n > last, "in order: {n} after {last}");
+            last = n;
+            received += 1;
+            if slow_while.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+    });
+    // Distinct messages that deflate to about half (hex digits of a pseudo-random
+    // sequence), far more than the socket's buffers and the queue (16) hold.
+    let mut sent = 0;
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    while manager.stats().dropped < 200 {
+        let pad: String = (0..64)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                format!("{seed:016x}")
+            })
+            .collect();
+        let message = format!("{{\"n\":{sent},\"pad\":\"{pad}\"}}");
+        manager.broadcast(message.as_str()).await.unwrap();
+        // Lets the reader and the flusher run.
+        tokio::task::yield_now().await;
+        sent += 1;
+        assert!(sent < 200_000, "nothing was ever dropped");
+    }
+    publishing.store(false, std::sync::atomic::Ordering::Relaxed);
+    manager.broadcast("{\"n\":\"last\"}").await.unwrap();
+    let received = within("the reader", reader).await.unwrap();
+    assert!(received < sent, "some were dropped: {received} of {sent}");
+    eprintln!("{received} of {sent} received");
 }

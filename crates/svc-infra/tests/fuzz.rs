@@ -335,7 +335,7 @@ fn server_frames() {
     assert_eq!(server_frames::model(&frames, 100), (want(), None));
     assert_eq!(server_frames::model(&frames, 2), (vec![], Some(1009)));
     let stream = client_stream(&[0x08, 2, 0xC3, 0xA9, 0x02, 1, b'!', 0x03, 0]);
-    assert_eq!(server_frames::feed(&[&stream], 100, false).events, want());
+    assert_eq!(server_frames::feed(&[&stream], 100, None).events, want());
     // Compressed, with permessage-deflate: the same text.
     let mut packed = Vec::new();
     assert!(
@@ -345,9 +345,38 @@ fn server_frames() {
     let mut frame =
         svc_infra::websocket::protocol::encode_masked_frame(1, &packed, [1, 2, 3, 4]).to_vec();
     frame[0] |= svc_infra::websocket::protocol::RSV1;
+    let shared = svc_infra::fuzzing::DeflateParams {
+        server_no_context_takeover: true,
+        client_no_context_takeover: true,
+        server_max_window_bits: 15,
+        client_max_window_bits: 15,
+    };
     assert_eq!(
-        server_frames::feed(&[&frame], 100, true).events,
+        server_frames::feed(&[&frame], 100, Some(shared)).events,
         vec![Event::Text("é!é!é!é!é!é!é!é!é!é!é!é!".into())]
+    );
+    // With the client's context kept (`WS_COMPRESSION=dedicated`): the second message
+    // refers back to the first.
+    let mut deflater = svc_infra::websocket::protocol::deflate::Deflater::new(15, false);
+    let mut stream = Vec::new();
+    for _ in 0..2 {
+        let mut packed = Vec::new();
+        assert!(deflater.compress("é!é!é!é!é!é!é!é!é!é!é!é!".as_bytes(), &mut packed));
+        let mut frame =
+            svc_infra::websocket::protocol::encode_masked_frame(1, &packed, [1, 2, 3, 4]).to_vec();
+        frame[0] |= svc_infra::websocket::protocol::RSV1;
+        stream.extend(frame);
+    }
+    let context = svc_infra::fuzzing::DeflateParams {
+        client_no_context_takeover: false,
+        ..shared
+    };
+    assert_eq!(
+        server_frames::feed(&[&stream], 100, Some(context)).events,
+        vec![
+            Event::Text("é!é!é!é!é!é!é!é!é!é!é!é!".into()),
+            Event::Text("é!é!é!é!é!é!é!é!é!é!é!é!".into())
+        ]
     );
 
     let result = drive("server_frames", server_frames_input, server_frames::run);

@@ -45,8 +45,9 @@ use super::backoff::Backoff;
 /// | `WS_MAX_CONNECTIONS_PER_USER` | `100` | Server: connections one user may hold on this node (more get HTTP 429) | integer ≥ 0; `0` = no limit |
 /// | `WS_MAX_INCOMING_RATE` | `10000` | Server: frames per second one connection may send; beyond it the server reads more slowly (never closes, never drops) | integer ≥ 0; `0` = no limit |
 /// | `WS_MAX_INCOMING_BURST` | `10000` | Server: frames a connection may send at once above that rate | integer > 0 |
-/// | `WS_COMPRESSION` | `shared` | permessage-deflate (RFC 7692). `shared`: a server negotiates it when offered (no context takeover either way, one compressor per thread, a broadcast deflated once); a client offers it (`permessage-deflate; client_max_window_bits`) and uses what the server answers. `off`: a server never negotiates it, a client never offers it | `off`, `shared` |
+/// | `WS_COMPRESSION` | `shared` | permessage-deflate (RFC 7692). `shared`: a server negotiates it when offered (no context takeover either way, one compressor per thread, a broadcast deflated once); a client offers it (`permessage-deflate; client_max_window_bits`) and uses what the server answers. `dedicated`: a server keeps context takeover, each connection compressing with its own window (better ratio on long one-to-one streams, at up to a few hundred KiB per connection that sends or receives compressed messages); a client behaves as with `shared`. `off`: a server never negotiates it, a client never offers it | `off`, `shared`, `dedicated` |
 /// | `WS_COMPRESSION_MIN_SIZE` | `128` | Messages shorter than this many bytes are sent uncompressed | integer ≥ 0 |
+/// | `WS_COMPRESSION_WINDOW_BITS` | `15` | Server: the largest window a client may compress with (offers that cannot be limited to it are declined) and the window of a `dedicated` connection's own compressor | integer `8..=15` |
 /// | `WS_ALLOWED_ORIGINS` | `*` | Browser origins the server accepts upgrades from (others get 403) | comma-separated exact origins (`https://app.example.com`), or `*` for any |
 ///
 /// A value outside what the table allows is a [`ConfigError`] that names the variable, the
@@ -110,6 +111,11 @@ pub struct WebSocketConfig {
     /// Messages shorter than this (bytes) are sent uncompressed, by a server and a client
     /// alike: deflate would not shrink them enough to pay for itself. Default 128.
     pub compression_min_size: usize,
+    /// Server side: the largest LZ77 window (bits, 8 to 15) a client may compress with:
+    /// an offer that cannot be limited to it is declined (the connection goes on
+    /// uncompressed). Also the window of a connection's own compressor in
+    /// [`Compression::Dedicated`], whose memory it bounds. Default 15 (32 KiB).
+    pub compression_window_bits: u8,
 }
 
 /// Whether and how connections compress messages (permessage-deflate, RFC 7692).
@@ -133,14 +139,23 @@ pub enum Compression {
     /// as the server named them), allocated on the first compressed message.
     #[default]
     Shared,
+    /// A server keeps context takeover when the client allows it: each connection gets its
+    /// own compressor (window [`compression_window_bits`](WebSocketConfig::compression_window_bits))
+    /// and decompressor, allocated on the first compressed message it sends or receives and
+    /// kept while it lives. Long one-to-one streams of similar messages compress better,
+    /// at the price of memory per connection (measured in `docs/compression.md`) and of a
+    /// deflate per recipient: a broadcast goes to such connections plain and each deflates
+    /// it as it is written. A client behaves as with [`Shared`](Self::Shared).
+    Dedicated,
 }
 
-/// The name `WS_COMPRESSION` takes: `off` or `shared`.
+/// The name `WS_COMPRESSION` takes: `off`, `shared` or `dedicated`.
 impl fmt::Display for Compression {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Off => "off",
             Self::Shared => "shared",
+            Self::Dedicated => "dedicated",
         })
     }
 }
@@ -167,6 +182,7 @@ impl Default for WebSocketConfig {
             max_incoming_burst: 10_000,
             compression: Compression::Shared,
             compression_min_size: 128,
+            compression_window_bits: 15,
         }
     }
 }
@@ -273,11 +289,20 @@ impl WebSocketConfig {
                     config.compression = match raw.trim().to_ascii_lowercase().as_str() {
                         "off" => Compression::Off,
                         "shared" => Compression::Shared,
-                        _ => return Err(ConfigError::new(var, raw, "off or shared")),
+                        "dedicated" => Compression::Dedicated,
+                        _ => return Err(ConfigError::new(var, raw, "off, shared or dedicated")),
                     };
                 }
                 "COMPRESSION_MIN_SIZE" => {
                     config.compression_min_size = parse_uint(var, raw, "an integer ≥ 0")?;
+                }
+                "COMPRESSION_WINDOW_BITS" => {
+                    const ALLOWED: &str = "an integer from 8 to 15";
+                    let bits: u8 = parse_uint(var, raw, ALLOWED)?;
+                    if !(8..=15).contains(&bits) {
+                        return Err(ConfigError::new(var, raw, ALLOWED));
+                    }
+                    config.compression_window_bits = bits;
                 }
                 "RECONNECT_ENABLED" => config.reconnect_enabled = parse_bool(var, raw)?,
                 "RECONNECT_MAX_ATTEMPTS" => {
@@ -431,6 +456,11 @@ impl WebSocketConfig {
     /// Sets [`compression_min_size`](Self::compression_min_size).
     pub fn with_compression_min_size(mut self, bytes: usize) -> Self {
         self.compression_min_size = bytes;
+        self
+    }
+    /// Sets [`compression_window_bits`](Self::compression_window_bits), clamped to 8..=15.
+    pub fn with_compression_window_bits(mut self, bits: u8) -> Self {
+        self.compression_window_bits = bits.clamp(8, 15);
         self
     }
     /// Sets [`allowed_origins`](Self::allowed_origins) to exactly these origins.
@@ -676,16 +706,30 @@ mod tests {
             env(&[("WS_COMPRESSION", "shared")]).unwrap().compression,
             Compression::Shared
         );
+        let c = env(&[
+            ("WS_COMPRESSION", "Dedicated"),
+            ("WS_COMPRESSION_WINDOW_BITS", "10"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.compression, c.compression_window_bits),
+            (Compression::Dedicated, 10)
+        );
+        assert_eq!(WebSocketConfig::default().compression_window_bits, 15);
         for (var, bad) in [
             ("WS_COMPRESSION", "gzip"),
             ("WS_COMPRESSION", ""),
             ("WS_COMPRESSION_MIN_SIZE", "-1"),
+            ("WS_COMPRESSION_WINDOW_BITS", "7"),
+            ("WS_COMPRESSION_WINDOW_BITS", "16"),
+            ("WS_COMPRESSION_WINDOW_BITS", "x"),
         ] {
             let e = env(&[(var, bad)]).unwrap_err().to_string();
             assert!(e.contains(var), "{e}");
         }
         assert_eq!(Compression::Off.to_string(), "off");
         assert_eq!(Compression::Shared.to_string(), "shared");
+        assert_eq!(Compression::Dedicated.to_string(), "dedicated");
     }
 
     #[test]

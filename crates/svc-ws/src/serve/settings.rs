@@ -307,6 +307,7 @@ fn connections(config: &GatewayConfig, env: &Env) -> Group {
             s("WS_CLOSE_TIMEOUT", &seconds(ws.close_timeout)),
             s("WS_COMPRESSION", &ws.compression),
             s("WS_COMPRESSION_MIN_SIZE", &ws.compression_min_size),
+            s("WS_COMPRESSION_WINDOW_BITS", &ws.compression_window_bits),
             s("WS_HANDSHAKE_TIMEOUT", &seconds(ws.handshake_timeout)),
             s("WS_MAX_CONNECTIONS", &ws.max_connections)
                 .note_if(ws.max_connections == 0, "no limit"),

@@ -72,9 +72,10 @@ pub struct FrameParser<const CLIENT: bool = false> {
     message: Option<(u8, BytesMut)>,
     /// permessage-deflate was negotiated: a message may arrive compressed.
     deflate: bool,
-    /// What only a client's parser keeps; `None` in a server's, which pays one pointer for
-    /// it (every idle server connection holds a parser: its size is per-connection memory).
-    client: Option<Box<ClientSide>>,
+    /// What only some parsers keep (a client's, and a server's whose peer keeps its
+    /// compression context); `None` in the others, which pay one pointer for it (every
+    /// idle server connection holds a parser: its size is per-connection memory).
+    extra: Option<Box<Extra>>,
     /// The message being assembled is compressed (RSV1 on its first frame).
     compressed: bool,
     /// How much of a text message is known to be valid UTF-8 (for fail-fast checks).
@@ -83,9 +84,11 @@ pub struct FrameParser<const CLIENT: bool = false> {
     max_message_size: usize,
 }
 
-/// The part of a parser only the client's role needs.
+/// The part of a parser only some need: a client's, and a server's in
+/// [`Compression::Dedicated`](crate::websocket::Compression::Dedicated) mode whose peer keeps
+/// its compression context.
 #[derive(Debug, Default)]
-struct ClientSide {
+struct Extra {
     /// The peer keeps its compressor's window between messages, of this many bits: so must
     /// this connection's own inflater. 0: the peer resets it after each message, and this
     /// thread's shared inflater serves.
@@ -99,12 +102,21 @@ struct ClientSide {
 
 impl FrameParser {
     /// A server's parser (of masked client frames) that refuses messages over
-    /// `max_message_size` bytes (close code 1009); `deflate`: permessage-deflate was
-    /// negotiated without client context takeover, so messages may arrive compressed
-    /// (their inflated size counts against the limit) and this thread's shared inflater
-    /// serves.
-    pub fn new(max_message_size: usize, deflate: bool) -> Self {
-        Self::with_deflate(max_message_size, deflate, None)
+    /// `max_message_size` bytes (close code 1009). `deflate`: the permessage-deflate
+    /// parameters agreed on, if any; messages may then arrive compressed (their inflated
+    /// size counts against the limit). With `client_no_context_takeover` (the default
+    /// "shared" mode) this thread's shared inflater serves; otherwise the connection
+    /// inflates with its own window of `client_max_window_bits`, allocated on the first
+    /// compressed message.
+    pub fn new(max_message_size: usize, deflate: Option<DeflateParams>) -> Self {
+        let extra = match deflate {
+            Some(p) if !p.client_no_context_takeover => Some(Box::new(Extra {
+                context_bits: p.client_max_window_bits.max(1),
+                ..Extra::default()
+            })),
+            _ => None,
+        };
+        Self::with_deflate(max_message_size, deflate.is_some(), extra)
     }
 }
 
@@ -120,27 +132,23 @@ impl FrameParser<true> {
             Some(p) if !p.server_no_context_takeover => p.server_max_window_bits.max(1),
             _ => 0,
         };
-        let client = ClientSide {
+        let extra = Extra {
             context_bits,
-            ..ClientSide::default()
+            ..Extra::default()
         };
-        Self::with_deflate(max_message_size, deflate.is_some(), Some(Box::new(client)))
+        Self::with_deflate(max_message_size, deflate.is_some(), Some(Box::new(extra)))
     }
 }
 
 impl<const CLIENT: bool> FrameParser<CLIENT> {
-    fn with_deflate(
-        max_message_size: usize,
-        deflate: bool,
-        client: Option<Box<ClientSide>>,
-    ) -> Self {
+    fn with_deflate(max_message_size: usize, deflate: bool, extra: Option<Box<Extra>>) -> Self {
         Self {
             state: State::Header,
             header: [0; 14],
             header_len: 0,
             message: None,
             deflate,
-            client,
+            extra,
             compressed: false,
             utf8_checked: 0,
             control: BytesMut::new(),
@@ -299,8 +307,8 @@ impl<const CLIENT: bool> FrameParser<CLIENT> {
     fn check_size(&mut self, so_far: usize, len: u64) -> Result<(), Violation> {
         let size = (so_far as u64).saturating_add(len);
         if size > self.max_message_size as u64 {
-            if let Some(client) = &mut self.client {
-                client.too_large = size;
+            if let Some(extra) = &mut self.extra {
+                extra.too_large = size;
             }
             return Err(TOO_LARGE);
         }
@@ -367,10 +375,10 @@ impl<const CLIENT: bool> FrameParser<CLIENT> {
     #[inline(never)]
     fn inflate(&mut self, kind: u8, mut buf: BytesMut) -> Result<Bytes, Violation> {
         let max = self.max_message_size;
-        let inflated = match &mut self.client {
-            Some(client) if client.context_bits != 0 => {
-                let bits = client.context_bits;
-                client
+        let inflated = match &mut self.extra {
+            Some(extra) if extra.context_bits != 0 => {
+                let bits = extra.context_bits;
+                extra
                     .inflater
                     .get_or_insert_with(|| Inflater::new(bits, false))
                     .inflate(&mut buf, max)
@@ -379,8 +387,8 @@ impl<const CLIENT: bool> FrameParser<CLIENT> {
         }
         .map_err(|e| match e {
             InflateError::TooLarge => {
-                if let Some(client) = &mut self.client {
-                    client.too_large = max as u64 + 1;
+                if let Some(extra) = &mut self.extra {
+                    extra.too_large = max as u64 + 1;
                 }
                 TOO_LARGE
             }
@@ -396,7 +404,7 @@ impl<const CLIENT: bool> FrameParser<CLIENT> {
     /// as it is known (the length its frames announced so far, or the limit plus one when
     /// its inflated output outgrew the limit).
     pub fn too_large_size(&self) -> u64 {
-        self.client.as_ref().map_or(0, |c| c.too_large)
+        self.extra.as_ref().map_or(0, |c| c.too_large)
     }
 
     /// Whether no frame or message is partly received (the peer is between messages).
@@ -414,6 +422,14 @@ impl<const CLIENT: bool> FrameParser<CLIENT> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the server negotiates by default: no context takeover either way.
+    const SHARED: DeflateParams = DeflateParams {
+        server_no_context_takeover: true,
+        client_no_context_takeover: true,
+        server_max_window_bits: 15,
+        client_max_window_bits: 15,
+    };
 
     /// A masked client frame (FIN as given).
     fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
@@ -458,11 +474,11 @@ mod tests {
             Event::Binary(Bytes::from_static(&[1, 2, 3])),
             Event::Binary(Bytes::from(vec![9; 70_000])),
         ];
-        let mut p = FrameParser::new(1 << 20, false);
+        let mut p = FrameParser::new(1 << 20, None);
         assert_eq!(parse_all(&mut p, &wire).unwrap(), want);
         assert!(p.is_idle());
         for chunk in [1, 2, 3, 7, 13, 4096] {
-            let mut p = FrameParser::new(1 << 20, false);
+            let mut p = FrameParser::new(1 << 20, None);
             let mut got = vec![];
             for piece in wire.chunks(chunk) {
                 got.extend(parse_all(&mut p, piece).unwrap());
@@ -473,7 +489,7 @@ mod tests {
 
     #[test]
     fn close_frames() {
-        let mut p = FrameParser::new(100, false);
+        let mut p = FrameParser::new(100, None);
         let mut payload = 4001u16.to_be_bytes().to_vec();
         payload.extend_from_slice(b"bye");
         assert_eq!(
@@ -490,7 +506,7 @@ mod tests {
             &[0x03, 0xed],
             &[0x03, 0xe8, 0xff],
         ] {
-            let mut p = FrameParser::new(100, false);
+            let mut p = FrameParser::new(100, None);
             assert!(parse_all(&mut p, &client_frame(true, OP_CLOSE, bad)).is_err());
         }
     }
@@ -509,11 +525,11 @@ mod tests {
             (client_frame(true, OP_BINARY, &[0; 101]), 1009),
         ];
         for (wire, code) in cases {
-            let mut p = FrameParser::new(100, false);
+            let mut p = FrameParser::new(100, None);
             let err = parse_all(&mut p, &wire).unwrap_err();
             assert_eq!(err.code, code, "{wire:?}");
         }
-        let mut p = FrameParser::new(100, false);
+        let mut p = FrameParser::new(100, None);
         let mut wire = client_frame(false, OP_TEXT, b"a");
         wire.extend(client_frame(true, OP_TEXT, b"b"));
         assert_eq!(parse_all(&mut p, &wire).unwrap_err().code, 1002);
@@ -521,11 +537,11 @@ mod tests {
 
     #[test]
     fn invalid_utf8_fails_fast_before_the_message_ends() {
-        let mut p = FrameParser::new(1000, false);
+        let mut p = FrameParser::new(1000, None);
         let first = client_frame(false, OP_TEXT, &[b'a', 0xff]);
         assert_eq!(parse_all(&mut p, &first).unwrap_err().code, 1007);
         // A character split across fragments is fine.
-        let mut p = FrameParser::new(1000, false);
+        let mut p = FrameParser::new(1000, None);
         let mut wire = client_frame(false, OP_TEXT, &[0xc3]);
         wire.extend(client_frame(true, OP_CONTINUATION, &[0xa9]));
         assert_eq!(
@@ -538,7 +554,7 @@ mod tests {
     fn memory_follows_the_bytes_that_arrived_not_the_announced_length() {
         // A header announcing 1 MiB, then one byte of payload: the message buffer holds
         // what arrived, not what was announced.
-        let mut p = FrameParser::new(1 << 20, false);
+        let mut p = FrameParser::new(1 << 20, None);
         let frame = client_frame(true, OP_BINARY, &vec![7; 1 << 20]);
         let header_len = FrameHeader::parse(&frame).unwrap().unwrap().len;
         assert_eq!(parse_all(&mut p, &frame[..header_len + 1]).unwrap(), vec![]);
@@ -584,7 +600,7 @@ mod tests {
             Event::Binary(Bytes::from_static(b"plain")),
         ];
         for chunk in [1, 5, 4096] {
-            let mut p = FrameParser::new(1 << 20, true);
+            let mut p = FrameParser::new(1 << 20, Some(SHARED));
             let mut got = vec![];
             for piece in wire.chunks(chunk) {
                 got.extend(parse_all(&mut p, piece).unwrap());
@@ -619,7 +635,7 @@ mod tests {
             (true, rsv1(client_frame(true, OP_BINARY, &bomb)), 1009),
         ];
         for (deflate, wire, code) in cases {
-            let mut p = FrameParser::new(64 * 1024, deflate);
+            let mut p = FrameParser::new(64 * 1024, deflate.then_some(SHARED));
             let err = parse_all(&mut p, &wire).unwrap_err();
             assert_eq!(err.code, code, "{wire:?}");
         }
@@ -728,7 +744,7 @@ mod tests {
 
     #[test]
     fn fragmented_size_limit_counts_all_fragments() {
-        let mut p = FrameParser::new(10, false);
+        let mut p = FrameParser::new(10, None);
         let mut wire = client_frame(false, OP_BINARY, &[0; 6]);
         wire.extend(client_frame(true, OP_CONTINUATION, &[0; 6]));
         assert_eq!(parse_all(&mut p, &wire).unwrap_err().code, 1009);

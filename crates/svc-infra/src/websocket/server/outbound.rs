@@ -24,7 +24,10 @@ use super::{
     clock::{now_ms, now_us},
     flush::Deferred,
 };
-use crate::websocket::{WebSocketConfig, protocol, protocol::deflate::DeflateParams};
+use crate::websocket::{
+    Compression, WebSocketConfig, protocol,
+    protocol::deflate::{DeflateParams, Deflater},
+};
 
 pub(crate) type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
@@ -69,9 +72,10 @@ pub(crate) struct Outbound {
     pub(super) close_timeout: Duration,
     /// The subprotocol selected in the handshake.
     pub(super) protocol: Option<Box<str>>,
-    /// permessage-deflate: the window the peer accepts from us (9 to 15), 0 when not
-    /// negotiated. Never with context takeover: any deflated frame made for this window
-    /// or a smaller one is valid here.
+    /// permessage-deflate without context takeover: the window the peer accepts from us
+    /// (9 to 15), 0 when not negotiated or when this connection compresses with its own
+    /// context ([`OutState::context`]). Any deflated frame made for this window or a
+    /// smaller one is valid here.
     deflate_bits: u8,
     /// Messages shorter than this go plain (`compression_min_size`).
     compress_min: u32,
@@ -95,6 +99,9 @@ pub(super) struct OutState {
     /// A sender waits for room in the queue (`push_waiting`): the flusher wakes the task in
     /// `waker` whenever it has written something.
     room_waiter: bool,
+    /// permessage-deflate with context takeover (`WS_COMPRESSION=dedicated`): the
+    /// connection's own compressor, which every data frame goes through as it is written.
+    context: Option<Box<ContextDeflate>>,
     /// The writer supports vectored writes (asked once: behind `tokio::io::split` asking
     /// takes a lock).
     vectored: bool,
@@ -134,6 +141,23 @@ impl Outbound {
         deflate: Option<DeflateParams>,
     ) -> Self {
         let vectored = writer.is_write_vectored();
+        let min = u32::try_from(config.compression_min_size).unwrap_or(u32::MAX);
+        // Context takeover only where the mode asks for it and the peer allowed it.
+        let context = deflate.filter(|p| {
+            config.compression == Compression::Dedicated && !p.server_no_context_takeover
+        });
+        let deflate_bits = match (deflate, context) {
+            (Some(p), None) => p.server_max_window_bits.max(9),
+            _ => 0,
+        };
+        let context = context.map(|p| {
+            Box::new(ContextDeflate {
+                bits: p.server_max_window_bits.min(config.compression_window_bits),
+                min,
+                deflater: None,
+                sealed: 0,
+            })
+        });
         Self {
             state: Mutex::new(OutState {
                 writer: Some(writer),
@@ -142,6 +166,7 @@ impl Outbound {
                 flushing: false,
                 drain_waiter: false,
                 room_waiter: false,
+                context,
                 vectored,
                 buffered,
                 flusher: None,
@@ -154,8 +179,8 @@ impl Outbound {
             max_message_size: config.max_message_size,
             close_timeout: config.close_timeout,
             protocol: protocol.map(String::into_boxed_str),
-            deflate_bits: deflate.map_or(0, |p| p.server_max_window_bits.max(9)),
-            compress_min: u32::try_from(config.compression_min_size).unwrap_or(u32::MAX),
+            deflate_bits,
+            compress_min: min,
             last_seen: AtomicU64::new(now_ms()),
             ping_sent: AtomicU64::new(0),
             latency_us: AtomicU64::new(0),
@@ -201,9 +226,14 @@ impl Outbound {
             match self.policy {
                 SlowConsumerPolicy::DropNewest => return Push::Dropped,
                 SlowConsumerPolicy::DropOldest => {
-                    // The front frame may be partly written: it must go out whole.
-                    if st.queue.len() > 1 {
-                        st.queue.remove(1);
+                    // The front frame may be partly written, and frames already deflated
+                    // with the connection's context are part of its stream: they go out
+                    // whole. The oldest of the others makes room, or, if none, this one.
+                    let keep = st.sealed().max(1);
+                    if st.queue.len() > keep {
+                        st.queue.remove(keep);
+                    } else {
+                        return Push::Dropped;
                     }
                     st.queue.push_back(frame);
                     return Push::Dropped;
@@ -366,6 +396,7 @@ impl Outbound {
         let mut st = self.lock();
         st.writer = None;
         st.queue = VecDeque::new();
+        st.context = None;
         st.broken = true;
         if let Some(w) = st.flusher.take() {
             w.wake();
@@ -422,6 +453,12 @@ impl OutState {
         }
     }
 
+    /// How many frames at the front of the queue are deflated with the connection's
+    /// context: they must be written, in order, and never dropped.
+    fn sealed(&self) -> usize {
+        self.context.as_ref().map_or(0, |c| c.sealed)
+    }
+
     /// Writes `frame` now; whatever the socket does not take is queued and the connection
     /// joins `deferred`, whose flusher task takes over until the queue is empty.
     fn write_now(
@@ -434,6 +471,9 @@ impl OutState {
             self.broken = true;
             return Err(());
         };
+        if let Some(context) = &mut self.context {
+            frame = context.seal(frame);
+        }
         let mut cx = Context::from_waker(Waker::noop());
         while !frame.is_empty() {
             match Pin::new(&mut *writer).poll_write(&mut cx, &frame) {
@@ -445,6 +485,9 @@ impl OutState {
                 Poll::Ready(Ok(n)) => frame.advance(n),
                 Poll::Pending => {
                     self.queue.push_back(frame);
+                    if let Some(context) = &mut self.context {
+                        context.sealed = 1;
+                    }
                     self.flushing = true;
                     deferred.push(out.clone());
                     return Ok(());
@@ -477,6 +520,10 @@ impl OutState {
             return Poll::Ready(Ok(()));
         };
         while !self.queue.is_empty() {
+            if let Some(context) = &mut self.context {
+                let batch = if self.vectored { MAX_IOVECS } else { 1 };
+                context.seal_queue(&mut self.queue, batch);
+            }
             let result = if self.queue.len() == 1 || !self.vectored {
                 Pin::new(&mut *writer).poll_write(cx, &self.queue[0])
             } else {
@@ -508,6 +555,9 @@ impl OutState {
                         if n >= front.len() {
                             n -= front.len();
                             self.queue.pop_front();
+                            if let Some(context) = &mut self.context {
+                                context.sealed = context.sealed.saturating_sub(1);
+                            }
                         } else {
                             front.advance(n);
                             n = 0;
@@ -526,6 +576,58 @@ impl OutState {
             self.queue = VecDeque::new(); // give a burst's memory back
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+/// A connection's own compressor (permessage-deflate with context takeover). Frames are
+/// queued plain and deflated as they are written, in order: a frame the slow-consumer
+/// policy drops never touched the compressor, so the peer's window always holds exactly
+/// what it received.
+#[derive(Debug)]
+struct ContextDeflate {
+    /// The window to compress with: the peer's `server_max_window_bits`, at most
+    /// `compression_window_bits`.
+    bits: u8,
+    /// Messages shorter than this go plain.
+    min: u32,
+    /// Allocated on the first message worth compressing.
+    deflater: Option<Deflater>,
+    /// Frames at the front of the queue already deflated (see [`OutState::sealed`]).
+    sealed: usize,
+}
+
+impl ContextDeflate {
+    /// The frame as it goes on the wire: a complete data message long enough is deflated
+    /// with the connection's context (when that makes it smaller); anything else as is.
+    fn seal(&mut self, frame: Bytes) -> Bytes {
+        let Ok(Some(header)) = protocol::FrameHeader::parse(&frame) else {
+            return frame;
+        };
+        let payload = &frame[header.len..];
+        let data = matches!(header.opcode, protocol::OP_TEXT | protocol::OP_BINARY);
+        if !data || !header.fin || header.rsv != 0 || payload.len() < self.min as usize {
+            return frame;
+        }
+        let bits = self.bits;
+        let deflater = self
+            .deflater
+            .get_or_insert_with(|| Deflater::new(bits, false));
+        let mut deflated = Vec::new();
+        if deflater.compress(payload, &mut deflated) {
+            protocol::encode_deflated_frame(header.opcode, &deflated)
+        } else {
+            frame
+        }
+    }
+
+    /// Deflates the queued frames among the first `batch` that are not yet.
+    fn seal_queue(&mut self, queue: &mut VecDeque<Bytes>, batch: usize) {
+        let upto = queue.len().min(batch);
+        while self.sealed < upto {
+            let frame = std::mem::take(&mut queue[self.sealed]);
+            queue[self.sealed] = self.seal(frame);
+            self.sealed += 1;
+        }
     }
 }
 
@@ -548,6 +650,9 @@ mod tests {
         written: Arc<Mutex<Vec<u8>>>,
         room: Arc<AtomicUsize>,
         waker: Arc<Mutex<Option<Waker>>>,
+        /// Says it takes vectored writes (as a TCP socket does): the flusher then
+        /// prepares up to `MAX_IOVECS` queued frames for one write.
+        vectored: bool,
     }
 
     impl Pipe {
@@ -582,6 +687,9 @@ mod tests {
             self.room.fetch_sub(n.min(room), Ordering::SeqCst);
             self.written.lock().unwrap().extend_from_slice(&buf[..n]);
             Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
         }
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
@@ -720,6 +828,81 @@ mod tests {
         assert_eq!(out.push_deferred(frame("b"), &mut deferred), Push::Accepted);
         flush_until(deferred, &pipe, &[first, frame("b")].concat()).await;
         assert!(!out.lock().flushing && out.lock().queue.is_empty());
+    }
+
+    /// With context takeover (`WS_COMPRESSION=dedicated`) frames are deflated as they are
+    /// written; those deflated but not yet on the wire are part of the peer's stream, so
+    /// DropOldest drops only frames the compressor has not seen (or the new one).
+    #[test]
+    fn drop_oldest_never_drops_a_frame_deflated_with_the_context() {
+        let params = DeflateParams {
+            server_no_context_takeover: false,
+            client_no_context_takeover: false,
+            server_max_window_bits: 15,
+            client_max_window_bits: 15,
+        };
+        let config = WebSocketConfig {
+            max_queue_size: 4,
+            compression: Compression::Dedicated,
+            ..WebSocketConfig::default()
+        };
+        let pipe = Pipe {
+            vectored: true,
+            ..Pipe::default()
+        };
+        let out = Arc::new(Outbound::new(
+            Box::new(pipe.clone()),
+            false,
+            &config,
+            SlowConsumerPolicy::DropOldest,
+            None,
+            Some(params),
+        ));
+        let text = |i: usize| format!("message {i}: {}", "the same words again ".repeat(20));
+        let mut deferred = Deferred::default();
+        for i in 0..4 {
+            assert_eq!(
+                out.push_deferred(frame(&text(i)), &mut deferred),
+                Push::Accepted
+            );
+        }
+        // The flusher's turn: it deflates the four queued frames, and the socket takes 5
+        // bytes of them.
+        pipe.room.store(5, Ordering::SeqCst);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(out.lock().poll_drain(&mut cx).is_pending());
+        assert_eq!(out.lock().sealed(), 4);
+        // Full, and every queued frame deflated: the new one is dropped.
+        assert_eq!(
+            out.push_deferred(frame(&text(4)), &mut deferred),
+            Push::Dropped
+        );
+        pipe.room.store(usize::MAX, Ordering::SeqCst);
+        assert!(out.lock().poll_drain(&mut cx).is_ready());
+        out.lock().finish_flush(false); // what the flusher does once the queue is written
+        // Frames pushed after a drain go out deflated with the same context.
+        assert_eq!(
+            out.push_deferred(frame(&text(5)), &mut deferred),
+            Push::Accepted
+        );
+
+        let mut parser = protocol::parser::FrameParser::client(1 << 20, Some(params));
+        let wire = pipe.written();
+        let mut rest = &wire[..];
+        let mut got = Vec::new();
+        while !rest.is_empty() {
+            let (n, event) = parser.feed(rest).expect("a valid deflate stream");
+            rest = &rest[n..];
+            if let Some(protocol::parser::Event::Text(t)) = event {
+                got.push(String::from_utf8(t.to_vec()).unwrap());
+            }
+        }
+        assert_eq!(got, [text(0), text(1), text(2), text(3), text(5)]);
+        assert!(
+            wire.len() < text(0).len() * 2,
+            "deflated: {} bytes",
+            wire.len()
+        );
     }
 
     #[tokio::test]

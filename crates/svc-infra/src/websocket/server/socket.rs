@@ -105,12 +105,10 @@ impl WebSocket {
         policy: SlowConsumerPolicy,
         (protocol, deflate): (Option<String>, Option<DeflateParams>),
     ) -> Self {
-        // Only ever negotiated without client context takeover: this thread's inflater serves.
-        let inflate = deflate.is_some_and(|p| p.client_no_context_takeover);
         Self {
             reader,
             leftover: already_read,
-            parser: FrameParser::new(config.max_message_size, inflate),
+            parser: FrameParser::new(config.max_message_size, deflate),
             out: Arc::new(Outbound::new(
                 writer, buffered, config, policy, protocol, deflate,
             )),
@@ -520,7 +518,7 @@ impl Drop for WebSocket {
         let mut rest = WebSocket {
             reader: std::mem::replace(&mut self.reader, Box::new(tokio::io::empty())),
             leftover: std::mem::take(&mut self.leftover),
-            parser: std::mem::replace(&mut self.parser, FrameParser::new(0, false)),
+            parser: std::mem::replace(&mut self.parser, FrameParser::new(0, None)),
             out: self.out.clone(),
             phase: self.phase,
             peer_closed: self.peer_closed,

@@ -184,13 +184,15 @@ impl WsUpgrade {
             return WsUpgradeRejection::from(why).refused(user.as_deref(), None, peer);
         }
         let protocol = selected.clone();
-        let deflate = match config.compression {
-            Compression::Off => None,
-            Compression::Shared => deflate::negotiate(
-                extensions.iter().filter_map(|v| v.to_str().ok()),
-                ServerPolicy::default(),
-            ),
-        };
+        let deflate = (config.compression != Compression::Off)
+            .then(|| {
+                let policy = ServerPolicy {
+                    no_context_takeover: config.compression == Compression::Shared,
+                    client_max_window_bits: config.compression_window_bits,
+                };
+                deflate::negotiate(extensions.iter().filter_map(|v| v.to_str().ok()), policy)
+            })
+            .flatten();
         let (deflate, extension_response) = deflate.unzip();
         // At debug only: with debug off the tasks carry no span at all.
         let span = tracing::debug_span!(
