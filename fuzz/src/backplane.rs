@@ -3,9 +3,10 @@
 //! backplane counts their failures in `svc_ws_backplane_malformed_total`), and what a
 //! manager does with what they decode (`Inbox::deliver`, `Inbox::presence`).
 //!
-//! Input: a mode byte (bit 0: structured), then in raw mode the bytes to decode (for
-//! presence: messages of one length byte and that many bytes), in structured mode field
-//! values that this file encodes itself, from the wire format documented on `to_bytes`.
+//! Input: a mode byte (bit 0: structured; for envelopes, bit 1: with a time, bit 2: a
+//! deflated frame), then in raw mode the bytes to decode (for presence: messages of one
+//! length byte and that many bytes), in structured mode field values that this file encodes
+//! itself, from the wire format documented on `to_bytes`.
 //!
 //! Properties (a violation panics):
 //! - decoding never panics, and what decodes re-encodes to the same bytes (the format is
@@ -27,6 +28,7 @@ use std::{
 use svc_infra::websocket::{
     ConnectionManager, WebSocketConfig,
     backplane::{Backplane, BackplaneStatus, Envelope, Inbox, Presence, PresenceChange, Topic},
+    protocol::RSV1,
 };
 
 /// A backplane that only keeps the inbox the manager hands it.
@@ -111,8 +113,10 @@ pub fn envelope(node: &(ConnectionManager, Inbox), data: &[u8]) -> bool {
     }
     let mut f = Fields(rest);
     let origin = f.u64();
-    // Version 2 carries the origin's timestamp; version 1 does not.
-    let sent_at = (mode & 2 == 2).then(|| f.u64());
+    // Version 3 carries a deflated frame (RSV1 set) and a time, version 2 a plain frame and
+    // a time, version 1 a plain frame.
+    let deflated = mode & 4 == 4;
+    let sent_at = (deflated || mode & 2 == 2).then(|| f.u64());
     let kind = f.u8() % 3;
     let name = if kind == 0 { String::new() } else { f.name() };
     let exclude = (f.u8() & 1 == 1).then(|| f.name());
@@ -120,7 +124,17 @@ pub fn envelope(node: &(ConnectionManager, Inbox), data: &[u8]) -> bool {
     if frame.is_empty() {
         frame.push(0x81);
     }
-    let mut wire = vec![if sent_at.is_some() { 2 } else { 1 }];
+    if deflated {
+        frame[0] |= RSV1;
+    } else {
+        frame[0] &= !RSV1;
+    }
+    let version = match (deflated, sent_at) {
+        (true, _) => 3,
+        (false, Some(_)) => 2,
+        (false, None) => 1,
+    };
+    let mut wire = vec![version];
     wire.extend_from_slice(&origin.to_be_bytes());
     if let Some(at) = sent_at {
         wire.extend_from_slice(&at.to_be_bytes());
@@ -147,6 +161,7 @@ pub fn envelope(node: &(ConnectionManager, Inbox), data: &[u8]) -> bool {
     assert_eq!(e.topic, topic);
     assert_eq!(e.exclude_user, exclude);
     assert_eq!(&e.frame[..], &frame[..]);
+    assert_eq!(e.is_deflated(), deflated);
     round_trip_envelope(&e, &wire);
     assert_eq!(
         inbox.deliver(&e),

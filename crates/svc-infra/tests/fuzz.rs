@@ -830,10 +830,15 @@ fn put_name(out: &mut Vec<u8>, rng: &mut StdRng) {
     out.extend(name);
 }
 
-/// A well-formed envelope, per the wire format of `Envelope::to_bytes`.
+/// A well-formed envelope, per the wire format of `Envelope::to_bytes`: version 1 with a
+/// plain frame, or 3 with a time and a deflated one.
 fn envelope_wire(rng: &mut StdRng) -> Vec<u8> {
-    let mut w = vec![1];
+    let deflated = rng.random_bool(0.5);
+    let mut w = vec![if deflated { 3 } else { 1 }];
     w.extend_from_slice(&rng.random::<u64>().to_be_bytes());
+    if deflated {
+        w.extend_from_slice(&rng.random::<u64>().to_be_bytes());
+    }
     let kind = rng.random_range(0..3u8);
     w.push(kind);
     if kind == 0 {
@@ -847,7 +852,17 @@ fn envelope_wire(rng: &mut StdRng) -> Vec<u8> {
         w.push(1);
         put_name(&mut w, rng);
     }
-    w.extend_from_slice(b"\x81\x02hi");
+    if deflated {
+        let text = "hello, hello, hello from the room ".repeat(rng.random_range(1..8));
+        let frame = svc_infra::websocket::protocol::deflate::deflate_frame(
+            svc_infra::websocket::protocol::OP_TEXT,
+            text.as_bytes(),
+            15,
+        );
+        w.extend_from_slice(&frame.expect("repetitive text deflates"));
+    } else {
+        w.extend_from_slice(b"\x81\x02hi");
+    }
     w
 }
 

@@ -6,7 +6,11 @@
 //! other nodes deliver it to theirs. Each node subscribes only to what its own connections
 //! need: everything ([`Topic::All`]), the rooms that have members here, and the users who
 //! have connections here. An envelope carries its origin node, so nothing is delivered
-//! twice, and the frame already encoded, so no node encodes it again.
+//! twice, and the frame already encoded, so no node encodes it again. When the origin
+//! deflated a broadcast for its own recipients (permessage-deflate), the envelope carries
+//! the deflated frame: smaller on the backplane, forwarded as it is to the recipients with
+//! compression on every node, and inflated once per node only where a recipient needs it
+//! plain, so a broadcast is deflated once in the whole cluster.
 //!
 //! Two backplanes come with the crate: [`InMemoryBackplane`], which joins managers in one
 //! process (tests, or several managers in one binary), and, with the `redis` feature,
@@ -64,7 +68,9 @@ pub struct Envelope {
     pub topic: Topic,
     /// A user whose connections are skipped (`broadcast_excluding` and friends).
     pub exclude_user: Option<String>,
-    /// The complete WebSocket frame, encoded once by the origin.
+    /// The complete WebSocket frame, encoded once by the origin: plain, or deflated
+    /// (permessage-deflate at window 15 without context takeover, RSV1 set in its first
+    /// byte) when the origin deflated the message for its own recipients.
     pub frame: Bytes,
     /// When the origin published it (Unix time, microseconds), so that the receiving node
     /// can measure the delivery lag (`svc_ws_backplane_delivery_lag_seconds`). `None` from
@@ -92,14 +98,29 @@ pub struct EnvelopeError(&'static str);
 const VERSION: u8 = 1;
 /// The envelope's wire form with the origin's timestamp.
 const VERSION_TIMED: u8 = 2;
+/// Version 2's wire form, carrying a deflated frame.
+const VERSION_DEFLATED: u8 = 3;
 
 impl Envelope {
-    /// The wire form: version (2 with a timestamp, 1 without), origin (u64, big-endian),
-    /// in version 2 the time it was sent (u64, Unix microseconds), topic kind (0 all, 1 room,
-    /// 2 user) and name (u16 length + UTF-8; empty for all), excluded user (0, or 1 + u16
-    /// length + UTF-8), then the frame. A node reads both versions; one that only knows
-    /// version 1 drops version 2 as malformed, so every node of a cluster should run a
-    /// version that reads 2 before any sends it.
+    /// Whether [`frame`](Self::frame) is deflated (RSV1 set in its first byte).
+    pub fn is_deflated(&self) -> bool {
+        self.frame
+            .first()
+            .is_some_and(|b| b & crate::websocket::protocol::RSV1 != 0)
+    }
+
+    /// The wire form: version, origin (u64, big-endian), in versions 2 and 3 the time it
+    /// was sent (u64, Unix microseconds), topic kind (0 all, 1 room, 2 user) and name (u16
+    /// length + UTF-8; empty for all), excluded user (0, or 1 + u16 length + UTF-8), then
+    /// the frame. The version says what the frame is: 1 (no time) and 2 a plain frame, 3 a
+    /// deflated one ([`is_deflated`](Self::is_deflated); it always travels with a time, 0
+    /// when the envelope has none).
+    ///
+    /// A node reads every version up to its own. One that only knows version 1 drops
+    /// version 2 as malformed, and one that knows 1 and 2 drops 3 (rather than send a
+    /// deflated frame to a peer without compression, or deflate it twice): every node of
+    /// a cluster should run a version that reads 3 before any sends it. A node sends 3
+    /// only for a broadcast it deflated for its own recipients.
     pub fn to_bytes(&self) -> Bytes {
         let (kind, name) = match &self.topic {
             Topic::All => (0u8, ""),
@@ -110,15 +131,20 @@ impl Envelope {
         let mut out = BytesMut::with_capacity(
             16 + name.len() + exclude.map_or(0, str::len) + self.frame.len(),
         );
-        match self.sent_at_us {
-            None => {
+        match (self.is_deflated(), self.sent_at_us) {
+            (false, None) => {
                 out.put_u8(VERSION);
                 out.put_u64(self.origin);
             }
-            Some(at) => {
+            (false, Some(at)) => {
                 out.put_u8(VERSION_TIMED);
                 out.put_u64(self.origin);
                 out.put_u64(at);
+            }
+            (true, at) => {
+                out.put_u8(VERSION_DEFLATED);
+                out.put_u64(self.origin);
+                out.put_u64(at.unwrap_or(0));
             }
         }
         out.put_u8(kind);
@@ -135,18 +161,20 @@ impl Envelope {
     }
 
     /// Parses the wire form of [`to_bytes`](Self::to_bytes); anything else is an error,
-    /// so that one envelope has one wire form.
+    /// so that one envelope has one wire form: a deflated frame in version 1 or 2, or a
+    /// plain one in version 3, too. The frame is not inflated here (the receiving node
+    /// does it only if one of its recipients needs the message plain).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, EnvelopeError> {
         let mut r = Reader(bytes);
         let version = r.u8()?;
-        if version != VERSION && version != VERSION_TIMED {
+        if !matches!(version, VERSION | VERSION_TIMED | VERSION_DEFLATED) {
             return Err(EnvelopeError("unknown version"));
         }
         let origin = r.u64()?;
-        let sent_at_us = if version == VERSION_TIMED {
-            Some(r.u64()?)
-        } else {
+        let sent_at_us = if version == VERSION {
             None
+        } else {
+            Some(r.u64()?)
         };
         let kind = r.u8()?;
         let name = r.str()?;
@@ -162,8 +190,16 @@ impl Envelope {
             1 => Some(r.str()?),
             _ => return Err(EnvelopeError("bad exclude flag")),
         };
-        if r.0.is_empty() {
+        let Some(&first) = r.0.first() else {
             return Err(EnvelopeError("no frame"));
+        };
+        let deflated = first & crate::websocket::protocol::RSV1 != 0;
+        if deflated != (version == VERSION_DEFLATED) {
+            return Err(EnvelopeError(if deflated {
+                "a deflated frame in version 1 or 2"
+            } else {
+                "a plain frame in version 3"
+            }));
         }
         Ok(Self {
             origin,
@@ -613,7 +649,66 @@ mod tests {
             let wire = timed.to_bytes();
             assert_eq!(wire[0], 2);
             assert_eq!(Envelope::from_bytes(&wire).unwrap(), timed);
+            // A deflated frame (RSV1) travels in version 3, with its time.
+            let deflated = Envelope {
+                frame: crate::websocket::protocol::encode_deflated_frame(0x1, b"\xca\xc8\x04\x00"),
+                ..timed.clone()
+            };
+            assert!(deflated.is_deflated() && !timed.is_deflated());
+            let wire = deflated.to_bytes();
+            assert_eq!(wire[0], 3);
+            assert_eq!(wire.len(), timed_len(&deflated));
+            assert_eq!(Envelope::from_bytes(&wire).unwrap(), deflated);
         }
+    }
+
+    /// The length of a timed envelope's wire form (versions 2 and 3 have the same layout).
+    fn timed_len(e: &Envelope) -> usize {
+        let name = match &e.topic {
+            Topic::All => 0,
+            Topic::Room(n) | Topic::User(n) => n.len(),
+        };
+        let exclude = e.exclude_user.as_ref().map_or(1, |u| 3 + u.len());
+        1 + 8 + 8 + 1 + 2 + name + exclude + e.frame.len()
+    }
+
+    #[test]
+    fn the_version_says_whether_the_frame_is_deflated() {
+        let plain = Envelope {
+            origin: 7,
+            topic: Topic::All,
+            exclude_user: None,
+            frame: Bytes::from_static(b"\x81\x02hi"),
+            sent_at_us: Some(1),
+        };
+        let deflated = Envelope {
+            frame: Bytes::from_static(b"\xc1\x02hi"),
+            ..plain.clone()
+        };
+        // One wire form per envelope: a plain frame in version 3, or a deflated one in
+        // version 1 or 2, is an error (an older node would send it on as it is).
+        let mut bad = plain.to_bytes().to_vec();
+        bad[0] = 3;
+        assert!(Envelope::from_bytes(&bad).is_err());
+        let mut bad = deflated.to_bytes().to_vec();
+        bad[0] = 2;
+        assert!(Envelope::from_bytes(&bad).is_err());
+        let untimed = Envelope {
+            sent_at_us: None,
+            ..plain.clone()
+        };
+        let mut bad = untimed.to_bytes().to_vec();
+        *bad.last_mut().unwrap() = b'i';
+        let at = bad.len() - 4;
+        bad[at] |= 0x40;
+        assert!(Envelope::from_bytes(&bad).is_err(), "version 1, RSV1");
+        // A deflated envelope without a time is written with time 0.
+        let untimed = Envelope {
+            sent_at_us: None,
+            ..deflated
+        };
+        let again = Envelope::from_bytes(&untimed.to_bytes()).unwrap();
+        assert_eq!(again.sent_at_us, Some(0));
     }
 
     #[test]
