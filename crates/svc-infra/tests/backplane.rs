@@ -7,15 +7,19 @@ mod common;
 use std::{net::SocketAddr, time::Duration};
 
 use axum::{Router, extract::Path, response::Response, routing::get};
+use bytes::BytesMut;
 use common::{
     QUIET, eventually,
+    raw::{deflate_upgrade, raw_upgrade, read_frame},
     redis::{PubSubFreezer, RedisServer},
     server::*,
 };
 use svc_infra::websocket::{
     ConnectionManager, WebSocketConfig, WsManager, WsUpgrade, add_websocket_manager_with,
-    backplane::{Backplane, BackplaneStatus, InMemoryBackplane, RedisBackplane},
+    backplane::{Backplane, BackplaneStatus, Envelope, InMemoryBackplane, RedisBackplane},
+    protocol::{self, OP_TEXT, deflate},
 };
+use tokio::net::TcpStream;
 
 /// `/ws/{user}`: registers with the manager and reads until the connection ends.
 async fn ws(ws: WsUpgrade, Path(user): Path<String>, WsManager(manager): WsManager) -> Response {
@@ -173,6 +177,142 @@ async fn in_memory_backplane_joins_managers_of_one_process() {
     two_nodes_act_as_one(a, b, async |_: &[(&str, i64)]| {}).await;
 }
 
+/// A room's chat messages as JSON, about `n` bytes (deflates about 3:1 or better).
+fn json_message(n: usize, tag: &str) -> String {
+    let mut s = format!("{{\"type\":\"message\",\"room\":\"news\",\"tag\":\"{tag}\",\"items\":[");
+    let mut i = 0;
+    while s.len() < n {
+        s.push_str(&format!(
+            r#"{{"id":{i},"user":"user-{}","text":"hello from the room","ts":17000000{i:02}}},"#,
+            i % 7
+        ));
+        i += 1;
+    }
+    s.push_str("{}]}");
+    s
+}
+
+/// The next server frame: whether RSV1 marks it compressed, and its payload.
+async fn next_frame(tcp: &mut TcpStream) -> (bool, Vec<u8>) {
+    let (header, payload) = read_frame(tcp).await;
+    assert!(header.mask.is_none() && header.fin);
+    assert_eq!(header.opcode, OP_TEXT);
+    (header.rsv & 0b100 != 0, payload)
+}
+
+/// What a browser would make of a compressed payload.
+fn inflated(payload: &[u8]) -> Vec<u8> {
+    let mut inflater = deflate::Inflater::new(15, true);
+    let out = inflater.inflate(&mut BytesMut::from(payload), 1 << 24);
+    out.expect("valid deflate data").to_vec()
+}
+
+/// A room broadcast crosses nodes deflated when the origin deflated it: both nodes' clients
+/// with compression get the same compressed bytes, a plain client on the other node the
+/// plain message, and the message is deflated once in the cluster. An origin without a
+/// compressed recipient of its own publishes plain, and the other node deflates once.
+async fn a_deflated_broadcast_is_deflated_once_in_the_cluster(
+    (a, addr_a): (ConnectionManager, SocketAddr),
+    (b, addr_b): (ConnectionManager, SocketAddr),
+    ready: impl AsyncFn(&[(&str, i64)]),
+) {
+    let (mut zip_a, accepted_a) = deflate_upgrade(addr_a, "/ws/zip-a").await;
+    let (mut zip_b, accepted_b) = deflate_upgrade(addr_b, "/ws/zip-b").await;
+    assert!(accepted_a && accepted_b, "permessage-deflate negotiated");
+    let mut plain_b = raw_upgrade(addr_b, "/ws/plain-b").await;
+    connected(&a, 1).await;
+    connected(&b, 2).await;
+    a.join_room("zip-a", "news").await;
+    b.join_room("zip-b", "news").await;
+    b.join_room("plain-b", "news").await;
+    b.join_room("zip-b", "quiet").await;
+    b.join_room("plain-b", "quiet").await;
+    ready(&[("room:news", 2), ("room:quiet", 1)]).await;
+
+    let text = json_message(1_024, "from a");
+    assert_eq!(a.broadcast_to_room("news", text.as_str()).await.unwrap(), 1);
+    let (rsv1_a, bytes_a) = next_frame(&mut zip_a).await;
+    let (rsv1_b, bytes_b) = next_frame(&mut zip_b).await;
+    assert!(rsv1_a && rsv1_b, "compressed on both nodes");
+    assert_eq!(bytes_a, bytes_b, "the origin's bytes, byte for byte");
+    assert!(
+        bytes_a.len() * 3 < text.len(),
+        "{} of {}",
+        bytes_a.len(),
+        text.len()
+    );
+    assert_eq!(inflated(&bytes_b), text.as_bytes());
+    assert_eq!(
+        next_frame(&mut plain_b).await,
+        (false, text.clone().into_bytes())
+    );
+    assert_eq!(a.stats().deflated, 1, "deflated at the origin");
+    assert_eq!(b.stats().deflated, 0, "not again on the other node");
+
+    // Nobody here to compress for: plain on the backplane, deflated once on b.
+    let text = json_message(1_024, "plain across");
+    assert_eq!(
+        a.broadcast_to_room("quiet", text.as_str()).await.unwrap(),
+        0
+    );
+    let (rsv1, bytes) = next_frame(&mut zip_b).await;
+    assert!(rsv1);
+    assert_eq!(inflated(&bytes), text.as_bytes());
+    assert_eq!(
+        next_frame(&mut plain_b).await,
+        (false, text.clone().into_bytes())
+    );
+    assert_eq!((a.stats().deflated, b.stats().deflated), (1, 1));
+}
+
+#[tokio::test]
+async fn in_memory_backplane_carries_the_origins_deflated_frame() {
+    let hub = InMemoryBackplane::new();
+    let a = node(hub.clone()).await;
+    let b = node(hub.clone()).await;
+    a_deflated_broadcast_is_deflated_once_in_the_cluster(a, b, async |_: &[(&str, i64)]| {}).await;
+}
+
+/// An envelope whose deflated frame does not inflate reaches none of the recipients that
+/// need it plain (and panics nothing); the next message arrives as usual.
+#[tokio::test]
+async fn a_deflated_envelope_that_does_not_inflate_is_dropped_for_plain_recipients() {
+    let hub = InMemoryBackplane::new();
+    let (b, addr_b) = node(hub.clone()).await;
+    let mut plain = raw_upgrade(addr_b, "/ws/plain").await;
+    let (mut zip, _) = deflate_upgrade(addr_b, "/ws/zip").await;
+    connected(&b, 2).await;
+    b.join_room("plain", "news").await;
+    b.join_room("zip", "news").await;
+    // Another node's envelope, as Redis would hand it over: version 3, room "news".
+    let mut wire = vec![3];
+    wire.extend_from_slice(&42u64.to_be_bytes());
+    wire.extend_from_slice(&1u64.to_be_bytes());
+    wire.extend_from_slice(&[1, 0, 4]);
+    wire.extend_from_slice(b"news");
+    wire.push(0);
+    wire.extend_from_slice(&protocol::encode_deflated_frame(OP_TEXT, &[0xff; 64]));
+    let corrupt = Envelope::from_bytes(&wire).expect("it decodes: the frame is opaque there");
+    assert!(corrupt.is_deflated());
+    hub.clone().publish(corrupt);
+    // Too large for this node once inflated: 2 MiB of spaces against the 1 MiB default.
+    let mut big = Vec::new();
+    assert!(deflate::Deflater::new(15, true).compress(&vec![b' '; 2 << 20], &mut big));
+    let at = wire.len() - protocol::encode_deflated_frame(OP_TEXT, &[0xff; 64]).len();
+    wire.truncate(at);
+    wire.extend_from_slice(&protocol::encode_deflated_frame(OP_TEXT, &big));
+    hub.clone().publish(Envelope::from_bytes(&wire).unwrap());
+    // Both arrived: a client with compression has them as they came (this node does not
+    // inflate what it forwards as it is, as it does not check a plain frame either).
+    assert_eq!(next_frame(&mut zip).await, (true, vec![0xff; 64]));
+    assert_eq!(next_frame(&mut zip).await, (true, big));
+    assert_eq!(b.local_connection_count(), 2);
+    assert_eq!(b.broadcast_to_room("news", "after").await.unwrap(), 2);
+    assert_eq!(next_frame(&mut plain).await, (false, b"after".to_vec()));
+    assert_eq!(next_frame(&mut zip).await, (false, b"after".to_vec()));
+    assert_eq!(b.stats().deflated, 0);
+}
+
 #[tokio::test]
 async fn without_a_backplane_a_manager_is_one_node() {
     let manager = ConnectionManager::new(WebSocketConfig::default());
@@ -204,6 +344,27 @@ async fn redis_backplane_joins_two_nodes() {
             redis.subscribers(&[channel], *nodes).await;
         }
     })
+    .await;
+}
+
+#[tokio::test]
+async fn redis_carries_the_origins_deflated_frame() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let a = redis_node(&redis).await;
+    let b = redis_node(&redis).await;
+    status_is(&a.0, BackplaneStatus::Connected).await;
+    status_is(&b.0, BackplaneStatus::Connected).await;
+    a_deflated_broadcast_is_deflated_once_in_the_cluster(
+        a,
+        b,
+        async |channels: &[(&str, i64)]| {
+            for (channel, nodes) in channels {
+                redis.subscribers(&[channel], *nodes).await;
+            }
+        },
+    )
     .await;
 }
 

@@ -133,14 +133,35 @@ pub async fn upgrade_on(tcp: TcpStream, addr: SocketAddr, path: &str) -> TcpStre
 
 /// The upgrade request for `path` by hand; returns the stream and the response head
 /// (status line and headers, header names lower-cased by hyper), whatever the status.
-pub async fn upgrade_request(
+pub async fn upgrade_request(tcp: TcpStream, addr: SocketAddr, path: &str) -> (TcpStream, String) {
+    upgrade_request_with(tcp, addr, path, "").await
+}
+
+/// Connects to `addr` and upgrades `path` offering `permessage-deflate;
+/// client_max_window_bits` (what browsers send); returns the stream and whether the server
+/// accepted the offer.
+pub async fn deflate_upgrade(addr: SocketAddr, path: &str) -> (TcpStream, bool) {
+    let tcp = within("tcp", TcpStream::connect(addr)).await.unwrap();
+    let offer = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+    let (tcp, head) = upgrade_request_with(tcp, addr, path, offer).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let accepted = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("sec-websocket-extensions: permessage-deflate")
+    });
+    (tcp, accepted)
+}
+
+/// [`upgrade_request`] with `extra` header lines (each ending in `\r\n`).
+pub async fn upgrade_request_with(
     mut tcp: TcpStream,
     addr: SocketAddr,
     path: &str,
+    extra: &str,
 ) -> (TcpStream, String) {
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
     );
     within("write", tcp.write_all(request.as_bytes()))
         .await

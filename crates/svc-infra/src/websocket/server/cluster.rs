@@ -300,8 +300,23 @@ impl Receiver for Arrivals {
 impl ConnectionManager {
     /// Delivers an envelope from another node to this node's connections. Never waits.
     /// Returns how many connections were reached.
+    ///
+    /// A frame the origin deflated goes as it is to the recipients with the full window
+    /// (no deflate here), and is inflated once, on the first recipient that needs it plain
+    /// (no compression, or a smaller window). One that does not inflate within
+    /// `max_message_size` reaches none of those: it is dropped for them with a warning and
+    /// counted in `svc_ws_backplane_malformed_total`, like an envelope that does not
+    /// decode. What goes as it is is not checked here, as a plain frame is not either:
+    /// nodes trust each other (docs/security.md).
     fn deliver_remote(&self, envelope: &Envelope) -> usize {
-        let message = PreparedMessage::from_frame(envelope.frame.clone());
+        let message = if envelope.is_deflated() {
+            PreparedMessage::from_deflated_frame(
+                envelope.frame.clone(),
+                self.inner.config.max_message_size,
+            )
+        } else {
+            PreparedMessage::from_frame(envelope.frame.clone())
+        };
         let exclude = envelope.exclude_user.as_deref();
         let skip = |c: &&Arc<Conn>| exclude != Some(&*c.user_id);
         let reached = match &envelope.topic {
@@ -319,6 +334,16 @@ impl ConnectionManager {
             }
         };
         metrics::counter!("svc_ws_backplane_received_total").increment(1);
+        if message.failed_to_inflate() {
+            metrics::counter!("svc_ws_backplane_malformed_total").increment(1);
+            tracing::warn!(
+                origin = envelope.origin,
+                topic = ?envelope.topic,
+                limit = self.inner.config.max_message_size,
+                "a deflated backplane message does not inflate within the limit: \
+                 dropped for the recipients that needed it plain"
+            );
+        }
         if let Some(sent) = envelope.sent_at_us {
             // Clocks of two hosts differ: a lag below zero is recorded as zero.
             let lag_us = unix_us().saturating_sub(sent);

@@ -2,10 +2,13 @@
 
 use std::{fmt, sync::Arc};
 
+use bytes::Bytes;
+
 use super::{
     hooks::ConnectHook,
     manager::{ConnectionManager, Ended, Refused},
-    message::IntoMessage,
+    message::{IntoMessage, PreparedMessage},
+    outbound::Outbound,
     registry::{Conn, unix_ms},
     socket::WebSocket,
 };
@@ -82,7 +85,7 @@ impl Connection {
     pub fn send(&self, message: impl IntoMessage) -> Result<(), WebSocketError> {
         let message = self.manager.prepare(message)?;
         let counters = &self.manager.inner.counters;
-        let (frame, deflated) = message.frame_for(self.socket.outbound(), true);
+        let (frame, deflated) = frame_for(&message, self.socket.outbound())?;
         if deflated {
             counters.deflated();
         }
@@ -109,7 +112,7 @@ impl Connection {
     pub async fn reply(&mut self, message: impl IntoMessage) -> Result<(), WebSocketError> {
         let message = self.manager.prepare(message)?;
         let counters = &self.manager.inner.counters;
-        let (frame, deflated) = message.frame_for(self.socket.outbound(), true);
+        let (frame, deflated) = frame_for(&message, self.socket.outbound())?;
         if deflated {
             counters.deflated();
         }
@@ -170,4 +173,13 @@ pub(super) async fn run_connect_hook(
         return Err(WebSocketError::closed(1011, CONNECT_HOOK_FAILED));
     }
     Ok(connection)
+}
+
+/// The frame of `message` for one connection, and whether it was deflated for it. Every
+/// message a caller can send has its plain frame; only one that arrived deflated from
+/// another node (never handed to callers) can lack it.
+fn frame_for(message: &PreparedMessage, out: &Outbound) -> Result<(Bytes, bool), WebSocketError> {
+    message.frame_for(out, true).ok_or_else(|| {
+        WebSocketError::Protocol("a deflated message from another node does not inflate".into())
+    })
 }

@@ -511,9 +511,11 @@ impl ConnectionManager {
         let message = self.prepare(message)?;
         let conns = self.read().user_connections(user_id);
         let reached = self.deliver(conns.iter(), &message);
-        self.inner
-            .cluster
-            .publish(|| Topic::User(user_id.to_owned()), None, message.frame());
+        self.inner.cluster.publish(
+            || Topic::User(user_id.to_owned()),
+            None,
+            message.backplane_frame(),
+        );
         Ok(reached)
     }
 
@@ -524,7 +526,7 @@ impl ConnectionManager {
         let reached = self.deliver(all.iter(), &message);
         self.inner
             .cluster
-            .publish(|| Topic::All, None, message.frame());
+            .publish(|| Topic::All, None, message.backplane_frame());
         Ok(reached)
     }
 
@@ -539,7 +541,7 @@ impl ConnectionManager {
         let reached = self.deliver(all.iter().filter(|c| &*c.user_id != exclude_user), &message);
         self.inner
             .cluster
-            .publish(|| Topic::All, Some(exclude_user), message.frame());
+            .publish(|| Topic::All, Some(exclude_user), message.backplane_frame());
         Ok(reached)
     }
 
@@ -552,9 +554,11 @@ impl ConnectionManager {
         let message = self.prepare(message)?;
         let conns = self.read().room_connections(room, None);
         let reached = self.deliver(conns.iter(), &message);
-        self.inner
-            .cluster
-            .publish(|| Topic::Room(room.to_owned()), None, message.frame());
+        self.inner.cluster.publish(
+            || Topic::Room(room.to_owned()),
+            None,
+            message.backplane_frame(),
+        );
         Ok(reached)
     }
 
@@ -571,7 +575,7 @@ impl ConnectionManager {
         self.inner.cluster.publish(
             || Topic::Room(room.to_owned()),
             Some(exclude_user),
-            message.frame(),
+            message.backplane_frame(),
         );
         Ok(reached)
     }
@@ -613,7 +617,10 @@ impl ConnectionManager {
         let mut deferred = Deferred::default();
         let (mut bytes, mut deflated) = (0u64, false);
         for conn in conns {
-            let (frame, made) = message.frame_for(&conn.out, false);
+            let Some((frame, made)) = message.frame_for(&conn.out, false) else {
+                // Arrived deflated and does not inflate: the caller reports it.
+                continue;
+            };
             deflated |= made;
             let len = frame.len() as u64;
             match conn.out.push_deferred(frame, &mut deferred) {

@@ -267,7 +267,7 @@ pub const SERIES: &[MetricSeries] = &[
     series(
         "svc_ws_backplane_malformed_total",
         Counter,
-        "Backplane messages that did not decode (dropped with a warning).",
+        "Backplane messages that did not decode, or whose deflated frame did not inflate for a recipient that needed it plain (dropped with a warning).",
         &[],
     ),
     series(
