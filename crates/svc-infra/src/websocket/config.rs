@@ -48,6 +48,9 @@ use super::backoff::Backoff;
 /// | `WS_COMPRESSION` | `shared` | permessage-deflate (RFC 7692). `shared`: a server negotiates it when offered (no context takeover either way, one compressor per thread, a broadcast deflated once); a client offers it (`permessage-deflate; client_max_window_bits`) and uses what the server answers. `dedicated`: a server keeps context takeover, each connection compressing with its own window (better ratio on long one-to-one streams, at up to a few hundred KiB per connection that sends or receives compressed messages); a client behaves as with `shared`. `off`: a server never negotiates it, a client never offers it | `off`, `shared`, `dedicated` |
 /// | `WS_COMPRESSION_MIN_SIZE` | `128` | Messages shorter than this many bytes are sent uncompressed | integer ≥ 0 |
 /// | `WS_COMPRESSION_WINDOW_BITS` | `15` | Server: the largest window a client may compress with (offers that cannot be limited to it are declined) and the window of a `dedicated` connection's own compressor | integer `8..=15` |
+/// | `WS_HISTORY_SIZE` | `0` | Server: publications each room keeps for recovery after a reconnect ([`HistoryConfig`](crate::websocket::HistoryConfig)); `0` keeps none | integer ≥ 0 |
+/// | `WS_HISTORY_TTL` | `300` | Server: how long a kept publication stays (seconds) | finite number > 0 |
+/// | `WS_HISTORY_RECOVERY_MAX` | `300` | Server: publications one recovery replays at most (further behind: `recovered: false`) | integer > 0 |
 /// | `WS_ALLOWED_ORIGINS` | `*` | Browser origins the server accepts upgrades from (others get 403) | comma-separated exact origins (`https://app.example.com`), or `*` for any |
 ///
 /// A value outside what the table allows is a [`ConfigError`] that names the variable, the
@@ -116,6 +119,13 @@ pub struct WebSocketConfig {
     /// uncompressed). Also the window of a connection's own compressor in
     /// [`Compression::Dedicated`], whose memory it bounds. Default 15 (32 KiB).
     pub compression_window_bits: u8,
+    /// Server side: publications each room keeps for recovery (0: none, the default); the
+    /// manager's [`HistoryConfig`](crate::websocket::HistoryConfig) starts from it.
+    pub history_size: usize,
+    /// Server side: how long a kept publication stays. Default 300 s.
+    pub history_ttl: Duration,
+    /// Server side: publications one recovery replays at most. Default 300.
+    pub history_recovery_max: usize,
 }
 
 /// Whether and how connections compress messages (permessage-deflate, RFC 7692).
@@ -183,6 +193,9 @@ impl Default for WebSocketConfig {
             compression: Compression::Shared,
             compression_min_size: 128,
             compression_window_bits: 15,
+            history_size: 0,
+            history_ttl: Duration::from_secs(300),
+            history_recovery_max: 300,
         }
     }
 }
@@ -270,6 +283,14 @@ impl WebSocketConfig {
                 "MAX_MESSAGE_SIZE" => config.max_message_size = parse_positive(var, raw)?,
                 "MAX_QUEUE_SIZE" => config.max_queue_size = parse_positive(var, raw)?,
                 "HANDSHAKE_TIMEOUT" => config.handshake_timeout = parse_secs(var, raw)?,
+                "HISTORY_SIZE" => config.history_size = parse_uint(var, raw, "an integer ≥ 0")?,
+                "HISTORY_TTL" => config.history_ttl = parse_secs(var, raw)?,
+                "HISTORY_RECOVERY_MAX" => {
+                    config.history_recovery_max = parse_uint(var, raw, "an integer > 0")?;
+                    if config.history_recovery_max == 0 {
+                        return Err(ConfigError::new(var, raw, "an integer > 0"));
+                    }
+                }
                 "MAX_CONNECTIONS" => {
                     config.max_connections = parse_uint(var, raw, "an integer ≥ 0 (0 = no limit)")?;
                 }

@@ -115,6 +115,14 @@ pub enum WebSocketError {
     /// *What to do:* treat the connection as lost and reconnect.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+
+    /// A room's history could not be written or read (its store, Redis say, cannot be
+    /// reached): a publication that fails so was not published at all.
+    ///
+    /// *What to do:* retry later; nothing was delivered to anyone.
+    #[cfg(feature = "server")]
+    #[error(transparent)]
+    History(#[from] crate::websocket::history::HistoryError),
 }
 
 /// Why a connection could not be opened: the `source` of
@@ -261,6 +269,8 @@ impl WebSocketError {
         match self {
             Self::ConnectionFailed { source, .. } => source.is_retryable(),
             Self::Timeout { .. } | Self::Io(_) => true,
+            #[cfg(feature = "server")]
+            Self::History(_) => true,
             Self::ConnectionClosed { code, .. } => {
                 matches!(code, 1001 | 1006 | 1011 | 1012 | 1013 | 1014)
             }

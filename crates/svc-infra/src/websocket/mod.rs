@@ -50,12 +50,16 @@ pub use server::ServerTls;
 pub use server::backplane;
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
+pub use server::history::{self, HistoryConfig, HistoryLimits, StreamPosition};
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub use server::metrics;
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub use server::{
     ClusterNode, Connection, ConnectionHooks, ConnectionManager, IntoMessage, Json, LISTEN_BACKLOG,
-    ManagerBuilder, ManagerNotInstalled, ManagerStats, Metadata, PreparedMessage, Serve,
-    SlowConsumerPolicy, WebSocket, WsManager, WsUpgrade, WsUpgradeRejection, add_websocket_manager,
-    add_websocket_manager_with, bind, easy_websocket_manager, get_ws_manager, serve,
+    ManagerBuilder, ManagerNotInstalled, ManagerStats, Metadata, PreparedMessage, PublishOptions,
+    Recovery, Serve, SlowConsumerPolicy, WebSocket, WsManager, WsUpgrade, WsUpgradeRejection,
+    add_websocket_manager, add_websocket_manager_with, bind, easy_websocket_manager,
+    get_ws_manager, serve,
 };

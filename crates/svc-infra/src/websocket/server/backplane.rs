@@ -40,6 +40,8 @@ use std::{
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::history::{HistoryStore, MemoryHistory, StreamPosition};
+
 #[cfg(feature = "redis")]
 mod redis_pubsub;
 #[cfg(feature = "redis")]
@@ -76,6 +78,12 @@ pub struct Envelope {
     /// can measure the delivery lag (`svc_ws_backplane_delivery_lag_seconds`). `None` from
     /// nodes that send version 1 of the wire form.
     pub sent_at_us: Option<u64>,
+    /// A publication to a stream with history: its position, given by the history store
+    /// (which hands positioned envelopes to every node, the origin included).
+    pub position: Option<StreamPosition>,
+    /// The frame (a JSON object) gets the position as its last fields, `"offset"` and
+    /// `"epoch"`, once it is known: each node adds them once, for all its recipients.
+    pub embed_position: bool,
 }
 
 impl fmt::Debug for Envelope {
@@ -86,6 +94,8 @@ impl fmt::Debug for Envelope {
             .field("exclude_user", &self.exclude_user)
             .field("frame_len", &self.frame.len())
             .field("sent_at_us", &self.sent_at_us)
+            .field("position", &self.position)
+            .field("embed_position", &self.embed_position)
             .finish()
     }
 }
@@ -100,6 +110,8 @@ const VERSION: u8 = 1;
 const VERSION_TIMED: u8 = 2;
 /// Version 2's wire form, carrying a deflated frame.
 const VERSION_DEFLATED: u8 = 3;
+/// A publication to a stream with history: version 2's fields with its position.
+const VERSION_POSITIONED: u8 = 4;
 
 impl Envelope {
     /// Whether [`frame`](Self::frame) is deflated (RSV1 set in its first byte).
@@ -122,6 +134,14 @@ impl Envelope {
     /// a cluster should run a version that reads 3 before any sends it. A node sends 3
     /// only for a broadcast it deflated for its own recipients.
     pub fn to_bytes(&self) -> Bytes {
+        if let Some(position) = &self.position {
+            let (head, tail) = self.positioned_parts();
+            let mut out = BytesMut::with_capacity(head.len() + tail.len() + 48);
+            out.put_slice(&head);
+            put_position(&mut out, position.offset, &position.epoch);
+            out.put_slice(&tail);
+            return out.freeze();
+        }
         let (kind, name) = match &self.topic {
             Topic::All => (0u8, ""),
             Topic::Room(r) => (1, r.as_str()),
@@ -160,6 +180,45 @@ impl Envelope {
         out.freeze()
     }
 
+    /// The wire form of a positioned envelope (version 4) around its position: what comes
+    /// before (version, origin, time, flags: 1 = embed the position) and after (topic,
+    /// excluded user, frame). Between them go the offset (u8 length + decimal digits) and
+    /// the epoch (u8 length + UTF-8): the Redis history store's script puts them there,
+    /// once it has given the publication its offset.
+    pub fn positioned_parts(&self) -> (Bytes, Bytes) {
+        let mut head = BytesMut::with_capacity(18);
+        head.put_u8(VERSION_POSITIONED);
+        head.put_u64(self.origin);
+        head.put_u64(self.sent_at_us.unwrap_or(0));
+        head.put_u8(u8::from(self.embed_position));
+        let (kind, name) = match &self.topic {
+            Topic::All => (0u8, ""),
+            Topic::Room(r) => (1, r.as_str()),
+            Topic::User(u) => (2, u.as_str()),
+        };
+        let exclude = self.exclude_user.as_deref();
+        let mut tail = BytesMut::with_capacity(
+            8 + name.len() + exclude.map_or(0, str::len) + self.frame.len(),
+        );
+        tail.put_u8(kind);
+        put_str(&mut tail, name);
+        match exclude {
+            None => tail.put_u8(0),
+            Some(user) => {
+                tail.put_u8(1);
+                put_str(&mut tail, user);
+            }
+        }
+        tail.put_slice(&self.frame);
+        (head.freeze(), tail.freeze())
+    }
+
+    /// This envelope with its place in a stream.
+    pub fn positioned(mut self, position: StreamPosition) -> Self {
+        self.position = Some(position);
+        self
+    }
+
     /// Parses the wire form of [`to_bytes`](Self::to_bytes); anything else is an error,
     /// so that one envelope has one wire form: a deflated frame in version 1 or 2, or a
     /// plain one in version 3, too. The frame is not inflated here (the receiving node
@@ -167,7 +226,10 @@ impl Envelope {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, EnvelopeError> {
         let mut r = Reader(bytes);
         let version = r.u8()?;
-        if !matches!(version, VERSION | VERSION_TIMED | VERSION_DEFLATED) {
+        if !matches!(
+            version,
+            VERSION | VERSION_TIMED | VERSION_DEFLATED | VERSION_POSITIONED
+        ) {
             return Err(EnvelopeError("unknown version"));
         }
         let origin = r.u64()?;
@@ -175,6 +237,29 @@ impl Envelope {
             None
         } else {
             Some(r.u64()?)
+        };
+        let (position, embed_position) = if version == VERSION_POSITIONED {
+            let embed = match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(EnvelopeError("unknown flags")),
+            };
+            let offset = r.short()?;
+            let offset = std::str::from_utf8(offset)
+                .ok()
+                .filter(|d| d.len() <= 20 && (d == &"0" || !d.starts_with('0')))
+                .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|d| d.parse::<u64>().ok())
+                .ok_or(EnvelopeError("bad offset"))?;
+            let epoch = std::str::from_utf8(r.short()?)
+                .map_err(|_| EnvelopeError("epoch is not UTF-8"))?
+                .to_owned();
+            if epoch.is_empty() {
+                return Err(EnvelopeError("empty epoch"));
+            }
+            (Some(StreamPosition { offset, epoch }), embed)
+        } else {
+            (None, false)
         };
         let kind = r.u8()?;
         let name = r.str()?;
@@ -194,6 +279,9 @@ impl Envelope {
             return Err(EnvelopeError("no frame"));
         };
         let deflated = first & crate::websocket::protocol::RSV1 != 0;
+        if deflated && version == VERSION_POSITIONED {
+            return Err(EnvelopeError("a deflated frame in version 4"));
+        }
         if deflated != (version == VERSION_DEFLATED) {
             return Err(EnvelopeError(if deflated {
                 "a deflated frame in version 1 or 2"
@@ -207,6 +295,8 @@ impl Envelope {
             exclude_user,
             frame: Bytes::copy_from_slice(r.0),
             sent_at_us,
+            position,
+            embed_position,
         })
     }
 }
@@ -333,6 +423,20 @@ impl Presence {
     }
 }
 
+/// A position in the middle of a version 4 envelope (see
+/// [`Envelope::positioned_parts`]); an epoch longer than 255 bytes is cut (ours have 16).
+fn put_position(out: &mut BytesMut, offset: u64, epoch: &str) {
+    let digits = offset.to_string();
+    out.put_u8(digits.len() as u8);
+    out.put_slice(digits.as_bytes());
+    let mut end = epoch.len().min(255);
+    while !epoch.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.put_u8(end as u8);
+    out.put_slice(&epoch.as_bytes()[..end]);
+}
+
 fn put_str(out: &mut BytesMut, s: &str) {
     // Names longer than u16::MAX are cut at a character boundary (user ids and room names
     // are far shorter in practice; the receiving node then finds no such user or room).
@@ -343,8 +447,8 @@ fn put_str(out: &mut BytesMut, s: &str) {
 
 struct Reader<'a>(&'a [u8]);
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], EnvelopeError> {
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], EnvelopeError> {
         if self.0.len() < n {
             return Err(EnvelopeError("truncated"));
         }
@@ -352,6 +456,12 @@ impl Reader<'_> {
         self.0 = rest;
         Ok(head)
     }
+    /// A u8 length, then that many bytes.
+    fn short(&mut self) -> Result<&'a [u8], EnvelopeError> {
+        let len = usize::from(self.u8()?);
+        self.take(len)
+    }
+
     fn u8(&mut self) -> Result<u8, EnvelopeError> {
         Ok(self.take(1)?[0])
     }
@@ -409,10 +519,11 @@ impl Inbox {
     }
 
     /// Delivers an envelope from another node to this node's connections; envelopes this
-    /// node published itself are ignored. Never waits. Returns how many connections were
-    /// reached (0 once the manager is gone).
+    /// node published itself are ignored, but for positioned ones (a history store hands
+    /// those to every node, the origin included). Never waits. Returns how many
+    /// connections were reached (0 once the manager is gone).
     pub fn deliver(&self, envelope: &Envelope) -> usize {
-        if envelope.origin == self.node {
+        if envelope.origin == self.node && envelope.position.is_none() {
             return 0;
         }
         self.receiver.deliver(envelope)
@@ -496,6 +607,13 @@ pub trait Backplane: Send + Sync + fmt::Debug + 'static {
     fn unsubscribe(&self, topic: &Topic);
     /// Whether the other nodes can be reached now.
     fn status(&self) -> BackplaneStatus;
+    /// The history store that goes with this backplane, if it has one: one that hands
+    /// publications to the nodes this backplane joins (see
+    /// [`HistoryStore::publish`]). A manager with rooms that keep history uses it unless
+    /// told otherwise.
+    fn history_store(&self) -> Option<Arc<dyn HistoryStore>> {
+        None
+    }
 }
 
 /// Joins the managers of one process: clones share one hub, and every manager given a
@@ -520,6 +638,8 @@ impl Clone for InMemoryBackplane {
 #[derive(Default)]
 struct Hub {
     nodes: HashMap<u64, Node>,
+    /// The history of the managers joined here, shared like everything else.
+    history: MemoryHistory,
 }
 
 struct Node {
@@ -608,6 +728,10 @@ impl Backplane for InMemoryBackplane {
     fn status(&self) -> BackplaneStatus {
         BackplaneStatus::Connected
     }
+
+    fn history_store(&self) -> Option<Arc<dyn HistoryStore>> {
+        Some(Arc::new(self.lock().history.clone()))
+    }
 }
 
 #[cfg(test)]
@@ -640,10 +764,14 @@ mod tests {
                 exclude_user: exclude,
                 frame: Bytes::from_static(b"\x81\x02hi"),
                 sent_at_us: None,
+                position: None,
+                embed_position: false,
             };
             assert_eq!(Envelope::from_bytes(&e.to_bytes()).unwrap(), e);
             let timed = Envelope {
                 sent_at_us: Some(1_764_500_000_123_456),
+                position: None,
+                embed_position: false,
                 ..e
             };
             let wire = timed.to_bytes();
@@ -659,7 +787,55 @@ mod tests {
             assert_eq!(wire[0], 3);
             assert_eq!(wire.len(), timed_len(&deflated));
             assert_eq!(Envelope::from_bytes(&wire).unwrap(), deflated);
+            // A publication with its position travels in version 4: the position between
+            // the parts the Redis script puts it between.
+            let positioned = Envelope {
+                embed_position: true,
+                ..timed.clone()
+            }
+            .positioned(StreamPosition {
+                offset: 1_234_567,
+                epoch: "0a1b2c3d4e5f6071".into(),
+            });
+            let wire = positioned.to_bytes();
+            assert_eq!(wire[0], 4);
+            let (head, tail) = positioned.positioned_parts();
+            let middle = b"\x071234567\x100a1b2c3d4e5f6071";
+            assert_eq!(wire, [&head[..], &middle[..], &tail[..]].concat());
+            assert_eq!(Envelope::from_bytes(&wire).unwrap(), positioned);
         }
+        // A version 4 envelope with a bad offset or epoch, bad flags, a deflated frame.
+        let good = Envelope {
+            origin: 1,
+            topic: Topic::Room("r".into()),
+            exclude_user: None,
+            frame: Bytes::from_static(b"\x81\x02hi"),
+            sent_at_us: Some(5),
+            position: None,
+            embed_position: false,
+        };
+        let (head, tail) = good.positioned_parts();
+        for middle in [
+            &b"\x0201\x01e"[..],
+            b"\x00\x01e",
+            b"\x021x\x01e",
+            b"\x0112\x01e",
+            b"\x011\x00",
+            b"\x151234567890123456789012\x01e",
+        ] {
+            let wire = [&head[..], middle, &tail[..]].concat();
+            assert!(Envelope::from_bytes(&wire).is_err(), "{middle:?}");
+        }
+        let mut flags = [&head[..], b"\x011\x01e", &tail[..]].concat();
+        flags[17] = 2;
+        assert!(Envelope::from_bytes(&flags).is_err());
+        let deflated = Envelope {
+            frame: crate::websocket::protocol::encode_deflated_frame(0x1, b"\xca\xc8\x04\x00"),
+            ..good
+        };
+        let (head, tail) = deflated.positioned_parts();
+        let wire = [&head[..], b"\x011\x01e", &tail[..]].concat();
+        assert!(Envelope::from_bytes(&wire).is_err());
     }
 
     /// The length of a timed envelope's wire form (versions 2 and 3 have the same layout).
@@ -680,6 +856,8 @@ mod tests {
             exclude_user: None,
             frame: Bytes::from_static(b"\x81\x02hi"),
             sent_at_us: Some(1),
+            position: None,
+            embed_position: false,
         };
         let deflated = Envelope {
             frame: Bytes::from_static(b"\xc1\x02hi"),
@@ -695,6 +873,8 @@ mod tests {
         assert!(Envelope::from_bytes(&bad).is_err());
         let untimed = Envelope {
             sent_at_us: None,
+            position: None,
+            embed_position: false,
             ..plain.clone()
         };
         let mut bad = untimed.to_bytes().to_vec();
@@ -705,6 +885,8 @@ mod tests {
         // A deflated envelope without a time is written with time 0.
         let untimed = Envelope {
             sent_at_us: None,
+            position: None,
+            embed_position: false,
             ..deflated
         };
         let again = Envelope::from_bytes(&untimed.to_bytes()).unwrap();
@@ -748,6 +930,8 @@ mod tests {
             exclude_user: Some("u".into()),
             frame: Bytes::from_static(b"\x81\x00"),
             sent_at_us: None,
+            position: None,
+            embed_position: false,
         }
         .to_bytes();
         // Cut anywhere before the frame's first byte (the frame itself is opaque here).

@@ -6,6 +6,7 @@ use std::{fmt, sync::Arc, time::Duration};
 use super::{
     backplane::Backplane,
     cluster::PRESENCE_HEARTBEAT,
+    history::{HistoryConfig, HistoryStore},
     hooks::{ConnectionHooks, Hooks},
     manager::ConnectionManager,
     outbound::SlowConsumerPolicy,
@@ -39,6 +40,14 @@ pub struct ManagerBuilder {
     backplane: Option<Arc<dyn Backplane>>,
     heartbeat: Duration,
     hooks: Hooks,
+    history: HistorySetup,
+}
+
+/// What the builder was told about history.
+pub(super) struct HistorySetup {
+    pub(super) config: Option<HistoryConfig>,
+    pub(super) store: Option<Arc<dyn HistoryStore>>,
+    pub(super) check_every: Duration,
 }
 
 impl fmt::Debug for ManagerBuilder {
@@ -60,6 +69,11 @@ impl ManagerBuilder {
             backplane: None,
             heartbeat: PRESENCE_HEARTBEAT,
             hooks: Hooks::default(),
+            history: HistorySetup {
+                config: None,
+                store: None,
+                check_every: Duration::from_secs(20),
+            },
         }
     }
 
@@ -114,6 +128,30 @@ impl ManagerBuilder {
         self
     }
 
+    /// Which rooms keep history, and how much (see [`HistoryConfig`]). Without this call
+    /// the manager follows `WS_HISTORY_SIZE` and friends ([`HistoryConfig::from_config`]):
+    /// no history unless they ask for it.
+    pub fn history(mut self, config: HistoryConfig) -> Self {
+        self.history.config = Some(config);
+        self
+    }
+
+    /// Where history is kept. Without this call: the backplane's store when it has one
+    /// (Redis, or the hub of an `InMemoryBackplane`), else this process's memory
+    /// ([`MemoryHistory`](super::history::MemoryHistory)).
+    pub fn history_store(mut self, store: impl HistoryStore) -> Self {
+        self.history.store = Some(Arc::new(store));
+        self
+    }
+
+    /// How often each room with history that has members here is compared with the top
+    /// of its stream, so that a lost last publication of a quiet room is noticed. Default
+    /// 20 s.
+    pub fn history_check(mut self, every: Duration) -> Self {
+        self.history.check_every = every.max(Duration::from_millis(10));
+        self
+    }
+
     /// The manager.
     pub fn build(self) -> ConnectionManager {
         ConnectionManager::from_parts(
@@ -122,6 +160,7 @@ impl ManagerBuilder {
             self.hooks,
             self.backplane,
             self.heartbeat,
+            self.history,
         )
     }
 }

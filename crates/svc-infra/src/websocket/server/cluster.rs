@@ -107,10 +107,20 @@ impl Cluster {
     /// and starts the presence heartbeat. Called once, by the builder, before any
     /// connection exists.
     pub(super) fn attach(inner: &Arc<Inner>) {
+        let weak: Weak<Inner> = Arc::downgrade(inner);
+        if let Some(history) = &inner.history {
+            history.store.attach(Inbox::new(
+                inner.cluster.node,
+                Arc::new(Arrivals(weak.clone())),
+            ));
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn(super::recovery::check_tops(weak.clone()))),
+                Err(_) => tracing::warn!("history set outside a tokio runtime: no top checks"),
+            }
+        }
         let Some(backplane) = &inner.cluster.backplane else {
             return;
         };
-        let weak: Weak<Inner> = Arc::downgrade(inner);
         backplane.attach(Inbox::new(
             inner.cluster.node,
             Arc::new(Arrivals(weak.clone())),
@@ -176,6 +186,8 @@ impl Cluster {
                 exclude_user: exclude_user.map(str::to_owned),
                 frame: frame.clone(),
                 sent_at_us: Some(unix_us()),
+                position: None,
+                embed_position: false,
             });
         }
     }
@@ -309,6 +321,9 @@ impl ConnectionManager {
     /// decode. What goes as it is is not checked here, as a plain frame is not either:
     /// nodes trust each other (docs/security.md).
     fn deliver_remote(&self, envelope: &Envelope) -> usize {
+        if envelope.position.is_some() {
+            return self.deliver_positioned(envelope);
+        }
         let message = if envelope.is_deflated() {
             PreparedMessage::from_deflated_frame(
                 envelope.frame.clone(),

@@ -55,6 +55,27 @@ impl Connection {
         &self.manager
     }
 
+    /// Joins this connection's user to `room` (as [`ConnectionManager::join_room`]) and,
+    /// for a room with history, brings this connection up to date: with `since` (the last
+    /// position it saw, from a message's `offset` and `epoch`), the publications after it
+    /// are replayed to it, in order, before any live one, with nothing lost or doubled at
+    /// the switch-over; without, it starts at the stream's top. `lead` builds a message
+    /// that goes to it first (an answer saying how the recovery went), from what the
+    /// recovery achieved.
+    ///
+    /// Returns `None` for a room without history (a plain join). A recovery that cannot be
+    /// proven complete (history too short, epoch changed, more than `recovery_max` missed,
+    /// store unreachable) replays nothing and says `recovered: false` with the current
+    /// position: the application should reload its state.
+    pub async fn join_room_from(
+        &mut self,
+        room: &str,
+        since: Option<crate::websocket::StreamPosition>,
+        lead: impl FnOnce(&super::Recovery) -> Option<PreparedMessage>,
+    ) -> Result<Option<super::Recovery>, WebSocketError> {
+        self.manager.join_from(&self.conn, room, since, lead).await
+    }
+
     /// The underlying socket (close code, latency, subprotocol).
     pub fn socket(&self) -> &WebSocket {
         &self.socket

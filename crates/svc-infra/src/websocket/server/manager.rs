@@ -22,9 +22,11 @@ use super::{
     cluster::{Cluster, ClusterNode},
     connection::{Connection, refuse, run_connect_hook},
     flush::{Deferred, FlushQueue},
+    history::{HistoryConfig, MemoryHistory},
     hooks::Hooks,
     message::{IntoMessage, PreparedMessage},
     outbound::{Push, SlowConsumerPolicy},
+    recovery::History,
     registry::{Conn, Metadata, Registry, unix_ms},
     socket::WebSocket,
     stats::{Counters, ManagerStats},
@@ -104,6 +106,8 @@ pub(crate) struct Inner {
     pub(super) flush_queue: Arc<FlushQueue>,
     /// The other nodes, and how to reach them.
     pub(super) cluster: Cluster,
+    /// Rooms with history: `None` when no room keeps any.
+    pub(super) history: Option<History>,
 }
 
 /// Tracks server-side connections: many per user, rooms of users, broadcast, hooks.
@@ -170,8 +174,19 @@ impl ConnectionManager {
         hooks: Hooks,
         backplane: Option<Arc<dyn Backplane>>,
         heartbeat: Duration,
+        history: super::builder::HistorySetup,
     ) -> Self {
         super::metrics::describe_metrics();
+        let history_config = history
+            .config
+            .unwrap_or_else(|| HistoryConfig::from_config(&config));
+        let history = history_config.is_enabled().then(|| {
+            let store = history
+                .store
+                .or_else(|| backplane.as_ref().and_then(|b| b.history_store()))
+                .unwrap_or_else(|| Arc::new(MemoryHistory::default()));
+            History::new(history_config, store, history.check_every)
+        });
         let inner = Arc::new(Inner {
             config,
             policy,
@@ -186,6 +201,7 @@ impl ConnectionManager {
             hook_tasks: TaskTracker::new(),
             flush_queue: Arc::default(),
             cluster: Cluster::new(backplane, heartbeat),
+            history,
         });
         Cluster::attach(&inner);
         Self { inner }

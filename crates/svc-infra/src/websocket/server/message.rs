@@ -122,7 +122,7 @@ impl PreparedMessage {
     /// The complete plain frame, shared by every recipient that gets it plain; for a
     /// message that arrived deflated, inflated on first call, and `None` if it does not
     /// inflate within the limit.
-    fn plain(&self) -> Option<&Bytes> {
+    pub(crate) fn plain(&self) -> Option<&Bytes> {
         if !self.arrived_deflated() {
             return Some(&self.frame);
         }
