@@ -1,7 +1,8 @@
 //! Rooms with history over real sockets: positions on every publication, joining from a
 //! position (recovered, or told it is not), a publish storm during a recovering join,
 //! concurrent publishers on two nodes, gaps on the live path caught up from the history,
-//! a lost last publication noticed by the top check, an epoch change, size and TTL limits.
+//! a lost last publication noticed by the top check, an epoch change, size and TTL limits;
+//! the same against a real Redis (the store's script), FLUSHALL and a restart included.
 
 mod common;
 
@@ -19,6 +20,7 @@ use axum::{
     routing::get,
 };
 use common::{
+    redis::RedisServer,
     server::{Client, assert_silent, connect, next_text, serve},
     within,
 };
@@ -27,7 +29,7 @@ use serde_json::{Value, json};
 use svc_infra::websocket::{
     ConnectionManager, HistoryConfig, HistoryLimits, PreparedMessage, PublishOptions,
     StreamPosition, WebSocketConfig, WsManager, WsUpgrade, add_websocket_manager_with,
-    backplane::{Envelope, InMemoryBackplane, Inbox},
+    backplane::{Envelope, InMemoryBackplane, Inbox, RedisBackplane},
     history::{HistoryRead, HistoryStore, MemoryHistory, StoreFuture},
 };
 
@@ -546,4 +548,185 @@ async fn history_keeps_its_size_and_ttl() {
     }
     assert!(small.bytes() <= 100 * 10_300, "{}", small.bytes());
     assert!((95..=102).contains(&small.len()), "{}", small.len());
+}
+
+// ---------------------------------------------------------------------------------------
+// The Redis store: a real redis-server on a free port.
+
+fn redis_node(redis: &RedisServer, history: HistoryConfig) -> ConnectionManager {
+    ConnectionManager::builder(WebSocketConfig::default().with_max_queue_size(1024))
+        .backplane(RedisBackplane::new(&redis.url()).unwrap())
+        .history(history)
+        .history_check(Duration::from_millis(200))
+        .build()
+}
+
+async fn flushall(redis: &RedisServer) {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = within("connect", client.get_multiplexed_async_connection())
+        .await
+        .unwrap();
+    let ok: String = within("FLUSHALL", redis::cmd("FLUSHALL").query_async(&mut conn))
+        .await
+        .unwrap();
+    assert_eq!(ok, "OK");
+}
+
+/// Two nodes publishing to one room at once through Redis: the script gives contiguous
+/// offsets, and both nodes' members get every publication once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_concurrent_publishers_on_two_nodes_give_contiguous_offsets() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let (a, b) = (
+        redis_node(&redis, chat_history()),
+        redis_node(&redis, chat_history()),
+    );
+    let (addr_a, addr_b) = (start(a.clone()).await, start(b.clone()).await);
+    let (mut on_a, _) = join(addr_a, "x", "chat:both", None).await;
+    let (mut on_b, _) = join(addr_b, "y", "chat:both", None).await;
+    redis.subscribers(&["room:chat:both"], 2).await;
+    let publisher = |m: ConnectionManager, base: u64| {
+        tokio::spawn(async move {
+            let mut offsets = Vec::new();
+            for n in 0..200 {
+                offsets.push(publish(&m, "chat:both", base + n).await.offset);
+            }
+            offsets
+        })
+    };
+    let (pa, pb) = (publisher(a.clone(), 1000), publisher(b.clone(), 2000));
+    let (mut oa, ob) = (pa.await.unwrap(), pb.await.unwrap());
+    oa.extend(ob);
+    oa.sort_unstable();
+    assert_eq!(
+        oa,
+        (1..=400).collect::<Vec<u64>>(),
+        "no offset given twice or skipped"
+    );
+    publish(&b, "chat:both", 9999).await;
+    for ws in [&mut on_a, &mut on_b] {
+        assert_eq!(
+            offsets_until(ws, 9999).await,
+            (1..=401).collect::<Vec<u64>>()
+        );
+    }
+    // A member who missed some recovers them from Redis on the other node.
+    let since = StreamPosition {
+        offset: 395,
+        epoch: a
+            .history_of("chat:both", 0, 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+            .epoch,
+    };
+    let (mut late, joined) = join(addr_b, "z", "chat:both", Some(&since)).await;
+    assert_eq!(joined["recovered"], true, "{joined}");
+    assert_eq!(
+        offsets_until(&mut late, 9999).await,
+        [396, 397, 398, 399, 400, 401]
+    );
+}
+
+/// FLUSHALL, or a Redis restarted without persistence, loses the streams: the next
+/// publication starts a new epoch, members are told, and recovering from the old epoch
+/// answers `recovered: false`. While Redis is down a publication fails: nothing is lost
+/// silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_flushall_and_restart_change_the_epoch() {
+    let Some(mut redis) = RedisServer::start().await else {
+        return;
+    };
+    let node = redis_node(&redis, chat_history());
+    let addr = start(node.clone()).await;
+    let (mut ws, _) = join(addr, "u", "chat:r", None).await;
+    redis.subscribers(&["room:chat:r"], 1).await;
+    let first = publish(&node, "chat:r", 1).await;
+    publish(&node, "chat:r", 2).await;
+    assert_eq!(offsets_until(&mut ws, 2).await, [1, 2]);
+
+    flushall(&redis).await;
+    let after_flush = publish(&node, "chat:r", 3).await;
+    assert_ne!(after_flush.epoch, first.epoch);
+    assert_eq!(after_flush.offset, 1);
+    let notice = next_json(&mut ws).await;
+    assert_eq!(notice["type"], "recovery", "{notice}");
+    assert_eq!(notice["recovered"], false);
+    assert_eq!(offsets_until(&mut ws, 3).await, [1]);
+    let (_old, joined) = join(addr, "v", "chat:r", Some(&first)).await;
+    assert_eq!(joined["recovered"], false);
+    assert_eq!(position_of(&joined), after_flush);
+
+    redis.kill();
+    let failed = node
+        .publish(
+            "chat:r",
+            r#"{"n":4}"#,
+            PublishOptions::default().embed_position(),
+        )
+        .await;
+    assert!(
+        matches!(
+            failed,
+            Err(svc_infra::websocket::WebSocketError::History(_))
+        ),
+        "{failed:?}"
+    );
+    redis.restart().await;
+    redis.subscribers(&["room:chat:r"], 1).await;
+    let after_restart = publish(&node, "chat:r", 5).await;
+    assert_ne!(after_restart.epoch, after_flush.epoch);
+    let notice = next_json(&mut ws).await;
+    assert_eq!(notice["type"], "recovery", "{notice}");
+    assert_eq!(offsets_until(&mut ws, 5).await, [1]);
+}
+
+#[tokio::test]
+async fn redis_history_keeps_its_size_and_ttl() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let history = HistoryConfig::default()
+        .prefix(
+            "ttl:",
+            Some(HistoryLimits {
+                size: 10,
+                ttl: Duration::from_millis(300),
+            }),
+        )
+        .prefix(
+            "size:",
+            Some(HistoryLimits {
+                size: 2,
+                ttl: Duration::from_secs(60),
+            }),
+        );
+    let node = redis_node(&redis, history);
+    for n in 1..=5 {
+        publish(&node, "size:r", n).await;
+        publish(&node, "ttl:r", n).await;
+    }
+    let (top, kept) = node.history_of("size:r", 0, 100).await.unwrap().unwrap();
+    assert_eq!(top.offset, 5);
+    assert_eq!(
+        kept.iter().map(|(p, _)| p.offset).collect::<Vec<_>>(),
+        [4, 5]
+    );
+    let (_, kept) = node.history_of("size:r", 4, 100).await.unwrap().unwrap();
+    assert_eq!(kept.iter().map(|(p, _)| p.offset).collect::<Vec<_>>(), [5]);
+    let text = std::str::from_utf8(&kept[0].1[2..]).unwrap();
+    let m: Value = serde_json::from_str(text).unwrap();
+    assert_eq!((m["n"].as_u64(), m["offset"].as_u64()), (Some(5), Some(5)));
+    let (_, kept) = node.history_of("ttl:r", 0, 100).await.unwrap().unwrap();
+    assert_eq!(kept.len(), 5);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (top, kept) = node.history_of("ttl:r", 0, 100).await.unwrap().unwrap();
+    assert!(kept.is_empty(), "expired");
+    // The epoch and the offsets outlive the publications: a client at 5 is told its
+    // history is gone, not matched against a new stream.
+    assert_eq!(top.offset, 5);
+    assert_eq!(publish(&node, "ttl:r", 6).await.offset, 6);
 }

@@ -43,7 +43,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::history::{HistoryStore, MemoryHistory, StreamPosition};
 
 #[cfg(feature = "redis")]
+mod redis_history;
+#[cfg(feature = "redis")]
 mod redis_pubsub;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis_history::RedisHistory;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis_pubsub::RedisBackplane;

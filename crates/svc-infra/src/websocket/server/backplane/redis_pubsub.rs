@@ -167,7 +167,7 @@ fn presence_channel(prefix: &str) -> String {
     format!("{prefix}:presence")
 }
 
-fn channel(prefix: &str, topic: &Topic) -> String {
+pub(super) fn channel(prefix: &str, topic: &Topic) -> String {
     match topic {
         Topic::All => format!("{prefix}:all"),
         Topic::Room(r) => format!("{prefix}:room:{r}"),
@@ -218,6 +218,13 @@ impl Backplane for RedisBackplane {
         if wanted.remove(&channel) {
             self.shared.changed.notify_one();
         }
+    }
+
+    fn history_store(&self) -> Option<Arc<dyn crate::websocket::history::HistoryStore>> {
+        Some(Arc::new(super::RedisHistory::new(
+            self.shared.client.clone(),
+            self.shared.prefix.clone(),
+        )))
     }
 
     fn status(&self) -> BackplaneStatus {
