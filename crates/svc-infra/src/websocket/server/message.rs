@@ -34,7 +34,8 @@ pub struct PreparedMessage {
     /// inflate within `limit`).
     other: OnceLock<Option<Bytes>>,
     /// The largest payload a deflated `frame` may inflate to (`max_message_size` of the
-    /// node it arrived at); 0 for a plain `frame`.
+    /// node it arrived at, at least 1); 0 for a plain `frame`, so that a broadcast tells
+    /// the two apart by a field of its own, not by a byte of the frame.
     limit: usize,
 }
 
@@ -110,13 +111,13 @@ impl PreparedMessage {
         Self {
             frame,
             other: OnceLock::new(),
-            limit,
+            limit: limit.max(1),
         }
     }
 
     /// Whether this message arrived deflated (its `frame` has RSV1 set).
     fn arrived_deflated(&self) -> bool {
-        self.frame.first().is_some_and(|b| b & protocol::RSV1 != 0)
+        self.limit != 0
     }
 
     /// The complete plain frame, shared by every recipient that gets it plain; for a
