@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::{Gateway, protocol::outgoing};
 use crate::{
     auth::{AuthPolicy, TokenSource},
-    websocket::{WebSocketError, backplane::BackplaneStatus},
+    websocket::{PublishOptions, WebSocketError, backplane::BackplaneStatus},
 };
 
 /// The buckets of every `_seconds` histogram: 0.5 ms to 10 s.
@@ -170,6 +170,8 @@ enum PublishRejection {
     TooLarge(String),
     /// 408: the body did not arrive within `WS_HANDSHAKE_TIMEOUT` (a slow-body attack).
     Timeout,
+    /// 503: a room with history whose store (Redis) cannot be reached; nothing was sent.
+    Unavailable(String),
 }
 
 impl IntoResponse for PublishRejection {
@@ -193,6 +195,7 @@ impl IntoResponse for PublishRejection {
                 "timeout",
                 "The request body did not arrive in time".to_owned(),
             ),
+            Self::Unavailable(reason) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason),
         };
         tracing::debug!(
             status = status.as_u16(),
@@ -204,7 +207,8 @@ impl IntoResponse for PublishRejection {
 }
 
 /// `POST /api/publish`: other services push to a user, a room or everyone. An API key, or a
-/// JWT with the admin scope. Answers `{"delivered": n}`, this node's connections reached.
+/// JWT with the admin scope. Answers `{"delivered": n}`, this node's connections reached;
+/// for a room with history `{"offset": n, "epoch": e}`, the publication's position.
 /// Counted in `svc_ws_http_publishes_total{status}`, timed in
 /// `svc_ws_http_publish_duration_seconds`.
 pub(super) async fn publish(
@@ -278,6 +282,28 @@ async fn publish_inner(gw: Gateway, uri: Uri, headers: HeaderMap, body: Body) ->
             return PublishRejection::BadRequest(why).into_response();
         }
         (Some(to), None) => m.send_to_user(to, outgoing(from, None, body.data)).await,
+        (None, Some(room)) if m.keeps_history(room) => {
+            // A room with history: the publication's position is the answer (delivery
+            // happens on every node as the store hands it out).
+            let mut options = PublishOptions::default().embed_position();
+            options.exclude_user = body.exclude.clone();
+            let out = outgoing(from, Some(room), body.data);
+            return match m.publish(room, out, options).await {
+                Ok(position) => {
+                    let position = position.unwrap_or_default();
+                    tracing::debug!(from, room, offset = position.offset, "POST /api/publish");
+                    Json(json!({"offset": position.offset, "epoch": position.epoch}))
+                        .into_response()
+                }
+                Err(e @ WebSocketError::MessageTooLarge { .. }) => {
+                    PublishRejection::TooLarge(e.to_string()).into_response()
+                }
+                Err(e @ WebSocketError::History(_)) => {
+                    PublishRejection::Unavailable(e.to_string()).into_response()
+                }
+                Err(e) => PublishRejection::BadRequest(e.to_string()).into_response(),
+            };
+        }
         (None, Some(room)) => {
             let out = outgoing(from, Some(room), body.data);
             match exclude {

@@ -15,7 +15,10 @@ use super::{
 };
 use crate::{
     auth::OptionalWsIdentity,
-    websocket::{Connection, WebSocketError, WebSocketMessage, WsUpgrade},
+    websocket::{
+        Connection, PreparedMessage, PublishOptions, StreamPosition, WebSocketError,
+        WebSocketMessage, WsUpgrade,
+    },
 };
 
 /// The longest user id (`?user=`) or room name accepted, in bytes.
@@ -67,6 +70,19 @@ pub(super) async fn ws(
 enum Request {
     Join {
         room: String,
+        /// The last position the client saw in this room (a room with history): what
+        /// followed is replayed.
+        #[serde(default)]
+        since: Option<StreamPosition>,
+        #[serde(default)]
+        id: Option<Value>,
+    },
+    History {
+        room: String,
+        #[serde(default)]
+        since: Option<StreamPosition>,
+        #[serde(default)]
+        limit: Option<usize>,
         #[serde(default)]
         id: Option<Value>,
     },
@@ -110,6 +126,7 @@ impl Request {
     fn kind(&self) -> &'static str {
         match self {
             Self::Join { .. } => "join",
+            Self::History { .. } => "history",
             Self::Leave { .. } => "leave",
             Self::Publish { .. } => "publish",
             Self::Send { .. } => "send",
@@ -138,7 +155,7 @@ impl Session {
         while let Some(received) = conn.recv().await {
             let Ok(message) = received else { break };
             let reply = match limiter.check(rate, Instant::now()) {
-                Verdict::Allow => self.handle(&message).await,
+                Verdict::Allow => self.handle(&message, Some(&mut conn)).await,
                 Verdict::Refuse => {
                     metrics::counter!("svc_ws_gateway_rate_limited_total").increment(1);
                     Some(error(
@@ -178,8 +195,12 @@ impl Session {
 
     /// What to answer `message` with, if anything; counted in
     /// `svc_ws_gateway_requests_total{type, outcome}`.
-    async fn handle(&self, message: &WebSocketMessage) -> Option<Value> {
-        let (kind, answer) = self.answer(message).await;
+    async fn handle(
+        &self,
+        message: &WebSocketMessage,
+        conn: Option<&mut Connection>,
+    ) -> Option<Value> {
+        let (kind, answer) = self.answer(message, conn).await;
         let failed = answer
             .as_ref()
             .is_some_and(|a| a.get("type").and_then(Value::as_str) == Some("error"));
@@ -190,7 +211,11 @@ impl Session {
     }
 
     /// The request's type (`invalid` when it is not a request) and the answer, if any.
-    async fn answer(&self, message: &WebSocketMessage) -> (&'static str, Option<Value>) {
+    async fn answer(
+        &self,
+        message: &WebSocketMessage,
+        conn: Option<&mut Connection>,
+    ) -> (&'static str, Option<Value>) {
         let Some(text) = message.as_text() else {
             let answer = error(None, "binary messages are not part of the protocol");
             return ("invalid", Some(answer));
@@ -204,15 +229,16 @@ impl Session {
                 return ("invalid", Some(error(id, &format!("bad request: {e}"))));
             }
         };
-        (request.kind(), self.run_request(request).await)
+        (request.kind(), self.run_request(request, conn).await)
     }
 
-    /// Runs a valid request; the answer, if any.
-    async fn run_request(&self, request: Request) -> Option<Value> {
+    /// Runs a valid request; the answer, if any. `conn` is the requesting connection
+    /// (`None` in the fuzz target, which has none: a join is then a plain join).
+    async fn run_request(&self, request: Request, conn: Option<&mut Connection>) -> Option<Value> {
         let m = &self.gw.inner.manager;
         let user = self.user.as_str();
         match request {
-            Request::Join { room, id } => {
+            Request::Join { room, since, id } => {
                 if let Err(why) = check_name("room", &room) {
                     return Some(error(id, &why));
                 }
@@ -227,8 +253,69 @@ impl Session {
                         ));
                     }
                 }
-                m.join_room(user, &room).await;
-                id.map(ack)
+                let Some(conn) = conn else {
+                    m.join_room(user, &room).await;
+                    return id.map(ack);
+                };
+                // A room with history: the `joined` answer goes first, then what was
+                // missed, then the live publications (the library orders them).
+                let answer_id = id.clone();
+                let joined = conn
+                    .join_room_from(&room, since, |r| {
+                        let answer = json!({
+                            "type": "joined",
+                            "room": room,
+                            "recovered": r.recovered,
+                            "offset": r.position.offset,
+                            "epoch": r.position.epoch,
+                            "replayed": r.replayed,
+                        });
+                        Some(PreparedMessage::text(
+                            &with_id(answer, answer_id).to_string(),
+                        ))
+                    })
+                    .await;
+                match joined {
+                    Ok(Some(_)) => None,
+                    Ok(None) => id.map(ack),
+                    Err(e) => Some(error(id, &e.to_string())),
+                }
+            }
+            Request::History {
+                room,
+                since,
+                limit,
+                id,
+            } => {
+                let max = m.config().history_recovery_max.max(1);
+                let limit = limit.unwrap_or(max).min(max);
+                let after = since.as_ref().map_or(0, |s| s.offset);
+                match m.history_of(&room, after, limit).await {
+                    Ok(Some((top, publications))) => {
+                        // A position of another epoch matches nothing of this stream.
+                        let stale = since
+                            .as_ref()
+                            .is_some_and(|s| s.offset != 0 && s.epoch != top.epoch);
+                        let publications: Vec<Value> = if stale {
+                            Vec::new()
+                        } else {
+                            publications
+                                .iter()
+                                .filter_map(|(_, frame)| message_json(frame))
+                                .collect()
+                        };
+                        let answer = json!({
+                            "type": "history",
+                            "room": room,
+                            "offset": top.offset,
+                            "epoch": top.epoch,
+                            "publications": publications,
+                        });
+                        Some(with_id(answer, id))
+                    }
+                    Ok(None) => Some(error(id, &format!("room {room} keeps no history"))),
+                    Err(e) => Some(error(id, &e.to_string())),
+                }
             }
             Request::Leave { room, id } => {
                 m.leave_room(user, &room).await;
@@ -236,8 +323,14 @@ impl Session {
             }
             Request::Publish { room, data, id } => {
                 let out = outgoing(user, Some(&room), data);
-                match m.broadcast_to_room_excluding(&room, out, user).await {
-                    Ok(_) => id.map(ack),
+                let options = PublishOptions::default()
+                    .exclude_user(user)
+                    .embed_position();
+                match m.publish(&room, out, options).await {
+                    Ok(Some(position)) => id.map(|id| {
+                        json!({"type": "ack", "id": id, "offset": position.offset, "epoch": position.epoch})
+                    }),
+                    Ok(None) => id.map(ack),
                     Err(e) => Some(error(id, &e.to_string())),
                 }
             }
@@ -276,6 +369,7 @@ impl Session {
 /// (`invalid`: not a request).
 pub(crate) const REQUEST_TYPES: &[&str] = &[
     "join",
+    "history",
     "leave",
     "publish",
     "send",
@@ -308,7 +402,7 @@ pub(crate) async fn answer(
         user: user.to_owned(),
         can_broadcast,
     };
-    session.handle(message).await.map(|v| v.to_string())
+    session.handle(message, None).await.map(|v| v.to_string())
 }
 
 fn check_name(what: &str, name: &str) -> Result<(), String> {
@@ -326,6 +420,12 @@ pub(super) fn outgoing(from: &str, room: Option<&str>, data: Value) -> String {
         obj.insert("room".to_owned(), room.into());
     }
     out.to_string()
+}
+
+/// The JSON of a message frame (what a member received), if it is one.
+fn message_json(frame: &[u8]) -> Option<Value> {
+    let header = crate::websocket::protocol::FrameHeader::parse(frame).ok()??;
+    serde_json::from_slice(frame.get(header.len..)?).ok()
 }
 
 /// `{"type": "ack", "id": id}`.
@@ -352,7 +452,7 @@ mod tests {
     #[test]
     fn requests_parse_strictly() {
         let r: Request = serde_json::from_str(r#"{"type":"join","room":"a","id":1}"#).unwrap();
-        assert!(matches!(r, Request::Join { room, id: Some(_) } if room == "a"));
+        assert!(matches!(r, Request::Join { room, id: Some(_), since: None } if room == "a"));
         for bad in [
             r#"{"type":"fly"}"#,
             r#"{"type":"join"}"#,

@@ -309,6 +309,9 @@ fn connections(config: &GatewayConfig, env: &Env) -> Group {
             s("WS_COMPRESSION_MIN_SIZE", &ws.compression_min_size),
             s("WS_COMPRESSION_WINDOW_BITS", &ws.compression_window_bits),
             s("WS_HANDSHAKE_TIMEOUT", &seconds(ws.handshake_timeout)),
+            s("WS_HISTORY_RECOVERY_MAX", &ws.history_recovery_max),
+            s("WS_HISTORY_SIZE", &ws.history_size).note_if(ws.history_size == 0, "no history"),
+            s("WS_HISTORY_TTL", &seconds(ws.history_ttl)),
             s("WS_MAX_CONNECTIONS", &ws.max_connections)
                 .note_if(ws.max_connections == 0, "no limit"),
             s("WS_MAX_CONNECTIONS_PER_USER", &ws.max_connections_per_user)

@@ -179,6 +179,12 @@ impl ConnectionManager {
         self.inner.history.as_ref()
     }
 
+    /// Whether `room` keeps history (see [`HistoryConfig`]).
+    pub fn keeps_history(&self, room: &str) -> bool {
+        self.history()
+            .is_some_and(|h| h.config.for_room(room).is_some())
+    }
+
     /// Publishes `message` to `room`. A room with history (see [`HistoryConfig`]) keeps it
     /// and numbers it: the returned position is the publication's, the same on every node,
     /// and every member receives the room's publications in that order. A room without
