@@ -17,6 +17,8 @@ mod backoff;
 mod client;
 mod config;
 mod error;
+#[cfg(feature = "client")]
+mod gateway_client;
 mod models;
 pub mod protocol;
 #[cfg(feature = "client")]
@@ -37,7 +39,10 @@ pub(crate) use client::{
 };
 pub use config::{Compression, ConfigError, WebSocketConfig, get_default_config};
 pub use error::{BoxError, ConnectFailure, Result, WebSocketError};
-pub use models::{ConnectionInfo, ConnectionState, WebSocketMessage};
+#[cfg(feature = "client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+pub use gateway_client::{GatewayClient, GatewayClientStats, GatewayEvent};
+pub use models::{ConnectionInfo, ConnectionState, StreamPosition, WebSocketMessage};
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub use reconnect::{Reconnect, websocket_connect};
@@ -50,7 +55,7 @@ pub use server::ServerTls;
 pub use server::backplane;
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
-pub use server::history::{self, HistoryConfig, HistoryLimits, StreamPosition};
+pub use server::history::{self, HistoryConfig, HistoryLimits};
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub use server::metrics;

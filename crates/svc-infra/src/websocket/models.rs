@@ -4,7 +4,7 @@
 use std::{collections::HashMap, fmt, time::SystemTime};
 
 use bytes::Bytes;
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 use tungstenite::Utf8Bytes;
 
 /// Where a connection is in its life.
@@ -233,6 +233,22 @@ pub struct ConnectionInfo {
 
 fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_rfc3339_micros(*t))
+}
+
+/// Where a publication sits in its stream: its offset (1 for the first) and the stream's
+/// epoch. Offset 0 is the position of a stream with nothing published yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StreamPosition {
+    /// The publication's number in its stream, from 1, without gaps.
+    pub offset: u64,
+    /// The stream's identity: a new epoch means the past before it was lost.
+    pub epoch: String,
+}
+
+impl std::fmt::Display for StreamPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.offset, self.epoch)
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@
 //!   and a `wss://` echo server with a self-signed certificate;
 //! - [`auth`] (feature `auth`): tokens, keys and the auth test app;
 //! - [`redis`] (feature `redis`): a private `redis-server` on a free port;
-//! - [`gateway`] (feature `gateway`): the gateway served in process, and its requests.
+//! - [`gateway`] (feature `gateway`): the gateway served in process, and its requests;
+//! - [`cutter`]: a TCP forwarder that cuts every connection through it at once.
 #![allow(dead_code, unreachable_pub, missing_docs)] // each test file uses a different part
 
 use std::{future::Future, time::Duration};
@@ -19,6 +20,7 @@ use std::{future::Future, time::Duration};
 #[cfg(feature = "auth")]
 pub mod auth;
 pub mod client_server;
+pub mod cutter;
 #[cfg(feature = "gateway")]
 pub mod gateway;
 #[cfg(feature = "client")]

@@ -20,25 +20,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::{Deserialize, Serialize};
-
 use super::backplane::{Envelope, Inbox};
-
-/// Where a publication sits in its stream: its offset (1 for the first) and the stream's
-/// epoch. Offset 0 is the position of a stream with nothing published yet.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct StreamPosition {
-    /// The publication's number in its stream, from 1, without gaps.
-    pub offset: u64,
-    /// The stream's identity: a new epoch means the past before it was lost.
-    pub epoch: String,
-}
-
-impl fmt::Display for StreamPosition {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.offset, self.epoch)
-    }
-}
+pub use crate::websocket::models::StreamPosition;
 
 /// A new random epoch: 16 hex digits.
 pub(crate) fn new_epoch() -> String {

@@ -1,0 +1,162 @@
+//! `GatewayClient` against the gateway in process, through a forwarder that cuts its
+//! connections: it reconnects, re-joins from its last position and gets every message once,
+//! in order; without recovery it misses them; after the history is lost it is told.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    cutter::Cutter,
+    gateway::{Running, publish, start},
+    within,
+};
+use serde_json::{Value, json};
+use svc_infra::{
+    gateway::GatewayConfig,
+    websocket::{GatewayClient, GatewayEvent, WebSocketClient, WebSocketConfig},
+};
+
+const KEY: &str = "X-API-Key: ops-key-123\r\n";
+
+fn config() -> GatewayConfig {
+    GatewayConfig::from_vars([
+        ("WS_GATEWAY_ANONYMOUS", "true"),
+        ("WS_API_KEYS", "ops:ops-key-123:"),
+        ("WS_HISTORY_SIZE", "100"),
+    ])
+    .unwrap()
+}
+
+fn client(cutter: &Cutter, recover: bool) -> GatewayClient {
+    let mut ws = WebSocketConfig::default();
+    ws.reconnect_backoff_base = Duration::from_millis(50);
+    ws.reconnect_backoff_max = Duration::from_millis(200);
+    ws.reconnect_max_attempts = 0;
+    let url = format!("ws://{}/ws?user=alice", cutter.addr);
+    GatewayClient::with_recovery(WebSocketClient::builder(url).config(ws), recover)
+}
+
+/// The next event that is not `Other` (acks, presence).
+async fn next(client: &mut GatewayClient) -> GatewayEvent {
+    within("an event", async {
+        loop {
+            match client.next_event().await.expect("the client is running") {
+                GatewayEvent::Other(_) => {}
+                event => return event,
+            }
+        }
+    })
+    .await
+}
+
+async fn joined(client: &mut GatewayClient) {
+    match next(client).await {
+        GatewayEvent::Joined { .. } => {}
+        other => panic!("expected joined, got {other:?}"),
+    }
+}
+
+/// The `data` of the next message.
+async fn message(client: &mut GatewayClient) -> (Value, u64) {
+    match next(client).await {
+        GatewayEvent::Message { data, position, .. } => (data, position.unwrap().offset),
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+async fn post(gw: &Running, n: u64) {
+    let (status, body) = publish(gw, KEY, json!({"room": "chat", "data": n})).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn a_cut_connection_is_recovered_from_the_last_position() {
+    let gw = start(config()).await;
+    let cutter = Cutter::start(gw.addr).await;
+    let mut alice = client(&cutter, true);
+    alice.join("chat");
+    assert_eq!(next(&mut alice).await, GatewayEvent::Connected);
+    joined(&mut alice).await;
+    for n in 1..=3 {
+        post(&gw, n).await;
+        assert_eq!(message(&mut alice).await, (json!(n), n));
+    }
+    cutter.cut_all();
+    assert!(matches!(
+        next(&mut alice).await,
+        GatewayEvent::Disconnected { code: 1006 }
+    ));
+    // Published while Alice is away: replayed after the answer to her re-join.
+    for n in 4..=6 {
+        post(&gw, n).await;
+    }
+    assert_eq!(next(&mut alice).await, GatewayEvent::Connected);
+    match next(&mut alice).await {
+        GatewayEvent::Joined {
+            recovered,
+            replayed,
+            ..
+        } => assert_eq!((recovered, replayed), (true, 3)),
+        other => panic!("{other:?}"),
+    }
+    for n in 4..=7 {
+        if n == 7 {
+            post(&gw, 7).await;
+        }
+        assert_eq!(message(&mut alice).await, (json!(n), n));
+    }
+    assert_eq!(alice.position("chat").unwrap().offset, 7);
+    assert_eq!(alice.stats().connections, 2);
+}
+
+#[tokio::test]
+async fn without_recovery_what_was_published_meanwhile_is_missed() {
+    let gw = start(config()).await;
+    let cutter = Cutter::start(gw.addr).await;
+    let mut alice = client(&cutter, false);
+    alice.join("chat");
+    assert_eq!(next(&mut alice).await, GatewayEvent::Connected);
+    joined(&mut alice).await;
+    post(&gw, 1).await;
+    assert_eq!(message(&mut alice).await, (json!(1), 1));
+    cutter.cut_all();
+    assert!(matches!(
+        next(&mut alice).await,
+        GatewayEvent::Disconnected { .. }
+    ));
+    post(&gw, 2).await;
+    assert_eq!(next(&mut alice).await, GatewayEvent::Connected);
+    joined(&mut alice).await;
+    post(&gw, 3).await;
+    assert_eq!(message(&mut alice).await, (json!(3), 3), "2 was missed");
+}
+
+/// A gateway restarted (its history was in memory): the re-join cannot recover, and says so.
+#[tokio::test]
+async fn a_lost_history_is_signalled() {
+    let first = start(config()).await;
+    let cutter = Cutter::start(first.addr).await;
+    let mut alice = client(&cutter, true);
+    alice.join("chat");
+    assert_eq!(next(&mut alice).await, GatewayEvent::Connected);
+    joined(&mut alice).await;
+    post(&first, 1).await;
+    assert_eq!(message(&mut alice).await, (json!(1), 1));
+    let second = start(config()).await;
+    cutter.set_upstream(second.addr);
+    cutter.cut_all();
+    assert!(matches!(
+        next(&mut alice).await,
+        GatewayEvent::Disconnected { .. }
+    ));
+    assert_eq!(next(&mut alice).await, GatewayEvent::Connected);
+    match next(&mut alice).await {
+        GatewayEvent::Lost { room, position } => {
+            assert_eq!((room.as_str(), position.offset), ("chat", 0));
+        }
+        other => panic!("expected lost, got {other:?}"),
+    }
+    post(&second, 2).await;
+    assert_eq!(message(&mut alice).await, (json!(2), 1));
+}
