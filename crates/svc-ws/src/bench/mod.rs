@@ -24,6 +24,7 @@ mod fanout;
 mod hostile;
 mod idle;
 mod raw;
+mod reliability;
 mod restart;
 
 /// Arguments of `svc-ws bench`.
@@ -49,6 +50,9 @@ enum Workload {
     /// A rolling restart: N connections on node A, SIGTERM to A, every client moves to node
     /// B; when A's closes came and how B's handshake rate ramped.
     Restart(restart::Args),
+    /// Delivery to clients whose connections keep dropping (AnyCable's method): two
+    /// gateways on a private Redis, rooms with history, recovery on or off.
+    Reliability(reliability::Args),
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
@@ -59,6 +63,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         Workload::Idle(args) => idle::run(args).await,
         Workload::Hostile(args) => hostile::run(args).await,
         Workload::Restart(args) => restart::run(args).await,
+        Workload::Reliability(args) => reliability::run(args).await,
     }
 }
 
