@@ -399,7 +399,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         for room in 0..args.rooms {
             let at = now_ns();
             let body = json!({"room": format!("room-{room}"), "data": {"seq": seq, "at": at}});
-            let gw = if seq % 2 == 0 { a } else { b };
+            let gw = if seq.is_multiple_of(2) { a } else { b };
             match http(gw, "POST", "/api/publish", &body.to_string()).await {
                 Ok((200, _)) => {
                     published.insert(seq, (room, at));
