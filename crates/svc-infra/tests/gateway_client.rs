@@ -160,3 +160,75 @@ async fn a_lost_history_is_signalled() {
     post(&second, 2).await;
     assert_eq!(message(&mut alice).await, (json!(2), 1));
 }
+
+/// A gateway that skips offsets 3 and 4 on the live path (what a slow-consumer policy that
+/// drops does): the client notices the gap, re-joins from 2, and gets 3, 4, 5 from the
+/// replay, then 6, each once.
+#[tokio::test]
+async fn a_gap_on_the_live_path_makes_the_client_re_join_from_its_last_position() {
+    use axum::{
+        Router,
+        extract::ws::{Message, WebSocket, WebSocketUpgrade},
+        routing::get,
+    };
+    use futures_util::StreamExt;
+
+    async fn request(ws: &mut WebSocket) -> Value {
+        let Some(Ok(Message::Text(text))) = ws.next().await else {
+            panic!("expected a request");
+        };
+        serde_json::from_str(&text).unwrap()
+    }
+
+    async fn script(mut ws: WebSocket) {
+        let m = |offset: u64| {
+            Message::text(
+                json!({"type": "message", "room": "chat", "from": "x", "data": offset, "offset": offset, "epoch": "e"})
+                    .to_string(),
+            )
+        };
+        let joined = |offset: u64, replayed: u64| {
+            Message::text(
+                json!({"type": "joined", "room": "chat", "recovered": true, "offset": offset, "epoch": "e", "replayed": replayed})
+                    .to_string(),
+            )
+        };
+        assert_eq!(
+            request(&mut ws).await,
+            json!({"type": "join", "room": "chat"})
+        );
+        for message in [joined(0, 0), m(1), m(2), m(5)] {
+            ws.send(message).await.unwrap();
+        }
+        let rejoin = request(&mut ws).await;
+        assert_eq!(
+            rejoin,
+            json!({"type": "join", "room": "chat", "since": {"offset": 2, "epoch": "e"}})
+        );
+        // 6 was on its way before the re-join arrived: dropped by the client (replayed).
+        for message in [m(6), joined(6, 4), m(3), m(4), m(5), m(6), m(7)] {
+            ws.send(message).await.unwrap();
+        }
+        while ws.next().await.is_some() {}
+    }
+
+    let app = Router::new().route(
+        "/ws",
+        get(|up: WebSocketUpgrade| async move { up.on_upgrade(script) }),
+    );
+    let addr = common::server::serve(app).await;
+    let mut ws = WebSocketConfig::default();
+    ws.reconnect_max_attempts = 1;
+    let mut alice =
+        GatewayClient::connect(WebSocketClient::builder(format!("ws://{addr}/ws")).config(ws));
+    alice.join("chat");
+    assert_eq!(next(&mut alice).await, GatewayEvent::Connected);
+    joined(&mut alice).await;
+    assert_eq!(message(&mut alice).await, (json!(1), 1));
+    assert_eq!(message(&mut alice).await, (json!(2), 2));
+    joined(&mut alice).await;
+    for n in 3..=7 {
+        assert_eq!(message(&mut alice).await, (json!(n), n));
+    }
+    assert_eq!(alice.stats().gaps, 1);
+}

@@ -75,6 +75,10 @@ pub struct GatewayClientStats {
     /// Messages dropped because their position had been seen already (a replay and the
     /// live path can overlap around a re-join).
     pub duplicates_dropped: u64,
+    /// Gaps seen on the live path (a message whose offset skipped some: the gateway dropped
+    /// messages for this client, a slow consumer): each made the client re-join the room
+    /// from its last position, so that the gateway replays what was skipped.
+    pub gaps: u64,
     /// Connections made (the first included).
     pub connections: u64,
 }
@@ -89,6 +93,7 @@ enum Command {
 struct Shared {
     positions: Mutex<HashMap<String, StreamPosition>>,
     duplicates: AtomicU64,
+    gaps: AtomicU64,
     connections: AtomicU64,
 }
 
@@ -152,12 +157,14 @@ impl GatewayClient {
         let shared = Arc::new(Shared {
             positions: Mutex::new(HashMap::new()),
             duplicates: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
             connections: AtomicU64::new(0),
         });
         let task = Task {
             shared: shared.clone(),
             events: tx,
             rooms: HashSet::new(),
+            rejoining: HashSet::new(),
             recover,
         };
         tokio::spawn(task.run(target.into(), rx));
@@ -203,6 +210,7 @@ impl GatewayClient {
     pub fn stats(&self) -> GatewayClientStats {
         GatewayClientStats {
             duplicates_dropped: self.shared.duplicates.load(Ordering::Relaxed),
+            gaps: self.shared.gaps.load(Ordering::Relaxed),
             connections: self.shared.connections.load(Ordering::Relaxed),
         }
     }
@@ -228,6 +236,9 @@ struct Task {
     shared: Arc<Shared>,
     events: mpsc::Sender<GatewayEvent>,
     rooms: HashSet<String>,
+    /// Rooms re-joined after a gap, until their `joined` answer: their messages meanwhile
+    /// are dropped (the replay that follows the answer has them).
+    rejoining: HashSet<String>,
     recover: bool,
 }
 
@@ -310,6 +321,7 @@ impl Task {
         if !self.recover {
             lock(&self.shared.positions).clear();
         }
+        self.rejoining.clear();
         let rooms: Vec<String> = self.rooms.iter().cloned().collect();
         for room in rooms {
             ws.send(self.join_request(&room).to_string()).await?;
@@ -318,10 +330,20 @@ impl Task {
             tokio::select! {
                 received = ws.recv() => {
                     let message = received?;
-                    if let Some(event) = self.event(&message)
-                        && self.events.send(event).await.is_err()
-                    {
-                        return Ok(());
+                    match self.event(&message) {
+                        Seen::Event(event) => {
+                            if self.events.send(event).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                        Seen::Gap(room) => {
+                            // Re-join from the last position: the gateway replays the rest.
+                            self.shared.gaps.fetch_add(1, Ordering::Relaxed);
+                            let request = self.join_request(&room);
+                            self.rejoining.insert(room);
+                            ws.send(request.to_string()).await?;
+                        }
+                        Seen::Nothing => {}
                     }
                 }
                 command = commands.recv() => match command {
@@ -341,19 +363,43 @@ impl Task {
         }
     }
 
-    /// What a message from the gateway means to the application, if anything.
-    fn event(&self, message: &WebSocketMessage) -> Option<GatewayEvent> {
-        let value: Value = serde_json::from_str(message.as_text()?).ok()?;
+    /// What a message from the gateway means to the application.
+    fn event(&mut self, message: &WebSocketMessage) -> Seen {
+        let Some(value) = message
+            .as_text()
+            .and_then(|t| serde_json::from_str::<Value>(t).ok())
+        else {
+            return Seen::Nothing;
+        };
+        match self.parse(value) {
+            Ok(Some(event)) => Seen::Event(event),
+            Ok(None) => Seen::Nothing,
+            Err(room) => Seen::Gap(room),
+        }
+    }
+
+    /// The event of one message, if any; `Err(room)` for a gap in a room's offsets.
+    fn parse(&mut self, value: Value) -> Result<Option<GatewayEvent>, String> {
         let room = value.get("room").and_then(Value::as_str).map(str::to_owned);
         let position = position_of(&value);
-        match value.get("type").and_then(Value::as_str) {
+        let event = match value.get("type").and_then(Value::as_str) {
             Some("message") => {
                 if let (Some(room), Some(p)) = (&room, &position) {
+                    if self.rejoining.contains(room) {
+                        return Ok(None); // replayed after the answer
+                    }
                     let mut positions = lock(&self.shared.positions);
                     match positions.get(room) {
                         Some(last) if last.epoch == p.epoch && p.offset <= last.offset => {
                             self.shared.duplicates.fetch_add(1, Ordering::Relaxed);
-                            return None;
+                            return Ok(None);
+                        }
+                        Some(last)
+                            if self.recover
+                                && last.epoch == p.epoch
+                                && p.offset > last.offset + 1 =>
+                        {
+                            return Err(room.clone());
                         }
                         _ => {
                             positions.insert(room.clone(), p.clone());
@@ -368,7 +414,10 @@ impl Task {
                 })
             }
             Some("joined") => {
-                let (room, position) = (room?, position?);
+                let (Some(room), Some(position)) = (room, position) else {
+                    return Ok(None);
+                };
+                self.rejoining.remove(&room);
                 let recovered = value["recovered"].as_bool().unwrap_or(false);
                 let replayed = value["replayed"].as_u64().unwrap_or(0);
                 // The replayed messages move the position themselves; without any, the
@@ -388,13 +437,24 @@ impl Task {
                 }
             }
             Some("recovery") if value["recovered"] == false => {
-                let (room, position) = (room?, position?);
+                let (Some(room), Some(position)) = (room, position) else {
+                    return Ok(None);
+                };
                 lock(&self.shared.positions).insert(room.clone(), position.clone());
                 Some(GatewayEvent::Lost { room, position })
             }
             _ => Some(GatewayEvent::Other(value)),
-        }
+        };
+        Ok(event)
     }
+}
+
+/// What one message from the gateway amounts to.
+enum Seen {
+    Event(GatewayEvent),
+    /// A room's offsets skipped some: re-join it from the last position.
+    Gap(String),
+    Nothing,
 }
 
 fn position_of(value: &Value) -> Option<StreamPosition> {
