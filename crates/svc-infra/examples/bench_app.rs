@@ -15,6 +15,11 @@
 //!
 //! With the `redis` feature and `REDIS_URL` set, the app is a node of a cluster
 //! (`docs/scaling.md`): broadcasts reach the connections of every node.
+//!
+//! With `BENCH_ROOM=R` every connection's user joins room R, and a `"broadcast"` goes to R
+//! through `manager.publish` (its position embedded): with `WS_HISTORY_SIZE` > 0 R keeps
+//! history, so the fan-out benchmark measures what a room with history costs against the
+//! same room without (`docs/delivery.md`).
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -22,8 +27,16 @@ use axum::{Json, Router, extract::Path, response::Response, routing::get};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use svc_infra::websocket::{
-    ConnectionManager, WebSocketConfig, WsManager, WsUpgrade, add_websocket_manager_with,
+    ConnectionManager, PublishOptions, WebSocketConfig, WsManager, WsUpgrade,
+    add_websocket_manager_with,
 };
+
+/// `BENCH_ROOM`: the room every connection joins and broadcasts go to, if set.
+fn bench_room() -> Option<&'static str> {
+    static ROOM: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ROOM.get_or_init(|| std::env::var("BENCH_ROOM").ok().filter(|r| !r.is_empty()))
+        .as_deref()
+}
 
 #[derive(Deserialize)]
 struct Kind<'a> {
@@ -36,6 +49,9 @@ async fn ws(ws: WsUpgrade, Path(user_id): Path<String>, WsManager(manager): WsMa
         let Ok(mut conn) = manager.connect(&user_id, socket).await else {
             return;
         };
+        if let Some(room) = bench_room() {
+            manager.join_room(&user_id, room).await;
+        }
         while let Some(Ok(message)) = conn.recv().await {
             let Some(text) = message.as_text() else {
                 continue;
@@ -45,9 +61,15 @@ async fn ws(ws: WsUpgrade, Path(user_id): Path<String>, WsManager(manager): WsMa
                 .and_then(|k| k.kind)
             {
                 Some("echo") if conn.send(&message).is_err() => break,
-                Some("broadcast") => {
-                    let _ = manager.broadcast(&message).await;
-                }
+                Some("broadcast") => match bench_room() {
+                    Some(room) => {
+                        let options = PublishOptions::default().embed_position();
+                        let _ = manager.publish(room, &message, options).await;
+                    }
+                    None => {
+                        let _ = manager.broadcast(&message).await;
+                    }
+                },
                 _ => {}
             }
         }

@@ -457,6 +457,34 @@ async fn a_gap_on_the_live_path_is_caught_up_from_the_history() {
     assert_eq!(offsets_until(&mut ws, 7).await, [7]);
 }
 
+/// The stream started over (Redis flushed) and the first publications of the new epoch did
+/// not arrive live (this node was not subscribed again yet): the members are told the old
+/// stream is gone, then get the new one from its beginning, from the history.
+#[tokio::test]
+async fn a_new_epoch_is_caught_up_from_its_beginning() {
+    let store = Lossy::default();
+    let manager = ConnectionManager::builder(WebSocketConfig::default())
+        .history(chat_history())
+        .history_store(store.clone())
+        .build();
+    let addr = start(manager.clone()).await;
+    let (mut ws, _) = join(addr, "u", "chat:n", None).await;
+    publish(&manager, "chat:n", 1).await;
+    assert_eq!(offsets_until(&mut ws, 1).await, [1]);
+    store.inner.clear();
+    store.lose.lock().unwrap().extend([1, 2]);
+    for n in 2..=4 {
+        publish(&manager, "chat:n", n).await;
+    }
+    let notice = next_json(&mut ws).await;
+    assert_eq!(
+        (notice["type"].as_str(), notice["offset"].as_u64()),
+        (Some("recovery"), Some(0)),
+        "{notice}"
+    );
+    assert_eq!(offsets_until(&mut ws, 4).await, [1, 2, 3]);
+}
+
 #[tokio::test]
 async fn a_new_epoch_is_announced_before_its_first_publication() {
     let store = MemoryHistory::default();

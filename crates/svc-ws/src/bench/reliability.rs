@@ -15,8 +15,9 @@
 //! received), duplicates the application saw (and those the client dropped), replay latency
 //! (publish to receipt of the messages replayed after a re-join), `recovered: false` count,
 //! and silent losses: messages neither received nor followed by a `Lost` event for the room.
-//! `--restart-redis` kills Redis half-way and starts it again (empty): publications fail
-//! meanwhile (the publisher is told: 503) and the clients get `Lost` for the new epoch.
+//! `--restart-redis` kills Redis half-way and starts it again, empty, `--redis-down`
+//! seconds later: publications fail meanwhile (the publisher is told: 503), and the clients
+//! are told (`Lost`) that the old stream is gone; the new one is delivered from its start.
 
 use std::{
     collections::HashMap,
@@ -73,6 +74,10 @@ pub(crate) struct Args {
     /// Kill Redis half-way through the publications and start it again, empty.
     #[arg(long)]
     restart_redis: bool,
+    /// With --restart-redis: how long Redis stays down, in seconds (publications fail
+    /// meanwhile, and the publisher is told).
+    #[arg(long, default_value_t = 2.0)]
+    redis_down: f64,
     /// Use this Redis instead of starting a private one (not with --restart-redis).
     #[arg(long)]
     redis_url: Option<String>,
@@ -388,13 +393,20 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let mut seq = 0u64;
     let half = args.messages / 2;
     let mut tick = tokio::time::interval(interval);
+    let mut restarted = None;
     for round in 0..args.messages {
         tick.tick().await;
         if args.restart_redis && round == half {
-            println!("  restarting Redis after {round} messages per room");
+            println!(
+                "  killing Redis after {round} messages per room; it starts again, empty, in {} s",
+                args.redis_down
+            );
             drop(redis.take()); // killed on drop
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            redis = Some(start_redis(redis_port).await?);
+            let down = Duration::from_secs_f64(args.redis_down);
+            restarted = Some(tokio::spawn(async move {
+                tokio::time::sleep(down).await;
+                start_redis(redis_port).await
+            }));
         }
         for room in 0..args.rooms {
             let at = now_ns();
@@ -419,6 +431,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             }
             seq += 1;
         }
+    }
+    if let Some(restarted) = restarted {
+        redis = Some(restarted.await??);
     }
     let publish_secs = started.elapsed().as_secs_f64();
     cutting.store(false, Ordering::Relaxed);

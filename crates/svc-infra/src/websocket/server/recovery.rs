@@ -284,12 +284,21 @@ impl ConnectionManager {
                 return 0;
             }
             Some(last) if last.epoch != position.epoch => {
-                // A new epoch: what came before it is gone for good; say so.
-                let now = StreamPosition {
-                    offset: position.offset - 1,
+                // A new epoch: what came before it is gone for good; say so. The members
+                // start the new stream from its beginning: what of it did not arrive here
+                // (published before this node was subscribed again) comes from its history.
+                let start = StreamPosition {
+                    offset: 0,
                     epoch: position.epoch.clone(),
                 };
-                self.deliver_except(track, &conns, &loss_notice(room, &now), None);
+                self.deliver_except(track, &conns, &loss_notice(room, &start), None);
+                if position.offset > 1 {
+                    metrics::counter!("svc_ws_history_gaps_total").increment(1);
+                    track.last = Some(start.clone());
+                    track.catching_up = Some(vec![envelope.clone()]);
+                    self.spawn_catch_up(room, start);
+                    return 0;
+                }
             }
             _ => {}
         }
@@ -606,7 +615,21 @@ async fn catch_up(inner: Weak<Inner>, room: String, mut last: StreamPosition) {
                 }
                 (list, first_missing)
             }
-            // A new epoch, or an unreadable store: what was missed is lost.
+            // A new epoch: what was missed of the old one is lost; say so, and catch up
+            // the new one from its beginning.
+            Ok(read) if read.top.epoch != last.epoch && !read.top.epoch.is_empty() => {
+                let start = StreamPosition {
+                    offset: 0,
+                    epoch: read.top.epoch.clone(),
+                };
+                manager.deliver_except(track, &conns, &loss_notice(&room, &start), None);
+                last = start;
+                track.last = Some(last.clone());
+                track.catching_up = Some(waiting);
+                drop(tracks);
+                continue;
+            }
+            // An unreadable store: what was missed is lost.
             _ => (sorted(waiting), true),
         };
         if lost {
