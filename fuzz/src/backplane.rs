@@ -4,7 +4,7 @@
 //! manager does with what they decode (`Inbox::deliver`, `Inbox::presence`).
 //!
 //! Input: a mode byte (bit 0: structured; for envelopes, bit 1: with a time, bit 2: a
-//! deflated frame), then in raw mode the bytes to decode (for presence: messages of one
+//! deflated frame, bit 3: a position, version 4, which wins over bit 2), then in raw mode the bytes to decode (for presence: messages of one
 //! length byte and that many bytes), in structured mode field values that this file encodes
 //! itself, from the wire format documented on `to_bytes`.
 //!
@@ -115,8 +115,26 @@ pub fn envelope(node: &(ConnectionManager, Inbox), data: &[u8]) -> bool {
     let origin = f.u64();
     // Version 3 carries a deflated frame (RSV1 set) and a time, version 2 a plain frame and
     // a time, version 1 a plain frame.
-    let deflated = mode & 4 == 4;
-    let sent_at = (deflated || mode & 2 == 2).then(|| f.u64());
+    let positioned = mode & 8 == 8;
+    let deflated = mode & 4 == 4 && !positioned;
+    let sent_at = (positioned || deflated || mode & 2 == 2).then(|| f.u64());
+    // Version 4: flags (1: embed), the offset in decimal digits and the epoch, each after
+    // a length byte.
+    let position = positioned.then(|| {
+        let embed = f.u8() & 1 == 1;
+        let offset = f.u64();
+        let mut epoch = f.name();
+        if epoch.is_empty() {
+            epoch.push('e');
+        }
+        // At most 255 bytes (a length byte), cut at a character.
+        let mut end = epoch.len().min(255);
+        while !epoch.is_char_boundary(end) {
+            end -= 1;
+        }
+        epoch.truncate(end.max(1));
+        (embed, offset, epoch)
+    });
     let kind = f.u8() % 3;
     let name = if kind == 0 { String::new() } else { f.name() };
     let exclude = (f.u8() & 1 == 1).then(|| f.name());
@@ -129,15 +147,24 @@ pub fn envelope(node: &(ConnectionManager, Inbox), data: &[u8]) -> bool {
     } else {
         frame[0] &= !RSV1;
     }
-    let version = match (deflated, sent_at) {
-        (true, _) => 3,
-        (false, Some(_)) => 2,
-        (false, None) => 1,
+    let version = match (positioned, deflated, sent_at) {
+        (true, _, _) => 4,
+        (_, true, _) => 3,
+        (_, false, Some(_)) => 2,
+        (_, false, None) => 1,
     };
     let mut wire = vec![version];
     wire.extend_from_slice(&origin.to_be_bytes());
     if let Some(at) = sent_at {
         wire.extend_from_slice(&at.to_be_bytes());
+    }
+    if let Some((embed, offset, epoch)) = &position {
+        wire.push(u8::from(*embed));
+        let digits = offset.to_string();
+        wire.push(digits.len() as u8);
+        wire.extend_from_slice(digits.as_bytes());
+        wire.push(epoch.len() as u8);
+        wire.extend_from_slice(epoch.as_bytes());
     }
     wire.push(kind);
     put_str(&mut wire, &name);
@@ -162,6 +189,12 @@ pub fn envelope(node: &(ConnectionManager, Inbox), data: &[u8]) -> bool {
     assert_eq!(e.exclude_user, exclude);
     assert_eq!(&e.frame[..], &frame[..]);
     assert_eq!(e.is_deflated(), deflated);
+    assert_eq!(
+        e.position
+            .as_ref()
+            .map(|p| (e.embed_position, p.offset, p.epoch.clone())),
+        position
+    );
     round_trip_envelope(&e, &wire);
     assert_eq!(
         inbox.deliver(&e),

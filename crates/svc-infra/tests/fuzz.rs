@@ -833,11 +833,21 @@ fn put_name(out: &mut Vec<u8>, rng: &mut StdRng) {
 /// A well-formed envelope, per the wire format of `Envelope::to_bytes`: version 1 with a
 /// plain frame, or 3 with a time and a deflated one.
 fn envelope_wire(rng: &mut StdRng) -> Vec<u8> {
-    let deflated = rng.random_bool(0.5);
-    let mut w = vec![if deflated { 3 } else { 1 }];
+    // Version 1 (plain), 3 (deflated) or 4 (positioned, plain).
+    let version = [1, 3, 4][rng.random_range(0..3)];
+    let deflated = version == 3;
+    let mut w = vec![version];
     w.extend_from_slice(&rng.random::<u64>().to_be_bytes());
-    if deflated {
+    if version != 1 {
         w.extend_from_slice(&rng.random::<u64>().to_be_bytes());
+    }
+    if version == 4 {
+        w.push(rng.random_range(0..2));
+        let offset = rng.random::<u64>() >> rng.random_range(0..64);
+        let digits = offset.to_string();
+        w.push(digits.len() as u8);
+        w.extend_from_slice(digits.as_bytes());
+        w.extend_from_slice(b"\x10a1b2c3d4e5f60718");
     }
     let kind = rng.random_range(0..3u8);
     w.push(kind);
@@ -874,7 +884,8 @@ fn envelope_input(rng: &mut StdRng) -> Vec<u8> {
             input
         }
         1 => {
-            let mut input = vec![1];
+            // Structured: a random mode with bit 0 set (a time, a deflated frame, a position).
+            let mut input = vec![rng.random::<u8>() | 1];
             input.extend(random_bytes(rng, 60));
             input
         }
