@@ -351,6 +351,37 @@ async fn a_publish_storm_during_a_recovering_join_gives_no_gap_and_no_duplicate(
     }
 }
 
+/// Two nodes publish 200 each to `chat:both` at once: the offsets they get are 1–400, each
+/// once; then one more, and each member (one per node) got offsets 1–401 in order.
+async fn both_publish_at_once(
+    a: &ConnectionManager,
+    b: &ConnectionManager,
+    members: [&mut Client; 2],
+) {
+    let publisher = |m: ConnectionManager, base: u64| {
+        tokio::spawn(async move {
+            let mut offsets = Vec::new();
+            for n in 0..200 {
+                offsets.push(publish(&m, "chat:both", base + n).await.offset);
+            }
+            offsets
+        })
+    };
+    let (pa, pb) = (publisher(a.clone(), 1000), publisher(b.clone(), 2000));
+    let (mut offsets, ob) = (pa.await.unwrap(), pb.await.unwrap());
+    offsets.extend(ob);
+    offsets.sort_unstable();
+    let want: Vec<u64> = (1..=400).collect();
+    assert_eq!(offsets, want, "no offset given twice or skipped");
+    publish(b, "chat:both", 9999).await;
+    for ws in members {
+        assert_eq!(
+            offsets_until(ws, 9999).await,
+            (1..=401).collect::<Vec<u64>>()
+        );
+    }
+}
+
 /// Two nodes publishing to one room at once: contiguous offsets, every member of either
 /// node gets them all in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -367,31 +398,7 @@ async fn concurrent_publishers_on_two_nodes_give_contiguous_offsets() {
     let (addr_a, addr_b) = (start(a.clone()).await, start(b.clone()).await);
     let (mut on_a, _) = join(addr_a, "x", "chat:both", None).await;
     let (mut on_b, _) = join(addr_b, "y", "chat:both", None).await;
-    let publisher = |m: ConnectionManager, base: u64| {
-        tokio::spawn(async move {
-            let mut offsets = Vec::new();
-            for n in 0..200 {
-                offsets.push(publish(&m, "chat:both", base + n).await.offset);
-            }
-            offsets
-        })
-    };
-    let (pa, pb) = (publisher(a.clone(), 1000), publisher(b.clone(), 2000));
-    let (mut oa, ob) = (pa.await.unwrap(), pb.await.unwrap());
-    oa.extend(ob);
-    oa.sort_unstable();
-    assert_eq!(
-        oa,
-        (1..=400).collect::<Vec<u64>>(),
-        "no offset given twice or skipped"
-    );
-    publish(&a, "chat:both", 9999).await;
-    for ws in [&mut on_a, &mut on_b] {
-        assert_eq!(
-            offsets_until(ws, 9999).await,
-            (1..=401).collect::<Vec<u64>>()
-        );
-    }
+    both_publish_at_once(&a, &b, [&mut on_a, &mut on_b]).await;
 }
 
 /// A store that loses chosen publications on their way to the nodes (what a Redis blink
@@ -513,10 +520,9 @@ async fn a_new_epoch_is_announced_before_its_first_publication() {
     assert_eq!(position_of(&joined), new);
 }
 
-#[tokio::test]
-async fn history_keeps_its_size_and_ttl() {
-    let store = MemoryHistory::new(1 << 20);
-    let history = HistoryConfig::default()
+/// Rooms `ttl:*` keep 10 for 300 ms, rooms `size:*` keep 2 for a minute.
+fn size_and_ttl() -> HistoryConfig {
+    HistoryConfig::default()
         .prefix(
             "ttl:",
             Some(HistoryLimits {
@@ -530,7 +536,13 @@ async fn history_keeps_its_size_and_ttl() {
                 size: 2,
                 ttl: Duration::from_secs(60),
             }),
-        );
+        )
+}
+
+#[tokio::test]
+async fn history_keeps_its_size_and_ttl() {
+    let store = MemoryHistory::new(1 << 20);
+    let history = size_and_ttl();
     let manager = ConnectionManager::builder(WebSocketConfig::default())
         .history(history)
         .history_store(store.clone())
@@ -615,31 +627,7 @@ async fn redis_concurrent_publishers_on_two_nodes_give_contiguous_offsets() {
     let (mut on_a, _) = join(addr_a, "x", "chat:both", None).await;
     let (mut on_b, _) = join(addr_b, "y", "chat:both", None).await;
     redis.subscribers(&["room:chat:both"], 2).await;
-    let publisher = |m: ConnectionManager, base: u64| {
-        tokio::spawn(async move {
-            let mut offsets = Vec::new();
-            for n in 0..200 {
-                offsets.push(publish(&m, "chat:both", base + n).await.offset);
-            }
-            offsets
-        })
-    };
-    let (pa, pb) = (publisher(a.clone(), 1000), publisher(b.clone(), 2000));
-    let (mut oa, ob) = (pa.await.unwrap(), pb.await.unwrap());
-    oa.extend(ob);
-    oa.sort_unstable();
-    assert_eq!(
-        oa,
-        (1..=400).collect::<Vec<u64>>(),
-        "no offset given twice or skipped"
-    );
-    publish(&b, "chat:both", 9999).await;
-    for ws in [&mut on_a, &mut on_b] {
-        assert_eq!(
-            offsets_until(ws, 9999).await,
-            (1..=401).collect::<Vec<u64>>()
-        );
-    }
+    both_publish_at_once(&a, &b, [&mut on_a, &mut on_b]).await;
     // A member who missed some recovers them from Redis on the other node.
     let since = StreamPosition {
         offset: 395,
@@ -717,21 +705,7 @@ async fn redis_history_keeps_its_size_and_ttl() {
     let Some(redis) = RedisServer::start().await else {
         return;
     };
-    let history = HistoryConfig::default()
-        .prefix(
-            "ttl:",
-            Some(HistoryLimits {
-                size: 10,
-                ttl: Duration::from_millis(300),
-            }),
-        )
-        .prefix(
-            "size:",
-            Some(HistoryLimits {
-                size: 2,
-                ttl: Duration::from_secs(60),
-            }),
-        );
+    let history = size_and_ttl();
     let node = redis_node(&redis, history);
     for n in 1..=5 {
         publish(&node, "size:r", n).await;
