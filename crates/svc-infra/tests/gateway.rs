@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::{Router, routing::get};
 use common::{
     gateway::*,
-    raw::http,
+    raw::{http, http_get},
     redis::RedisServer,
     server::{Client, connect_from_origin, next_close},
     within,
@@ -162,6 +162,48 @@ async fn the_protocol_in_anonymous_mode() {
         health,
         json!({"status": "ok", "backplane": "none", "connections": 3})
     );
+}
+
+/// `GET /client.js` and `GET /client.d.ts` serve `clients/js` byte for byte, as modules a
+/// browser runs, revalidated with their `ETag` each time.
+#[tokio::test]
+async fn the_javascript_client_is_served() {
+    let gw = start(GatewayConfig::default()).await;
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../clients/js/");
+    for (path, file, content_type) in [
+        ("/client.js", "svc-ws.js", "text/javascript; charset=utf-8"),
+        (
+            "/client.d.ts",
+            "svc-ws.d.ts",
+            "application/typescript; charset=utf-8",
+        ),
+    ] {
+        let expected = std::fs::read_to_string(format!("{root}{file}")).unwrap();
+        let (status, headers, body) = http_get(gw.addr, path, "").await;
+        assert_eq!(status, 200, "{path}");
+        assert!(body == expected, "{path} is not clients/js/{file}");
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("{path}: no {name}"))
+        };
+        assert_eq!(header("content-type"), content_type);
+        assert_eq!(header("cache-control"), "no-cache");
+        assert_eq!(header("x-content-type-options"), "nosniff");
+        assert_eq!(header("access-control-allow-origin"), "*");
+        assert_eq!(header("content-length"), expected.len().to_string());
+        // The browser's revalidation: 304 and no body while the file is the same.
+        let etag = header("etag");
+        let (status, headers, body) =
+            http_get(gw.addr, path, &format!("If-None-Match: {etag}\r\n")).await;
+        assert_eq!(status, 304, "{path}");
+        assert!(body.is_empty());
+        assert!(headers.iter().any(|(k, v)| k == "etag" && *v == etag));
+        let (status, _, _) = http_get(gw.addr, path, "If-None-Match: \"other\"\r\n").await;
+        assert_eq!(status, 200, "{path}");
+    }
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
-//! The plain HTTP routes: `POST /api/publish`, `GET /health`, `GET /ws/stats`, `GET /metrics`
-//! and the demo page.
+//! The plain HTTP routes: `POST /api/publish`, `GET /health`, `GET /ws/stats`, `GET /metrics`,
+//! the demo page and the JavaScript client.
 
 use std::sync::OnceLock;
 
@@ -7,7 +7,7 @@ use axum::{
     Json,
     body::Body,
     extract::State,
-    http::{HeaderMap, StatusCode, Uri},
+    http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
     response::{Html, IntoResponse, Response},
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -50,6 +50,88 @@ pub(super) fn prometheus() -> Option<PrometheusHandle> {
 /// `GET /`: the demo page: connect, join a room, chat, watch presence and the counters.
 pub(super) async fn demo() -> Html<&'static str> {
     Html(include_str!("demo.html"))
+}
+
+/// The JavaScript client (`clients/js/svc-ws.js`), served at `GET /client.js`.
+const CLIENT_JS: &str = include_str!("../../../../clients/js/svc-ws.js");
+/// Its TypeScript declarations (`clients/js/svc-ws.d.ts`), served at `GET /client.d.ts`.
+const CLIENT_TYPES: &str = include_str!("../../../../clients/js/svc-ws.d.ts");
+
+/// FNV-1a of a file's bytes, at compile time: its `ETag`, which changes with the file.
+const fn fnv1a(text: &str) -> u64 {
+    let bytes = text.as_bytes();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
+
+const CLIENT_JS_TAG: u64 = fnv1a(CLIENT_JS);
+const CLIENT_TYPES_TAG: u64 = fnv1a(CLIENT_TYPES);
+
+/// `GET /client.js`: the JavaScript client, an ES module (`import { connect } from
+/// "/client.js"`).
+pub(super) async fn client_js(headers: HeaderMap) -> Response {
+    static_file(
+        &headers,
+        CLIENT_JS,
+        CLIENT_JS_TAG,
+        "text/javascript; charset=utf-8",
+    )
+}
+
+/// `GET /client.d.ts`: the client's TypeScript declarations.
+pub(super) async fn client_types(headers: HeaderMap) -> Response {
+    static_file(
+        &headers,
+        CLIENT_TYPES,
+        CLIENT_TYPES_TAG,
+        "application/typescript; charset=utf-8",
+    )
+}
+
+/// A file built into the binary. `Cache-Control: no-cache` with an `ETag`: a browser asks
+/// again each time and gets a 304 while the file is the same, so a page never runs a client
+/// older than its gateway (the file changes with the gateway's version). Any origin may load
+/// it (`Access-Control-Allow-Origin: *`, which a module script from another origin needs):
+/// it is public code and carries no credentials.
+fn static_file(
+    request: &HeaderMap,
+    body: &'static str,
+    tag: u64,
+    content_type: &'static str,
+) -> Response {
+    let etag = format!("\"{tag:016x}\"");
+    let fresh = request
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut response = if fresh {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        body.into_response()
+    };
+    let h = response.headers_mut();
+    if !fresh {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, value);
+    }
+    response
 }
 
 /// How `/health` and `/ws/stats` name a backplane's state.

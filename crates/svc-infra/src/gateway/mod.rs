@@ -13,7 +13,10 @@
 //! - `POST /api/publish`: other services push to a user, a room or everyone (an API key or a
 //!   JWT with the admin scope);
 //! - `GET /health`, `GET /ws/stats`, `GET /metrics` (Prometheus);
-//! - `GET /`: a demo page (chat rooms and live stats) for a browser.
+//! - `GET /`: a demo page (chat rooms and live stats) for a browser;
+//! - `GET /client.js`: the JavaScript client (`clients/js/svc-ws.js`, an ES module that
+//!   reconnects, re-joins its rooms from the last position it saw and drops what it saw
+//!   already), with its TypeScript types at `GET /client.d.ts`.
 //!
 //! In memory, a single node, by default; with a Redis URL every gateway on that Redis is one
 //! cluster (`docs/scaling.md`).
@@ -236,9 +239,9 @@ impl Gateway {
     }
 
     /// The routes: `GET /ws`, `POST /api/publish`, `GET /health`, `GET /ws/stats`,
-    /// `GET /metrics` and the demo page at `GET /`. Merge it into an application's router, or
-    /// nest it under a prefix (the demo page then connects to the wrong `/ws`: it assumes the
-    /// root).
+    /// `GET /metrics`, the demo page at `GET /` and the JavaScript client at `GET /client.js`
+    /// (types at `GET /client.d.ts`). Merge it into an application's router, or nest it under
+    /// a prefix (the demo page then connects to the wrong `/ws`: it assumes the root).
     pub fn router(&self) -> Router {
         let ws_routes = if self.inner.anonymous {
             ws_optional_router("", self.inner.auth.clone()).ws("/ws", protocol::ws)
@@ -248,6 +251,8 @@ impl Gateway {
         let routes = Router::new()
             .merge(ws_routes.into_router())
             .route("/", get(http::demo))
+            .route("/client.js", get(http::client_js))
+            .route("/client.d.ts", get(http::client_types))
             .route("/api/publish", post(http::publish))
             .route("/health", get(http::health))
             .route("/health/live", get(http::live))

@@ -235,3 +235,29 @@ pub async fn http(
     let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
     (status, body)
 }
+
+/// One HTTP/1.1 `GET` by hand, with extra `headers` (each ending in `\r\n`); returns the
+/// status, the response's headers (lower-cased names) and the body.
+pub async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    let mut tcp = within("http", TcpStream::connect(addr)).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n");
+    within("http request", tcp.write_all(req.as_bytes()))
+        .await
+        .unwrap();
+    let mut response = String::new();
+    within("http response", tcp.read_to_string(&mut response))
+        .await
+        .unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or("")[9..12].parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
