@@ -2,7 +2,9 @@
 # Drives the gateway's demo page in a real Chromium (tests/browser/demo_page.js): two pages
 # chat in a room and see presence, live stats and the live charts; a third connects with a JWT
 # as the ["bearer", token] subprotocol; a fourth, on a second gateway joined by a private
-# redis-server, follows a rolling restart of its gateway (1012) and reconnects by itself.
+# redis-server, follows a rolling restart of its gateway (1012) and reconnects by itself; a
+# fifth gets every message of a room with history once and in order across a dropped
+# connection and a restart of its gateway.
 # Needs chromium, node and redis-server (scripts/setup.sh installs them). With SCREENSHOT=FILE
 # the charts are saved there (docs/images/live-panel.png is one).
 set -euo pipefail
@@ -57,7 +59,7 @@ for _ in $(seq 100); do
 done
 
 SECRET=browser-check-secret-of-at-least-32-bytes
-start anonymous REDIS_URL="$REDIS_URL"
+start anonymous REDIS_URL="$REDIS_URL" WS_HISTORY_SIZE=100
 start authenticated AUTH_JWT__SECRET="$SECRET"
 ANON=$(addr anonymous)
 AUTHED=$(addr authenticated)

@@ -7,6 +7,9 @@
 //   accepts only if the server selects it;
 // - a fourth is on a second gateway (started here, on the same Redis) that is restarted: its
 //   page gets 1012, reconnects by itself, re-joins its room and hears the first node again;
+// - a fifth, on that second gateway, gets every message of a room with history (in Redis)
+//   exactly once and in order across a dropped connection and across a restart of its
+//   gateway (the history survives it: recovered, no "lost" notice);
 // - Redis stops: the nodes table shows this node's backplane disconnected.
 // Usage: node demo_page.js ANONYMOUS_URL TOKEN_URL TOKEN, with SVC_WS_BIN, REDIS_URL and
 // REDIS_PID in the environment (run by scripts/browser_check.sh).
@@ -23,7 +26,7 @@ const children = [];
 // address once it listens.
 function gateway(port) {
   return new Promise((resolve, reject) => {
-    const env = { ...process.env, REDIS_URL: process.env.REDIS_URL, WS_SHUTDOWN_SPREAD: "0.5" };
+    const env = { ...process.env, REDIS_URL: process.env.REDIS_URL, WS_SHUTDOWN_SPREAD: "0.5", WS_HISTORY_SIZE: "100" };
     delete env.AUTH_JWT__SECRET;
     const child = spawn(process.env.SVC_WS_BIN, ["serve", "--port", String(port)], { env, stdio: ["ignore", "ignore", "pipe"] });
     children.push(child);
@@ -77,7 +80,7 @@ async function connect(page, url, name) {
 
     // Chromium offered permessage-deflate and the gateway accepted it (WS_COMPRESSION=shared,
     // the default); a long message, compressed both ways, arrives intact.
-    const ext = await bob.evaluate(() => ws.extensions);
+    const ext = await bob.evaluate(() => client.socket.extensions);
     if (!ext.startsWith("permessage-deflate") || !ext.includes("server_no_context_takeover")) {
       throw new Error("compression not negotiated: extensions = " + JSON.stringify(ext));
     }
@@ -106,7 +109,7 @@ async function connect(page, url, name) {
     const quiet = await last(alice, "messages");
     await alice.evaluate(async () => {
       for (let i = 0; i < 30; i++) {
-        for (let j = 0; j < 10; j++) ws.send(JSON.stringify({ type: "publish", room: "lobby", data: "burst " + (i * 10 + j) }));
+        for (let j = 0; j < 10; j++) client.publish("lobby", "burst " + (i * 10 + j));
         await new Promise((r) => setTimeout(r, 33));
       }
     });
@@ -146,7 +149,7 @@ async function connect(page, url, name) {
     const code = await stop(nodeB.child);
     if (code !== 0) throw new Error("node B exited with " + code);
     await carol.waitForFunction(() => document.getElementById("log").textContent.includes("server restarting (1012)"), null, T);
-    await gateway(port);
+    let nodeB2 = await gateway(port);
     await carol.waitForFunction(() => document.getElementById("state").textContent === "connected as carol", null, T);
     // Re-joined: a message published on node A reaches carol on the new node B (sent again
     // each second until it does: node B subscribes to the room on Redis as carol re-joins).
@@ -159,6 +162,56 @@ async function connect(page, url, name) {
     }
     if (!(await arrived())) throw new Error("carol did not hear alice after the restart");
     console.log("restart: ok (1012, reconnected and re-joined by itself)");
+    // Every message once and in order: gina (node B) follows a room with history that alice
+    // (node A) publishes to, across a dropped connection and a restart of node B.
+    const gina = await browser.newPage();
+    await gina.goto("http://" + nodeB.addr + "/");
+    await gina.fill("#user", "gina");
+    await gina.click("#connect button");
+    await gina.waitForFunction(() => document.getElementById("state").textContent === "connected as gina", null, T);
+    await gina.fill("#room", "ordered");
+    await gina.click("#join button");
+    await gina.evaluate(() => client.join("ordered"));
+    await gina.evaluate(() => {
+      window.got = [];
+      window.lost = [];
+      window.joins = [];
+      client.on("message", (m) => m.room === "ordered" && got.push(m));
+      client.on("joined", (j) => joins.push(j));
+      client.on("lost", (l) => lost.push(l));
+    });
+    const publish = (from, to) => alice.evaluate(async ([from, to]) => {
+      for (let n = from; n <= to; n++) await client.publish("ordered", n);
+    }, [from, to]);
+    const received = (n) => gina.waitForFunction((n) => got.length >= n, n, T);
+    const inOrder = async (n, what) => {
+      await new Promise((r) => setTimeout(r, 300)); // nothing more comes
+      const got = await gina.evaluate(() => got.map((m) => [m.data, m.offset]));
+      const data = got.map(([d]) => d), offsets = got.map(([, o]) => o);
+      const want = Array.from({ length: n }, (_, i) => i + 1);
+      if (JSON.stringify(data) !== JSON.stringify(want)) throw new Error(what + ": got " + JSON.stringify(data));
+      if (offsets.some((o, i) => i > 0 && o !== offsets[i - 1] + 1)) throw new Error(what + ": offsets " + JSON.stringify(offsets));
+    };
+    await publish(1, 10);
+    await received(10);
+    await gina.evaluate(() => client._dropForTest());
+    await publish(11, 20);
+    await received(20);
+    await inOrder(20, "a dropped connection");
+    const stopped = await stop(nodeB2.child);
+    if (stopped !== 0) throw new Error("node B exited with " + stopped);
+    await publish(21, 30); // while node B is down: kept in Redis
+    nodeB2 = await gateway(port);
+    await gina.waitForFunction(() => document.getElementById("state").textContent === "connected as gina", null, T);
+    await publish(31, 35);
+    await received(35);
+    await inOrder(35, "a gateway restart");
+    const lostCount = await gina.evaluate(() => lost.length);
+    if (lostCount !== 0 || !(await gina.isHidden("#notice"))) throw new Error("lost fired across a restart with the history in Redis");
+    const rejoin = await gina.evaluate(() => joins[joins.length - 1]);
+    if (!rejoin.recovered || rejoin.replayed < 10) throw new Error("the re-join after the restart: " + JSON.stringify(rejoin));
+    console.log("recovery: ok (35 messages once and in order across a dropped connection and a restart of node B; " + rejoin.replayed + " replayed from Redis)");
+
     if (process.env.SCREENSHOT) {
       // The panel after all of the above: the burst, the refusals, node B's restart (its old id silent, its new one connected).
       await alice.waitForFunction(() => document.querySelectorAll("#nodes tr").length === 3, null, T);

@@ -145,17 +145,21 @@ async fn the_protocol_in_anonymous_mode() {
         stats["nodes"],
         json!([{"node": stats["node"], "connections": 3, "backplane": "none", "last_seen_ms": 0}])
     );
-    // The demo page speaks the same protocol.
+    // The demo page speaks the same protocol, through the JavaScript client.
     let (status, page) = http(gw.addr, "GET", "/", "", "").await;
+    assert_eq!(status, 200);
+    for needle in ["from \"/client.js\"", "/ws/stats"] {
+        assert!(page.contains(needle), "demo page lacks {needle}");
+    }
+    let (status, client) = http(gw.addr, "GET", "/client.js", "", "").await;
     assert_eq!(status, 200);
     for needle in [
         r#"type: "join""#,
         r#"type: "publish""#,
         r#"type: "presence""#,
         r#"["bearer", token]"#,
-        "/ws/stats",
     ] {
-        assert!(page.contains(needle), "demo page lacks {needle}");
+        assert!(client.contains(needle), "client.js lacks {needle}");
     }
     let health = get_json(gw.addr, "/health").await;
     assert_eq!(
