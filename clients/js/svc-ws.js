@@ -213,9 +213,12 @@ export class Client {
     const ws = this.#ws;
     this.#closedPromise = new Promise((resolve) => {
       if (!ws || ws.readyState === 3) return resolve();
-      ws.addEventListener("close", () => resolve());
       // A socket that never closes (a dead network) must not hold the caller.
-      setTimeout(resolve, 2000);
+      const timer = setTimeout(resolve, 2000);
+      ws.addEventListener("close", () => {
+        clearTimeout(timer);
+        resolve();
+      });
     });
     if (ws) {
       try {

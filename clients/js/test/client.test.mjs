@@ -166,7 +166,12 @@ test("across a dropped connection every message arrives exactly once, in order; 
       return token("carol");
     },
   });
+  // Another connection of the same user keeps carol in the room (rooms are per user), so the
+  // new connection gets live messages of r2 before its re-join is answered: those must wait
+  // for the replay, not jump ahead of it.
+  const twin = connect({ url: gw.url, token: token("carol"), rooms: ["r2"], heartbeat: false });
   try {
+    await twin.join("r2");
     await client.join("r2");
     assert.equal(calls, 1);
     for (let i = 1; i <= 5; i++) await publish(gw, "r2", i);
@@ -180,9 +185,22 @@ test("across a dropped connection every message arrives exactly once, in order; 
     assert.equal(client.state, "reconnecting");
     for (let i = 6; i <= 15; i++) await publish(gw, "r2", i);
     gate = null;
+    // As the new connection opens (its re-join goes out right after this event), 5 more are
+    // published by another user's connection: they reach the new connection through the twin's
+    // membership, before the `joined` answer and the replay of 6..15.
+    const pub = connect({ url: gw.url + "?user=pub", heartbeat: false });
+    await pub.presence();
+    const sent = [];
+    const off = client.on("open", () => {
+      off();
+      for (let i = 16; i <= 20; i++) sent.push(pub.publish("r2", i));
+    });
     open();
+    await until("the publications at the reconnect", () => sent.length === 5);
+    await Promise.all(sent);
+    await pub.close();
     // More publications while it re-joins: replayed and live ones meet.
-    for (let i = 16; i <= 25; i++) await publish(gw, "r2", i);
+    for (let i = 21; i <= 25; i++) await publish(gw, "r2", i);
     await until("25 messages", () => seen.messages.length >= 25);
     await new Promise((r) => setTimeout(r, 200)); // nothing more comes
     assert.deepEqual(offsets(seen.messages), range(1, 25));
@@ -212,6 +230,7 @@ test("across a dropped connection every message arrives exactly once, in order; 
     }
   } finally {
     await client.close();
+    await twin.close();
     await gw.stop();
   }
 });
