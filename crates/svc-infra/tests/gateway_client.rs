@@ -232,3 +232,24 @@ async fn a_gap_on_the_live_path_makes_the_client_re_join_from_its_last_position(
     }
     assert_eq!(alice.stats().gaps, 1);
 }
+
+/// A client's own publications are not sent back to it: the gaps they leave in the room's
+/// offsets are no gaps (the ack says which offset each took), so it does not re-join.
+#[tokio::test]
+async fn its_own_publications_leave_no_gap() {
+    let gw = start(config()).await;
+    let cutter = Cutter::start(gw.addr).await;
+    let mut alice = client(&cutter, true);
+    alice.join("chat");
+    assert_eq!(next(&mut alice).await, GatewayEvent::Connected);
+    joined(&mut alice).await;
+    post(&gw, 1).await;
+    assert_eq!(message(&mut alice).await, (json!(1), 1));
+    alice.publish("chat", json!("mine"));
+    alice.publish("chat", json!("mine too"));
+    // Bob's comes after Alice's two (offsets 2 and 3).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    post(&gw, 4).await;
+    assert_eq!(message(&mut alice).await, (json!(4), 4));
+    assert_eq!(alice.stats().gaps, 0, "no re-join for its own publications");
+}

@@ -3,7 +3,7 @@
 //! last position it saw, and drops what it has seen already.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -135,6 +135,9 @@ impl std::fmt::Debug for GatewayClient {
     }
 }
 
+/// The `id` prefix of this client's own publications (the room follows).
+const OWN_PUBLISH: &str = "svc-ws-client:publish:";
+
 /// Events waiting for the application beyond this many make the connection wait (TCP then
 /// slows the gateway down, which applies its slow-consumer policy).
 const EVENTS: usize = 1024;
@@ -165,6 +168,7 @@ impl GatewayClient {
             events: tx,
             rooms: HashSet::new(),
             rejoining: HashSet::new(),
+            own: HashMap::new(),
             recover,
         };
         tokio::spawn(task.run(target.into(), rx));
@@ -188,7 +192,10 @@ impl GatewayClient {
     /// Publishes `data` to `room`'s other members (if connected; a request made while
     /// disconnected is dropped, as the gateway could not answer it).
     pub fn publish(&self, room: &str, data: Value) {
-        self.request(json!({"type": "publish", "room": room, "data": data}));
+        // The ack (by this id) says which offset this publication took: the gateway does not
+        // send it back to its author, and the gap it leaves in the room is no gap.
+        let id = format!("{OWN_PUBLISH}{room}");
+        self.request(json!({"type": "publish", "room": room, "data": data, "id": id}));
     }
 
     /// Sends any request of the protocol (answers come as [`GatewayEvent::Other`]).
@@ -239,6 +246,9 @@ struct Task {
     /// Rooms re-joined after a gap, until their `joined` answer: their messages meanwhile
     /// are dropped (the replay that follows the answer has them).
     rejoining: HashSet<String>,
+    /// Per room, the offsets of this client's own publications not yet passed (their epoch
+    /// and offsets), which it does not receive: skipped over by the gap check.
+    own: HashMap<String, (String, BTreeSet<u64>)>,
     recover: bool,
 }
 
@@ -397,11 +407,14 @@ impl Task {
                         Some(last)
                             if self.recover
                                 && last.epoch == p.epoch
-                                && p.offset > last.offset + 1 =>
+                                && p.offset > self.next_expected(room, last) =>
                         {
                             return Err(room.clone());
                         }
                         _ => {
+                            if let Some((_, offsets)) = self.own.get_mut(room) {
+                                offsets.retain(|o| *o > p.offset);
+                            }
                             positions.insert(room.clone(), p.clone());
                         }
                     }
@@ -443,9 +456,44 @@ impl Task {
                 lock(&self.shared.positions).insert(room.clone(), position.clone());
                 Some(GatewayEvent::Lost { room, position })
             }
+            Some("ack") if self.own_ack(&value) => None,
             _ => Some(GatewayEvent::Other(value)),
         };
         Ok(event)
+    }
+
+    /// The offset that should come next in `room` after `last`: past this client's own
+    /// publications, which it does not receive.
+    fn next_expected(&self, room: &str, last: &StreamPosition) -> u64 {
+        let mut next = last.offset + 1;
+        if let Some((epoch, offsets)) = self.own.get(room)
+            && *epoch == last.epoch
+        {
+            while offsets.contains(&next) {
+                next += 1;
+            }
+        }
+        next
+    }
+
+    /// Records the offset of one of this client's own publications from its ack; whether
+    /// the ack was one of those.
+    fn own_ack(&mut self, ack: &Value) -> bool {
+        let Some(room) = ack["id"]
+            .as_str()
+            .and_then(|id| id.strip_prefix(OWN_PUBLISH))
+        else {
+            return false;
+        };
+        if let Some(p) = position_of(ack) {
+            let (epoch, offsets) = self.own.entry(room.to_owned()).or_default();
+            if *epoch != p.epoch {
+                *epoch = p.epoch;
+                offsets.clear();
+            }
+            offsets.insert(p.offset);
+        }
+        true
     }
 }
 
