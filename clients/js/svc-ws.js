@@ -526,7 +526,13 @@ export class Client {
   }
 
   #onRoomMessage(msg) {
-    const r = msg.room !== undefined ? this.#rooms.get(msg.room) : undefined;
+    let r = msg.room !== undefined ? this.#rooms.get(msg.room) : undefined;
+    if (!r && typeof msg.offset === "number" && String(msg.room).startsWith("@user:")) {
+      // The user's own stream (direct messages, with history): the gateway joins it at
+      // connect; followed like a room from now on, so a reconnect re-joins it from here.
+      r = this.#room(msg.room);
+      r.joined = true;
+    }
     if (r && typeof msg.offset === "number") {
       // Before the room's `joined` on this connection a message comes from the user's
       // membership through another connection: the replay after `joined` covers it.

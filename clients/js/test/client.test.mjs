@@ -309,3 +309,33 @@ test("close() is final: no reconnect, requests reject", { timeout: 30000 }, asyn
     await gw.stop();
   }
 });
+
+test("direct messages (the user's own stream) are recovered after a dropped connection", { timeout: 30000 }, async () => {
+  const gw = await gateway();
+  // Away half a second: the two messages sent meanwhile can only come from the replay.
+  const { client, seen } = recorded({ url: gw.url, token: token("dora"), backoff: { base: 500, max: 500, jitter: 0 } });
+  const post = async (data) => {
+    const res = await fetch(`http://${gw.addr}/api/publish`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-api-key": API_KEY },
+      body: JSON.stringify({ to: "dora", data }),
+    });
+    assert.equal(res.status, 200, await res.clone().text());
+  };
+  try {
+    await client.presence(); // connected
+    await post(1);
+    await until("the first direct message", () => seen.messages.length === 1);
+    assert.equal(seen.messages[0].room, "@user:dora");
+    client._dropForTest();
+    await post(2);
+    await post(3);
+    await until("3 direct messages", () => seen.messages.length === 3);
+    assert.deepEqual(seen.messages.map((m) => m.data), [1, 2, 3]);
+    assert.deepEqual(offsets(seen.messages), [1, 2, 3]);
+    assert.deepEqual(client.positions()["@user:dora"].offset, 3);
+  } finally {
+    await client.close();
+    await gw.stop();
+  }
+});

@@ -253,3 +253,31 @@ async fn its_own_publications_leave_no_gap() {
     assert_eq!(message(&mut alice).await, (json!(4), 4));
     assert_eq!(alice.stats().gaps, 0, "no re-join for its own publications");
 }
+
+/// Direct messages with history: the client follows its own stream and recovers it after
+/// a cut, without having joined it.
+#[tokio::test]
+async fn direct_messages_are_recovered_after_a_cut() {
+    let gw = start(config()).await;
+    let cutter = Cutter::start(gw.addr).await;
+    let mut alice = client(&cutter, true);
+    assert_eq!(next(&mut alice).await, GatewayEvent::Connected);
+    common::gateway::registered(&gw, 1).await;
+    let to_alice = |n: u64| json!({"to": "alice", "data": n});
+    let (status, _) = publish(&gw, KEY, to_alice(1)).await;
+    assert_eq!(status, 200);
+    assert_eq!(message(&mut alice).await, (json!(1), 1));
+    cutter.cut_all();
+    assert!(matches!(
+        next(&mut alice).await,
+        GatewayEvent::Disconnected { .. }
+    ));
+    for n in 2..=3 {
+        publish(&gw, KEY, to_alice(n)).await;
+    }
+    assert_eq!(next(&mut alice).await, GatewayEvent::Connected);
+    joined(&mut alice).await;
+    assert_eq!(message(&mut alice).await, (json!(2), 2));
+    assert_eq!(message(&mut alice).await, (json!(3), 3));
+    assert_eq!(alice.position("@user:alice").unwrap().offset, 3);
+}

@@ -222,3 +222,58 @@ async fn recovery_across_two_gateways_on_one_redis() {
     }
     silent(&mut alice).await;
 }
+
+/// With history on, direct messages go through the recipient's own stream (`@user:V`):
+/// they have positions, and a client that comes back re-joins its stream from the last one.
+#[tokio::test]
+async fn direct_messages_have_positions_and_are_recovered() {
+    let gw = start(config(&[])).await;
+    let mut alice = connect(&gw, "?user=alice").await;
+    let mut bob = connect(&gw, "?user=bob").await;
+    common::gateway::registered(&gw, 2).await;
+    send(
+        &mut alice,
+        json!({"type": "send", "to": "bob", "data": 1, "id": 1}),
+    )
+    .await;
+    let ack = next(&mut alice).await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["offset"].as_u64()),
+        (Some("ack"), Some(1))
+    );
+    let epoch = ack["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(
+        next(&mut bob).await,
+        json!({"type": "message", "room": "@user:bob", "from": "alice", "data": 1, "offset": 1, "epoch": epoch})
+    );
+    // Bob drops; two more arrive (one from a service); he re-joins his stream from 1.
+    drop(bob);
+    send(&mut alice, json!({"type": "send", "to": "bob", "data": 2})).await;
+    let (status, body) = publish(&gw, KEY, json!({"to": "bob", "data": 3})).await;
+    assert_eq!((status, body["offset"].as_u64()), (200, Some(3)), "{body}");
+    let mut bob = connect(&gw, "?user=bob").await;
+    let answer = joined(
+        &mut bob,
+        "@user:bob",
+        Some(json!({"offset": 1, "epoch": epoch})),
+    )
+    .await;
+    assert_eq!(
+        (answer["recovered"].as_bool(), answer["replayed"].as_u64()),
+        (Some(true), Some(2))
+    );
+    assert_eq!(next(&mut bob).await["data"], 2);
+    assert_eq!(next(&mut bob).await["data"], 3);
+    // Nobody else joins, reads or publishes to Bob's stream.
+    for request in [
+        json!({"type": "join", "room": "@user:bob", "id": 7}),
+        json!({"type": "history", "room": "@user:bob", "id": 7}),
+        json!({"type": "publish", "room": "@user:bob", "data": 0, "id": 7}),
+        json!({"type": "publish", "room": "@user:alice", "data": 0, "id": 7}),
+    ] {
+        send(&mut alice, request.clone()).await;
+        let answer = next(&mut alice).await;
+        assert_eq!(answer["type"], "error", "{request} → {answer}");
+    }
+    silent(&mut bob).await;
+}

@@ -363,6 +363,22 @@ async fn publish_inner(gw: Gateway, uri: Uri, headers: HeaderMap, body: Body) ->
             let why = "give `to` or `room`, not both".to_owned();
             return PublishRejection::BadRequest(why).into_response();
         }
+        (Some(to), None) if m.keeps_history(&super::protocol::user_stream(to)) => {
+            return match super::protocol::send(m, from, to, body.data).await {
+                Ok(position) => {
+                    let position = position.unwrap_or_default();
+                    Json(json!({"offset": position.offset, "epoch": position.epoch}))
+                        .into_response()
+                }
+                Err(e @ WebSocketError::MessageTooLarge { .. }) => {
+                    PublishRejection::TooLarge(e.to_string()).into_response()
+                }
+                Err(e @ WebSocketError::History(_)) => {
+                    PublishRejection::Unavailable(e.to_string()).into_response()
+                }
+                Err(e) => PublishRejection::BadRequest(e.to_string()).into_response(),
+            };
+        }
         (Some(to), None) => m.send_to_user(to, outgoing(from, None, body.data)).await,
         (None, Some(room)) if m.keeps_history(room) => {
             // A room with history: the publication's position is the answer (delivery

@@ -24,6 +24,16 @@ use crate::{
 /// The longest user id (`?user=`) or room name accepted, in bytes.
 const MAX_NAME_BYTES: usize = 128;
 
+/// The prefix of a user's own stream: with history on, `send` to user V goes to the room
+/// `@user:V`, which only V's connections are in (each joins its own at connect), so that
+/// direct messages have positions and are recovered like a room's.
+pub(crate) const USER_STREAM: &str = "@user:";
+
+/// The room of `user`'s own stream.
+pub(crate) fn user_stream(user: &str) -> String {
+    format!("{USER_STREAM}{user}")
+}
+
 #[derive(Debug, Deserialize)]
 pub(super) struct WsQuery {
     user: Option<String>,
@@ -150,6 +160,14 @@ impl Session {
     /// is slowed down by TCP rather than disconnected; a client over the request rate gets
     /// `error` answers, and one far over it is closed with 1008.
     async fn run(self, mut conn: Connection) {
+        // The user's own stream (rooms with history): joined at once, from its current
+        // position; a client that reconnects re-joins it with `since`, like any room.
+        let own = user_stream(&self.user);
+        if self.gw.inner.manager.keeps_history(&own)
+            && let Err(e) = conn.join_room_from(&own, None, |_| None).await
+        {
+            tracing::debug!(user = %self.user, error = %e, "the user's stream was not joined");
+        }
         let rate = self.gw.inner.rate;
         let mut limiter = Limiter::new(rate, Instant::now());
         while let Some(received) = conn.recv().await {
@@ -242,9 +260,15 @@ impl Session {
                 if let Err(why) = check_name("room", &room) {
                     return Some(error(id, &why));
                 }
+                if room.starts_with(USER_STREAM) && room != user_stream(user) {
+                    return Some(error(id, "a user's stream is joined by that user only"));
+                }
                 let limit = self.gw.inner.max_rooms_per_user;
                 if limit != 0 {
                     let (rooms, member) = m.rooms_of(user, &room);
+                    // The user's own stream does not count.
+                    let own = m.rooms_of(user, &user_stream(user)).1;
+                    let rooms = rooms - usize::from(own);
                     if rooms >= limit && !member {
                         metrics::counter!("svc_ws_gateway_room_limit_total").increment(1);
                         return Some(error(
@@ -287,6 +311,9 @@ impl Session {
                 limit,
                 id,
             } => {
+                if room.starts_with(USER_STREAM) && room != user_stream(user) {
+                    return Some(error(id, "a user's stream is read by that user only"));
+                }
                 let max = m.config().history_recovery_max.max(1);
                 let limit = limit.unwrap_or(max).min(max);
                 let after = since.as_ref().map_or(0, |s| s.offset);
@@ -322,6 +349,9 @@ impl Session {
                 id.map(ack)
             }
             Request::Publish { room, data, id } => {
+                if room.starts_with(USER_STREAM) {
+                    return Some(error(id, "a user's stream is written by `send` only"));
+                }
                 let out = outgoing(user, Some(&room), data);
                 let options = PublishOptions::default()
                     .exclude_user(user)
@@ -334,12 +364,13 @@ impl Session {
                     Err(e) => Some(error(id, &e.to_string())),
                 }
             }
-            Request::Send { to, data, id } => {
-                match m.send_to_user(&to, outgoing(user, None, data)).await {
-                    Ok(_) => id.map(ack),
-                    Err(e) => Some(error(id, &e.to_string())),
-                }
-            }
+            Request::Send { to, data, id } => match send(m, user, &to, data).await {
+                Ok(Some(position)) => id.map(|id| {
+                    json!({"type": "ack", "id": id, "offset": position.offset, "epoch": position.epoch})
+                }),
+                Ok(None) => id.map(ack),
+                Err(e) => Some(error(id, &e.to_string())),
+            },
             Request::Broadcast { data, id } => {
                 if !self.can_broadcast {
                     let scope = &self.gw.inner.broadcast_scope;
@@ -410,6 +441,27 @@ fn check_name(what: &str, name: &str) -> Result<(), String> {
         return Err(format!("a {what} name has 1 to {MAX_NAME_BYTES} bytes"));
     }
     Ok(())
+}
+
+/// Sends `data` from `from` to user `to`: through `to`'s own stream when it keeps history
+/// (the message then has `"room": "@user:…"` and a position, which is returned), else to
+/// `to`'s connections as they are.
+pub(super) async fn send(
+    m: &crate::websocket::ConnectionManager,
+    from: &str,
+    to: &str,
+    data: Value,
+) -> Result<Option<StreamPosition>, WebSocketError> {
+    let stream = user_stream(to);
+    if m.keeps_history(&stream) {
+        let out = outgoing(from, Some(&stream), data);
+        m.publish(&stream, out, PublishOptions::default().embed_position())
+            .await
+    } else {
+        m.send_to_user(to, outgoing(from, None, data))
+            .await
+            .map(|_| None)
+    }
 }
 
 /// What clients receive from a `publish`, a `send`, a `broadcast` or `POST /api/publish`:

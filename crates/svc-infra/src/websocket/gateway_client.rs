@@ -395,6 +395,12 @@ impl Task {
         let event = match value.get("type").and_then(Value::as_str) {
             Some("message") => {
                 if let (Some(room), Some(p)) = (&room, &position) {
+                    // The user's own stream (direct messages with history): the gateway
+                    // joins it at connect; followed like a room, so that a reconnect
+                    // re-joins it from its last position.
+                    if room.starts_with("@user:") && !self.rooms.contains(room) {
+                        self.rooms.insert(room.clone());
+                    }
                     if self.rejoining.contains(room) {
                         return Ok(None); // replayed after the answer
                     }
