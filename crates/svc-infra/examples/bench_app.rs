@@ -49,9 +49,6 @@ async fn ws(ws: WsUpgrade, Path(user_id): Path<String>, WsManager(manager): WsMa
         let Ok(mut conn) = manager.connect(&user_id, socket).await else {
             return;
         };
-        if let Some(room) = bench_room() {
-            manager.join_room(&user_id, room).await;
-        }
         while let Some(Ok(message)) = conn.recv().await {
             let Some(text) = message.as_text() else {
                 continue;
@@ -61,15 +58,42 @@ async fn ws(ws: WsUpgrade, Path(user_id): Path<String>, WsManager(manager): WsMa
                 .and_then(|k| k.kind)
             {
                 Some("echo") if conn.send(&message).is_err() => break,
-                Some("broadcast") => match bench_room() {
-                    Some(room) => {
-                        let options = PublishOptions::default().embed_position();
-                        let _ = manager.publish(room, &message, options).await;
-                    }
-                    None => {
-                        let _ = manager.broadcast(&message).await;
-                    }
-                },
+                Some("broadcast") => {
+                    let _ = manager.broadcast(&message).await;
+                }
+                _ => {}
+            }
+        }
+    })
+}
+
+/// `/ws/{user_id}` with `BENCH_ROOM` set: the user joins the room, and a `"broadcast"` goes
+/// to it through `manager.publish`. A handler of its own, so that the default one stays
+/// what it was (its task is part of every connection's memory).
+async fn ws_in_room(
+    ws: WsUpgrade,
+    Path(user_id): Path<String>,
+    WsManager(manager): WsManager,
+) -> Response {
+    let room = bench_room().unwrap_or("bench");
+    ws.on_upgrade(move |socket| async move {
+        let Ok(mut conn) = manager.connect(&user_id, socket).await else {
+            return;
+        };
+        manager.join_room(&user_id, room).await;
+        while let Some(Ok(message)) = conn.recv().await {
+            let Some(text) = message.as_text() else {
+                continue;
+            };
+            match serde_json::from_str::<Kind<'_>>(text)
+                .ok()
+                .and_then(|k| k.kind)
+            {
+                Some("echo") if conn.send(&message).is_err() => break,
+                Some("broadcast") => {
+                    let options = PublishOptions::default().embed_position();
+                    let _ = manager.publish(room, &message, options).await;
+                }
                 _ => {}
             }
         }
@@ -93,8 +117,13 @@ async fn stats(WsManager(manager): WsManager) -> Json<Value> {
 
 /// The benchmark app's routes, served by `manager`.
 pub(crate) fn app(manager: ConnectionManager) -> Router {
+    let ws_route = if bench_room().is_some() {
+        get(ws_in_room)
+    } else {
+        get(ws)
+    };
     let app = Router::new()
-        .route("/ws/{user_id}", get(ws))
+        .route("/ws/{user_id}", ws_route)
         .route("/echo", get(echo))
         .route("/stats", get(stats));
     add_websocket_manager_with(app, manager)
