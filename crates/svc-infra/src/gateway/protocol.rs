@@ -164,7 +164,7 @@ impl Session {
         // position; a client that reconnects re-joins it with `since`, like any room.
         let own = user_stream(&self.user);
         if self.gw.inner.manager.keeps_history(&own)
-            && let Err(e) = conn.join_room_from(&own, None, |_| None).await
+            && let Err(e) = Box::pin(conn.join_room_from(&own, None, |_| None)).await
         {
             tracing::debug!(user = %self.user, error = %e, "the user's stream was not joined");
         }
@@ -172,43 +172,61 @@ impl Session {
         let mut limiter = Limiter::new(rate, Instant::now());
         while let Some(received) = conn.recv().await {
             let Ok(message) = received else { break };
-            let reply = match limiter.check(rate, Instant::now()) {
-                Verdict::Allow => self.handle(&message, Some(&mut conn)).await,
-                Verdict::Refuse => {
-                    metrics::counter!("svc_ws_gateway_rate_limited_total").increment(1);
-                    Some(error(
-                        request_id(&message),
-                        &format!(
-                            "rate limit exceeded: at most {} requests per second",
-                            rate.per_second
-                        ),
-                    ))
-                }
-                Verdict::Close => {
-                    metrics::counter!("svc_ws_gateway_rate_limit_closes_total").increment(1);
-                    tracing::debug!(
-                        user = %self.user,
-                        code = 1008,
-                        "closing a connection far over the request rate"
-                    );
-                    conn.close(1008, "rate limit exceeded").await;
-                    return;
-                }
-            };
-            let Some(reply) = reply else {
-                continue;
-            };
-            // An answer too large to send (an echo near the limit) becomes an error answer;
-            // the connection stays open. If the connection is closing, the next `recv`
-            // finishes the close and ends the loop.
-            if let Err(e @ WebSocketError::MessageTooLarge { .. }) =
-                conn.reply(reply.to_string()).await
-            {
-                let _ = conn
-                    .reply(error(reply.get("id").cloned(), &e.to_string()).to_string())
-                    .await;
+            let verdict = limiter.check(rate, Instant::now());
+            // Boxed: the handling of a request (a join with recovery, a publish through the
+            // history store, its answer) held inline would make every connection's task
+            // larger, idle ones included; one allocation per request is cheaper.
+            if !Box::pin(self.serve(&mut conn, &message, verdict)).await {
+                Box::pin(conn.close(1008, "rate limit exceeded")).await;
+                return;
             }
         }
+    }
+
+    /// Handles one request and answers it; `false` when the connection must be closed for
+    /// going far over the request rate.
+    async fn serve(
+        &self,
+        conn: &mut Connection,
+        message: &WebSocketMessage,
+        verdict: Verdict,
+    ) -> bool {
+        let rate = self.gw.inner.rate;
+        let reply = match verdict {
+            Verdict::Allow => self.handle(message, Some(&mut *conn)).await,
+            Verdict::Refuse => {
+                metrics::counter!("svc_ws_gateway_rate_limited_total").increment(1);
+                Some(error(
+                    request_id(message),
+                    &format!(
+                        "rate limit exceeded: at most {} requests per second",
+                        rate.per_second
+                    ),
+                ))
+            }
+            Verdict::Close => {
+                metrics::counter!("svc_ws_gateway_rate_limit_closes_total").increment(1);
+                tracing::debug!(
+                    user = %self.user,
+                    code = 1008,
+                    "closing a connection far over the request rate"
+                );
+                return false;
+            }
+        };
+        let Some(reply) = reply else {
+            return true;
+        };
+        // An answer too large to send (an echo near the limit) becomes an error answer;
+        // the connection stays open. If the connection is closing, the next `recv`
+        // finishes the close and ends the loop.
+        if let Err(e @ WebSocketError::MessageTooLarge { .. }) = conn.reply(reply.to_string()).await
+        {
+            let _ = conn
+                .reply(error(reply.get("id").cloned(), &e.to_string()).to_string())
+                .await;
+        }
+        true
     }
 
     /// What to answer `message` with, if anything; counted in
