@@ -42,6 +42,9 @@ pub(crate) struct CommonArgs {
     /// Print one final JSON line with every figure (for scripts).
     #[arg(long)]
     pub(crate) json: bool,
+    /// Where the server answers `{"connections": N}` (the gateway's is `/ws/stats`).
+    #[arg(long, default_value = "/stats")]
+    pub(crate) stats_path: String,
 }
 
 /// Where the server is.
@@ -53,6 +56,7 @@ pub(crate) struct Target {
     /// Timeout of one read or write.
     pub(crate) io_timeout: Duration,
     read_buffer: usize,
+    stats_path: String,
 }
 
 impl Target {
@@ -77,6 +81,7 @@ impl Target {
             connect_timeout: Duration::from_millis(args.connect_timeout_ms.max(1)),
             io_timeout: Duration::from_millis(args.io_timeout_ms.max(1)),
             read_buffer: args.client_read_buffer.max(256),
+            stats_path: args.stats_path.clone(),
         })
     }
 
@@ -180,11 +185,11 @@ impl Target {
         .await
     }
 
-    /// `GET /stats` → the `connections` figure.
+    /// `GET /stats` (or `--stats-path`) → the `connections` figure.
     pub(crate) async fn stats(&self) -> anyhow::Result<u64> {
         let request = format!(
-            "GET /stats HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\n\r\n",
-            self.host, self.port
+            "GET {} HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\n\r\n",
+            self.stats_path, self.host, self.port
         );
         let exchange = async {
             let mut tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
@@ -206,20 +211,21 @@ impl Target {
         };
         let response = timeout(self.io_timeout, exchange)
             .await
-            .map_err(|_| anyhow!("GET /stats timed out"))?
-            .with_context(|| format!("GET http://{}:{}/stats", self.host, self.port))?;
+            .map_err(|_| anyhow!("GET {} timed out", self.stats_path))?
+            .with_context(|| format!("GET http://{}:{}{}", self.host, self.port, self.stats_path))?;
         let status_ok =
             response.starts_with(b"HTTP/1.1 200") || response.starts_with(b"HTTP/1.0 200");
         let body = body_object(&response).ok_or_else(|| {
             anyhow!(
-                "GET /stats: no JSON body in {:?}",
+                "GET {}: no JSON body in {:?}",
+                self.stats_path,
                 String::from_utf8_lossy(&response)
             )
         })?;
         if !status_ok {
-            bail!("GET /stats: {}", String::from_utf8_lossy(&response));
+            bail!("GET {}: {}", self.stats_path, String::from_utf8_lossy(&response));
         }
-        let value: serde_json::Value = serde_json::from_slice(body).context("GET /stats body")?;
+        let value: serde_json::Value = serde_json::from_slice(body).context("the stats body")?;
         value
             .get("connections")
             .and_then(serde_json::Value::as_u64)

@@ -37,11 +37,18 @@ pub(crate) struct Args {
     /// negotiated it costs the server.
     #[arg(long)]
     deflate: bool,
+    /// The path each connection opens, `{i}` replaced by its number (the gateway's:
+    /// `/ws?user=bench-idle-{i}`).
+    #[arg(long, default_value = "/ws/bench-idle-{i}")]
+    path: String,
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     if args.connections == 0 {
         bail!("--connections must be at least 1");
+    }
+    if !args.path.starts_with('/') {
+        bail!("--path must start with / (got {})", args.path);
     }
     let soft = super::common::raise_nofile(args.connections as u64 + 256);
     let target = Arc::new(Target::from_args(&args.common)?);
@@ -79,6 +86,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         let target = Arc::clone(&target);
         let dropped = Arc::clone(&dropped);
         let connections = args.connections;
+        let path = Arc::<str>::from(args.path.as_str());
         let negotiated = Arc::clone(&negotiated);
         let offer = args
             .deflate
@@ -94,8 +102,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 let negotiated = Arc::clone(&negotiated);
                 let ready_tx = ready_tx.clone();
                 let stop_rx = stop_rx.clone();
+                let path = path.replace("{i}", &i.to_string());
                 tasks.push(tokio::spawn(async move {
-                    let path = format!("/ws/bench-idle-{i}");
                     let connected = target.connect_offering(&path, offer).await;
                     let connected = connected.map(|(ws, accepted)| {
                         if accepted {
