@@ -31,7 +31,7 @@ profile=$OUT/$name.$N
 rm -f "$profile".zst
 stats=/stats
 case "$name" in
-    svc-ws*) args=(serve --bind "127.0.0.1:$PORT"); stats=/ws/stats ;;
+    svc-ws*) args=(serve --host 127.0.0.1 --port "$PORT"); stats=/ws/stats ;;
     *) args=(--port "$PORT") ;;
 esac
 taskset -c 0 heaptrack -o "$profile" "$SERVER_BIN" "${args[@]}" >"$OUT/$name.log" 2>&1 &
@@ -40,6 +40,7 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 pid=$(pgrep -f "^$SERVER_BIN" | head -1)
+[ -n "$pid" ] || { echo "heap_profile.sh: the server did not start:" >&2; cat "$OUT/$name.log" >&2; exit 1; }
 path_args=(--stats-path "$stats")
 [ -n "$WS_PATH" ] && path_args+=(--path "$WS_PATH")
 taskset -c 1 "$LOADGEN" bench idle --url "ws://127.0.0.1:$PORT" "${path_args[@]}" -n "$N" \

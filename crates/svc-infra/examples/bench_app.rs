@@ -164,12 +164,17 @@ async fn main() -> std::io::Result<()> {
     };
     let manager = builder.build();
     let app = app(manager.clone());
+    let handshake_timeout = manager.config().handshake_timeout;
     let addr = SocketAddr::from(([127, 0, 0, 1], port()));
     // Ready for a reconnect storm: an accept queue of 4096 (tokio's `TcpListener::bind` asks
     // for 128) and a descriptor table grown now, not while the clients arrive.
     let listener = svc_infra::websocket::bind(addr).await?;
     eprintln!("bench_app listening on ws://{}", listener.local_addr()?);
-    axum::serve(listener, app)
+    // The library's `serve` rather than `axum::serve`: a handshake timeout, and the upgraded
+    // connection is the TCP stream itself (through `axum::serve` it is hyper-util's wrapper
+    // of it, which costs every connection 160 bytes more: docs/benchmarks.md).
+    svc_infra::websocket::serve(listener, app)
+        .handshake_timeout(handshake_timeout)
         .with_graceful_shutdown(async move {
             let _ = tokio::signal::ctrl_c().await;
             manager

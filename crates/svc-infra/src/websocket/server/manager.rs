@@ -5,12 +5,13 @@
 
 use std::{
     borrow::Cow,
+    collections::hash_map::Entry,
     fmt,
     sync::{
         Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use tokio::sync::Notify;
@@ -27,7 +28,7 @@ use super::{
     message::{IntoMessage, PreparedMessage},
     outbound::{Push, SlowConsumerPolicy},
     recovery::History,
-    registry::{Conn, Metadata, Registry, unix_ms},
+    registry::{Conn, Metadata, Registry, UserConns, unix_ms},
     socket::WebSocket,
     stats::{Counters, ManagerStats},
 };
@@ -345,13 +346,14 @@ impl ConnectionManager {
             span.record("conn_id", id);
             span.record("user", user_id);
         }
+        let now = unix_ms();
         let conn = Arc::new(Conn {
             id,
             user_id: Arc::from(user_id),
             out: socket.outbound().clone(),
-            connected_at: SystemTime::now(),
-            last_activity: AtomicU64::new(unix_ms()),
-            metadata,
+            connected_at: now,
+            last_activity: AtomicU64::new(now),
+            metadata: (!metadata.is_empty()).then(|| Box::new(metadata)),
             registered: AtomicBool::new(true),
         });
         {
@@ -383,7 +385,12 @@ impl ConnectionManager {
                     conn.user_id.clone()
                 }
             };
-            reg.users.entry(key).or_default().push(conn.clone());
+            match reg.users.entry(key) {
+                Entry::Occupied(mut conns) => conns.get_mut().push(conn.clone()),
+                Entry::Vacant(slot) => {
+                    slot.insert(UserConns::One(conn.clone()));
+                }
+            }
             reg.connections += 1;
             reg.snapshot = None;
         }
@@ -425,8 +432,7 @@ impl ConnectionManager {
         {
             let mut reg = self.write();
             if let Some(list) = reg.users.get_mut(&*conn.user_id) {
-                list.retain(|c| !Arc::ptr_eq(c, conn));
-                if list.is_empty() {
+                if list.remove(conn) {
                     reg.users.remove(&*conn.user_id);
                     self.inner
                         .cluster
@@ -489,7 +495,7 @@ impl ConnectionManager {
     /// Closes every connection of `user_id` (code 1000) and removes them; the user leaves
     /// all rooms. Returns how many connections were closed.
     pub async fn disconnect_user(&self, user_id: &str) -> usize {
-        let conns = self.read().users.get(user_id).cloned().unwrap_or_default();
+        let conns = self.read().user_connections(user_id);
         let mut n = 0;
         for conn in &conns {
             conn.out.kill(1000, "disconnected");

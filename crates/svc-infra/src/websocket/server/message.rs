@@ -325,7 +325,7 @@ mod tests {
             client_max_window_bits: 15,
         });
         Outbound::new(
-            Box::new(tokio::io::sink()),
+            super::super::io::Writer::boxed(tokio::io::sink()),
             false,
             &WebSocketConfig::default(),
             SlowConsumerPolicy::Disconnect,

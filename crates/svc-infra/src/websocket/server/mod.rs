@@ -11,6 +11,7 @@ mod flush;
 pub mod history;
 mod hooks;
 mod integration;
+mod io;
 mod keepalive;
 mod listener;
 mod manager;

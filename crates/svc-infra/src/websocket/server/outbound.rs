@@ -23,13 +23,12 @@ use tokio::io::AsyncWrite;
 use super::{
     clock::{now_ms, now_us},
     flush::Deferred,
+    io::Writer,
 };
 use crate::websocket::{
     Compression, WebSocketConfig, protocol,
     protocol::deflate::{DeflateParams, Deflater},
 };
-
-pub(crate) type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// At most this many queued frames go into one vectored write.
 const MAX_IOVECS: usize = 64;
@@ -88,7 +87,7 @@ pub(crate) struct Outbound {
 }
 
 pub(super) struct OutState {
-    writer: Option<BoxWrite>,
+    writer: Option<Writer>,
     queue: VecDeque<Bytes>,
     /// The reading task, woken for a kill, or when the flusher is done (closing waits).
     waker: Option<Waker>,
@@ -133,7 +132,7 @@ impl std::fmt::Debug for OutState {
 impl Outbound {
     /// `buffered`: the writer keeps bytes until flushed (see [`OutState`]).
     pub(crate) fn new(
-        writer: BoxWrite,
+        writer: Writer,
         buffered: bool,
         config: &WebSocketConfig,
         policy: SlowConsumerPolicy,
@@ -735,7 +734,7 @@ mod tests {
             ..WebSocketConfig::default()
         };
         Arc::new(Outbound::new(
-            Box::new(pipe.clone()),
+            Writer::boxed(pipe.clone()),
             false,
             &config,
             policy,
@@ -810,7 +809,7 @@ mod tests {
         let config = WebSocketConfig::default();
         let policy = SlowConsumerPolicy::Disconnect;
         let out = Arc::new(Outbound::new(
-            Box::new(held),
+            Writer::boxed(held),
             true,
             &config,
             policy,
@@ -851,7 +850,7 @@ mod tests {
             ..Pipe::default()
         };
         let out = Arc::new(Outbound::new(
-            Box::new(pipe.clone()),
+            Writer::boxed(pipe.clone()),
             false,
             &config,
             SlowConsumerPolicy::DropOldest,

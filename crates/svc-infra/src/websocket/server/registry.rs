@@ -18,14 +18,18 @@ pub type Metadata = HashMap<String, serde_json::Value>;
 
 /// One registered connection, shared by the registry and its
 /// [`Connection`](super::Connection) handle.
+///
+/// Every idle connection holds one, so it is kept to what it needs: times as milliseconds,
+/// metadata boxed (and absent when empty).
 pub(super) struct Conn {
     pub(super) id: u64,
     pub(super) user_id: Arc<str>,
     pub(super) out: Arc<Outbound>,
-    pub(super) connected_at: SystemTime,
+    /// Milliseconds since the Unix epoch when the connection was registered.
+    pub(super) connected_at: u64,
     /// Milliseconds since the Unix epoch of the last message sent or received.
     pub(super) last_activity: AtomicU64,
-    pub(super) metadata: Metadata,
+    pub(super) metadata: Option<Box<Metadata>>,
     /// Still in the registry: cleared by the one removal that counts.
     pub(super) registered: AtomicBool,
 }
@@ -35,10 +39,10 @@ impl Conn {
         ConnectionInfo {
             user_id: self.user_id.to_string(),
             connection_id: self.id.to_string(),
-            connected_at: self.connected_at,
+            connected_at: UNIX_EPOCH + Duration::from_millis(self.connected_at),
             last_activity: UNIX_EPOCH
                 + Duration::from_millis(self.last_activity.load(Ordering::Relaxed)),
-            metadata: self.metadata.clone(),
+            metadata: self.metadata.as_deref().cloned().unwrap_or_default(),
         }
     }
 
@@ -61,12 +65,71 @@ pub(super) fn unix_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// A user's connections on this node, in connection order. Almost every user has one, held
+/// inline; a second one moves them to a `Vec`.
+#[derive(Clone)]
+pub(super) enum UserConns {
+    One(Arc<Conn>),
+    Many(Vec<Arc<Conn>>),
+}
+
+impl UserConns {
+    pub(super) fn as_slice(&self) -> &[Arc<Conn>] {
+        match self {
+            Self::One(conn) => std::slice::from_ref(conn),
+            Self::Many(conns) => conns,
+        }
+    }
+
+    pub(super) fn iter(&self) -> std::slice::Iter<'_, Arc<Conn>> {
+        self.as_slice().iter()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub(super) fn push(&mut self, conn: Arc<Conn>) {
+        match self {
+            Self::One(first) => *self = Self::Many(vec![first.clone(), conn]),
+            Self::Many(conns) => conns.push(conn),
+        }
+    }
+
+    /// Takes `conn` out; `true` when none are left.
+    pub(super) fn remove(&mut self, conn: &Arc<Conn>) -> bool {
+        match self {
+            Self::One(only) => Arc::ptr_eq(only, conn),
+            Self::Many(conns) => {
+                conns.retain(|c| !Arc::ptr_eq(c, conn));
+                match conns.len() {
+                    0 => true,
+                    1 => {
+                        *self = Self::One(conns[0].clone());
+                        false
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a UserConns {
+    type Item = &'a Arc<Conn>;
+    type IntoIter = std::slice::Iter<'a, Arc<Conn>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
 /// Who is connected to this node and which rooms they are in. Lives behind the manager's
 /// `RwLock`; every method here is synchronous and short.
 #[derive(Default)]
 pub(super) struct Registry {
     /// user → their connections, in connection order.
-    pub(super) users: HashMap<Arc<str>, Vec<Arc<Conn>>>,
+    pub(super) users: HashMap<Arc<str>, UserConns>,
     /// room → its members (users).
     pub(super) rooms: HashMap<Arc<str>, HashSet<Arc<str>>>,
     /// user → the rooms they are in (the reverse index, so leaving all rooms is cheap).
@@ -117,7 +180,10 @@ impl Registry {
 
     /// The connections of `user` (empty if none).
     pub(super) fn user_connections(&self, user: &str) -> Vec<Arc<Conn>> {
-        self.users.get(user).cloned().unwrap_or_default()
+        self.users
+            .get(user)
+            .map(|c| c.as_slice().to_vec())
+            .unwrap_or_default()
     }
 
     /// The connections of every member of `room`, skipping `exclude`'s.

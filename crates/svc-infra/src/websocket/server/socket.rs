@@ -18,7 +18,8 @@ use super::{
     budget::ReadBudget,
     clock::clock_origin,
     flush::Deferred,
-    outbound::{BoxWrite, Outbound, Push, SlowConsumerPolicy},
+    io::{Reader, Writer},
+    outbound::{Outbound, Push, SlowConsumerPolicy},
 };
 use crate::websocket::protocol::{
     self, OP_PONG,
@@ -26,8 +27,6 @@ use crate::websocket::protocol::{
     parser::{Event, FrameParser, Violation},
 };
 use crate::websocket::{WebSocketConfig, WebSocketError, WebSocketMessage};
-
-pub(crate) type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 
 /// Stack buffer for one read; nothing is kept between reads unless a read ends mid-event.
 const READ_CHUNK: usize = 8 * 1024;
@@ -60,8 +59,16 @@ enum Phase {
 /// how. Most applications hand the socket to
 /// [`ConnectionManager::connect`](crate::websocket::ConnectionManager::connect) instead of
 /// using it directly.
+///
+/// The handle is one pointer: futures that hold it (a handler's, for the life of the
+/// connection) stay small, and a socket moved from one future into another is not copied.
 pub struct WebSocket {
-    reader: BoxRead,
+    s: Box<State>,
+}
+
+/// What a [`WebSocket`] holds, behind its one pointer.
+struct State {
+    reader: Reader,
     /// Bytes read but not parsed yet (only when a read ended mid-event).
     leftover: Bytes,
     parser: FrameParser,
@@ -85,9 +92,9 @@ pub struct WebSocket {
 impl std::fmt::Debug for WebSocket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebSocket")
-            .field("phase", &self.phase)
-            .field("protocol", &self.out.protocol)
-            .field("cold", &self.cold)
+            .field("phase", &self.s.phase)
+            .field("protocol", &self.s.out.protocol)
+            .field("cold", &self.s.cold)
             .finish_non_exhaustive()
     }
 }
@@ -97,15 +104,15 @@ impl WebSocket {
     /// the last argument is what the handshake agreed on: the subprotocol and
     /// permessage-deflate.
     pub(crate) fn new(
-        reader: BoxRead,
-        writer: BoxWrite,
+        reader: Reader,
+        writer: Writer,
         buffered: bool,
         already_read: Bytes,
         config: &WebSocketConfig,
         policy: SlowConsumerPolicy,
         (protocol, deflate): (Option<String>, Option<DeflateParams>),
     ) -> Self {
-        Self {
+        let s = Box::new(State {
             reader,
             leftover: already_read,
             parser: FrameParser::new(config.max_message_size, deflate),
@@ -120,37 +127,38 @@ impl WebSocket {
             throttled: false,
             cold: None,
             lingering: false,
-        }
+        });
+        Self { s }
     }
 
     fn cold(&mut self) -> &mut Cold {
-        self.cold.get_or_insert_with(Box::default)
+        self.s.cold.get_or_insert_with(Box::default)
     }
 
     pub(crate) fn outbound(&self) -> &Arc<Outbound> {
-        &self.out
+        &self.s.out
     }
 
     /// The subprotocol selected in the handshake, if any.
     pub fn protocol(&self) -> Option<&str> {
-        self.out.protocol.as_deref()
+        self.s.out.protocol.as_deref()
     }
 
     /// The close code and reason once the connection is closed: as received from the peer,
     /// as we sent it, or `(1006, "")` when the peer vanished without a close frame.
     pub fn close_code(&self) -> Option<(u16, &str)> {
-        let closed_with = self.cold.as_ref()?.closed_with.as_ref()?;
+        let closed_with = self.s.cold.as_ref()?.closed_with.as_ref()?;
         Some((closed_with.0, closed_with.1.as_str()))
     }
 
     /// Whether the connection is open (no close started on either side).
     pub fn is_open(&self) -> bool {
-        self.phase == Phase::Open && !self.out.is_closing()
+        self.s.phase == Phase::Open && !self.s.out.is_closing()
     }
 
     /// Round trip of the last answered keepalive ping.
     pub fn latency(&self) -> Option<Duration> {
-        match self.out.latency_us.load(Ordering::Relaxed) {
+        match self.s.out.latency_us.load(Ordering::Relaxed) {
             0 => None,
             us => Some(Duration::from_micros(us)),
         }
@@ -187,10 +195,10 @@ impl WebSocket {
     }
 
     fn encode(&self, message: WebSocketMessage) -> Result<Bytes, WebSocketError> {
-        if message.len() > self.out.max_message_size {
+        if message.len() > self.s.out.max_message_size {
             return Err(WebSocketError::MessageTooLarge {
                 size: message.len(),
-                limit: self.out.max_message_size,
+                limit: self.s.out.max_message_size,
             });
         }
         let opcode = if message.is_text() {
@@ -200,6 +208,7 @@ impl WebSocket {
         };
         let payload = message.as_bytes();
         let deflated = self
+            .s
             .out
             .deflate_for(|| payload.len())
             .and_then(|bits| deflate::deflate_frame(opcode, payload, bits));
@@ -209,14 +218,14 @@ impl WebSocket {
     /// Hands a frame to the connection, waiting for room in the queue (see [`reply`](Self::reply)).
     pub(crate) async fn reply_frame(&mut self, frame: Bytes) -> Result<bool, WebSocketError> {
         let mut frame = Some(frame);
-        let pushed = std::future::poll_fn(|cx| self.out.poll_push_waiting(cx, &mut frame)).await;
+        let pushed = std::future::poll_fn(|cx| self.s.out.poll_push_waiting(cx, &mut frame)).await;
         self.pushed(pushed)
     }
 
     /// Hands a frame to the connection; `Ok(false)` when the slow-consumer policy dropped
     /// a message (this one, or an older one under `DropOldest`).
     pub(crate) fn send_frame(&self, frame: Bytes) -> Result<bool, WebSocketError> {
-        self.pushed(self.out.push(frame))
+        self.pushed(self.s.out.push(frame))
     }
 
     fn pushed(&self, pushed: Push) -> Result<bool, WebSocketError> {
@@ -234,28 +243,28 @@ impl WebSocket {
     /// Closes the connection: sends the close frame, waits (up to `close_timeout`) for the
     /// peer's, then closes the socket. Messages still arriving meanwhile are discarded.
     pub async fn close(&mut self, code: u16, reason: &str) {
-        if self.phase == Phase::Open {
+        if self.s.phase == Phase::Open {
             self.start_close(code, reason);
         }
         while self.recv().await.is_some() {}
     }
 
     fn start_close(&mut self, code: u16, reason: &str) {
-        self.out.queue_close(code, reason);
-        let timeout = self.out.close_timeout;
+        self.s.out.queue_close(code, reason);
+        let timeout = self.s.out.close_timeout;
         let cold = self.cold();
         if cold.closed_with.is_none() {
             cold.closed_with = Some((code, reason.to_owned()));
         }
         cold.close_deadline = Some(Box::pin(tokio::time::sleep(timeout)));
-        self.phase = Phase::Closing;
+        self.s.phase = Phase::Closing;
     }
 
     fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         loop {
             let mut buf = ReadBuf::uninit(&mut chunk);
-            match Pin::new(&mut self.reader).poll_read(cx, &mut buf) {
+            match Pin::new(&mut self.s.reader).poll_read(cx, &mut buf) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
                 Poll::Ready(_) => return Poll::Ready(()),
@@ -264,7 +273,7 @@ impl WebSocket {
     }
 
     fn fail(&mut self, violation: Violation) {
-        let limit = self.out.max_message_size;
+        let limit = self.s.out.max_message_size;
         self.cold().pending_error = Some(match violation.code {
             1009 => WebSocketError::MessageTooLarge {
                 size: limit + 1,
@@ -273,15 +282,15 @@ impl WebSocket {
             _ => WebSocketError::Protocol(violation.reason.to_owned()),
         });
         self.start_close(violation.code, violation.reason);
-        self.leftover = Bytes::new();
-        self.draining = true;
+        self.s.leftover = Bytes::new();
+        self.s.draining = true;
     }
 
     fn finish(&mut self) -> Poll<Option<Result<WebSocketMessage, WebSocketError>>> {
-        self.phase = Phase::Closed;
-        self.leftover = Bytes::new();
-        self.reader = Box::new(tokio::io::empty());
-        self.out.release();
+        self.s.phase = Phase::Closed;
+        self.s.leftover = Bytes::new();
+        self.s.reader = Reader::empty();
+        self.s.out.release();
         let cold = self.cold();
         cold.close_deadline = None;
         if cold.closed_with.is_none() {
@@ -297,13 +306,13 @@ impl WebSocket {
         loop {
             // An error that started a close is reported at once; later calls finish the
             // close (or `Drop` does, in the background).
-            if let Some(e) = self.cold.as_mut().and_then(|c| c.pending_error.take()) {
+            if let Some(e) = self.s.cold.as_mut().and_then(|c| c.pending_error.take()) {
                 return Poll::Ready(Some(Err(e)));
             }
-            match self.phase {
+            match self.s.phase {
                 Phase::Closed => return Poll::Ready(None),
                 Phase::Open => {
-                    if let Some((code, reason)) = self.out.take_kill() {
+                    if let Some((code, reason)) = self.s.out.take_kill() {
                         if code == 1013 {
                             self.cold().pending_error =
                                 Some(WebSocketError::closed(1013, reason.clone()));
@@ -314,6 +323,7 @@ impl WebSocket {
                 }
                 Phase::Closing => {
                     let expired = self
+                        .s
                         .cold
                         .as_mut()
                         .and_then(|c| c.close_deadline.as_mut())
@@ -324,19 +334,19 @@ impl WebSocket {
                 }
             }
 
-            if self.out.register_reader(cx.waker()) {
+            if self.s.out.register_reader(cx.waker()) {
                 return self.finish(); // the write side failed: the peer is gone
             }
 
-            if self.peer_closed || self.draining {
+            if self.s.peer_closed || self.s.draining {
                 // The server closes TCP first (RFC 6455 §7.1.1): FIN once everything is out.
-                if !self.fin_sent {
-                    if self.out.poll_shutdown(cx).is_pending() {
+                if !self.s.fin_sent {
+                    if self.s.out.poll_shutdown(cx).is_pending() {
                         return Poll::Pending;
                     }
-                    self.fin_sent = true;
+                    self.s.fin_sent = true;
                 }
-                if self.peer_closed {
+                if self.s.peer_closed {
                     return self.finish();
                 }
                 // After a protocol violation the input is garbage: discard it until the
@@ -348,25 +358,25 @@ impl WebSocket {
             }
 
             // Over the read budget: read nothing until it allows the next frame.
-            if self.throttled {
-                if self.phase == Phase::Open {
-                    let throttle = self.cold.as_mut().and_then(|c| c.throttle.as_mut());
+            if self.s.throttled {
+                if self.s.phase == Phase::Open {
+                    let throttle = self.s.cold.as_mut().and_then(|c| c.throttle.as_mut());
                     if throttle.is_some_and(|t| t.as_mut().poll(cx).is_pending()) {
                         return Poll::Pending;
                     }
                 }
-                self.throttled = false;
+                self.s.throttled = false;
             }
 
             // Parse what was read before, then read more.
-            let event = if !self.leftover.is_empty() {
-                match self.parser.feed(&self.leftover) {
+            let event = if !self.s.leftover.is_empty() {
+                match self.s.parser.feed(&self.s.leftover) {
                     Ok((n, ev)) => {
-                        self.leftover.advance(n);
+                        self.s.leftover.advance(n);
                         ev
                     }
                     Err(v) => {
-                        self.leftover = Bytes::new();
+                        self.s.leftover = Bytes::new();
                         self.fail(v);
                         continue;
                     }
@@ -396,14 +406,15 @@ impl WebSocket {
     /// are answered here (pong, the close echo); anything else is dropped.
     fn on_event(&mut self, event: Event) -> Option<WebSocketMessage> {
         let now = clock_origin().elapsed();
-        self.out
+        self.s
+            .out
             .last_seen
             .store(now.as_millis() as u64 + 1, Ordering::Relaxed);
-        if let Some(resume_ns) = self.budget.charge(now.as_nanos() as u64) {
+        if let Some(resume_ns) = self.s.budget.charge(now.as_nanos() as u64) {
             self.pause_reading(resume_ns);
         }
         match event {
-            Event::Text(bytes) if self.phase == Phase::Open => {
+            Event::Text(bytes) if self.s.phase == Phase::Open => {
                 match WebSocketMessage::text_from_bytes(bytes) {
                     Ok(m) => return Some(m.received_now()),
                     Err(_) => self.fail(Violation {
@@ -412,33 +423,33 @@ impl WebSocket {
                     }),
                 }
             }
-            Event::Binary(bytes) if self.phase == Phase::Open => {
+            Event::Binary(bytes) if self.s.phase == Phase::Open => {
                 return Some(WebSocketMessage::binary(bytes).received_now());
             }
             Event::Text(_) | Event::Binary(_) => {} // closing: discard
             Event::Ping(payload) => {
-                if self.phase == Phase::Open {
-                    self.out.push_control(
+                if self.s.phase == Phase::Open {
+                    self.s.out.push_control(
                         protocol::encode_frame(OP_PONG, &payload),
                         &mut Deferred::default(),
                     );
                 }
             }
-            Event::Pong(_) => self.out.pong_received(),
+            Event::Pong(_) => self.s.out.pong_received(),
             Event::Close(frame) => {
-                if self.phase == Phase::Open {
+                if self.s.phase == Phase::Open {
                     // Echo the peer's code (RFC 6455 §5.5.1).
                     match &frame {
-                        Some((code, _)) => self.out.queue_close(*code, ""),
-                        None => self.out.queue_close_empty(),
+                        Some((code, _)) => self.s.out.queue_close(*code, ""),
+                        None => self.s.out.queue_close_empty(),
                     }
-                    let timeout = self.out.close_timeout;
+                    let timeout = self.s.out.close_timeout;
                     let cold = self.cold();
                     cold.closed_with = Some(frame.unwrap_or((1005, String::new())));
                     cold.close_deadline = Some(Box::pin(tokio::time::sleep(timeout)));
-                    self.phase = Phase::Closing;
+                    self.s.phase = Phase::Closing;
                 }
-                self.peer_closed = true;
+                self.s.peer_closed = true;
             }
         }
         None
@@ -454,7 +465,7 @@ impl WebSocket {
             Some(sleep) => sleep.as_mut().reset(deadline),
             slot => *slot = Some(Box::pin(tokio::time::sleep_until(deadline))),
         }
-        self.throttled = true;
+        self.s.throttled = true;
         metrics::counter!("svc_ws_read_pauses_total").increment(1);
     }
 
@@ -462,7 +473,7 @@ impl WebSocket {
         let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         loop {
             let mut buf = ReadBuf::uninit(&mut chunk);
-            match Pin::new(&mut self.reader).poll_read(cx, &mut buf) {
+            match Pin::new(&mut self.s.reader).poll_read(cx, &mut buf) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(_)) => return Poll::Ready(Err(ReadError::Io)),
                 Poll::Ready(Ok(())) => {}
@@ -474,13 +485,14 @@ impl WebSocket {
             let mut pos = 0;
             while pos < data.len() {
                 let (n, event) = self
+                    .s
                     .parser
                     .feed(&data[pos..])
                     .map_err(ReadError::Violation)?;
                 pos += n;
                 if let Some(event) = event {
                     if pos < data.len() {
-                        self.leftover = Bytes::copy_from_slice(&data[pos..]);
+                        self.s.leftover = Bytes::copy_from_slice(&data[pos..]);
                     }
                     return Poll::Ready(Ok(Some(event)));
                 }
@@ -500,36 +512,38 @@ impl Drop for WebSocket {
     /// none was sent) goes out and the closing handshake finishes in the background,
     /// bounded by `close_timeout`. Without a runtime the socket is just released.
     fn drop(&mut self) {
-        if self.phase == Phase::Closed {
+        if self.s.phase == Phase::Closed {
             return;
         }
-        if self.lingering {
+        if self.s.lingering {
             // Already the background close, being dropped (runtime shutting down).
-            self.out.release();
+            self.s.out.release();
             return;
         }
-        if self.phase == Phase::Open {
+        if self.s.phase == Phase::Open {
             self.start_close(1000, "");
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.out.release();
+            self.s.out.release();
             return;
         };
         let mut rest = WebSocket {
-            reader: std::mem::replace(&mut self.reader, Box::new(tokio::io::empty())),
-            leftover: std::mem::take(&mut self.leftover),
-            parser: std::mem::replace(&mut self.parser, FrameParser::new(0, None)),
-            out: self.out.clone(),
-            phase: self.phase,
-            peer_closed: self.peer_closed,
-            budget: self.budget,
-            draining: self.draining,
-            fin_sent: self.fin_sent,
-            throttled: false,
-            cold: self.cold.take(),
-            lingering: true,
+            s: Box::new(State {
+                reader: std::mem::replace(&mut self.s.reader, Reader::empty()),
+                leftover: std::mem::take(&mut self.s.leftover),
+                parser: std::mem::replace(&mut self.s.parser, FrameParser::new(0, None)),
+                out: self.s.out.clone(),
+                phase: self.s.phase,
+                peer_closed: self.s.peer_closed,
+                budget: self.s.budget,
+                draining: self.s.draining,
+                fin_sent: self.s.fin_sent,
+                throttled: false,
+                cold: self.s.cold.take(),
+                lingering: true,
+            }),
         };
-        self.phase = Phase::Closed;
+        self.s.phase = Phase::Closed;
         runtime.spawn(async move { while rest.recv().await.is_some() {} });
     }
 }

@@ -15,9 +15,10 @@ use tokio::net::TcpStream;
 use tracing::{Instrument as _, field};
 
 use super::{
+    io::{Reader, Writer},
     manager::{ConnectionManager, Refused},
-    outbound::{BoxWrite, SlowConsumerPolicy},
-    socket::{BoxRead, WebSocket},
+    outbound::SlowConsumerPolicy,
+    socket::WebSocket,
 };
 use crate::websocket::{
     Compression, WebSocketConfig,
@@ -267,7 +268,7 @@ impl WsUpgrade {
 /// flushed after writes (`buffered`: a TLS stream keeps the records the socket did not take
 /// until it is flushed), as a TCP stream need not be. Bytes the client sent after its
 /// request come back as the last element for TCP; `Upgraded` replays them itself otherwise.
-fn split_upgraded(upgraded: hyper::upgrade::Upgraded) -> (BoxRead, BoxWrite, bool, Bytes) {
+fn split_upgraded(upgraded: hyper::upgrade::Upgraded) -> (Reader, Writer, bool, Bytes) {
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             let tcp = parts.io.into_inner();
@@ -280,11 +281,11 @@ fn split_upgraded(upgraded: hyper::upgrade::Upgraded) -> (BoxRead, BoxWrite, boo
             } else {
                 Bytes::copy_from_slice(&parts.read_buf)
             };
-            (Box::new(r), Box::new(w), false, early)
+            (Reader::Tcp(r), Writer::Tcp(w), false, early)
         }
         Err(upgraded) => {
             let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-            (Box::new(r), Box::new(w), true, Bytes::new())
+            (Reader::boxed(r), Writer::boxed(w), true, Bytes::new())
         }
     }
 }
