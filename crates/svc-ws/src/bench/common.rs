@@ -212,7 +212,9 @@ impl Target {
         let response = timeout(self.io_timeout, exchange)
             .await
             .map_err(|_| anyhow!("GET {} timed out", self.stats_path))?
-            .with_context(|| format!("GET http://{}:{}{}", self.host, self.port, self.stats_path))?;
+            .with_context(|| {
+                format!("GET http://{}:{}{}", self.host, self.port, self.stats_path)
+            })?;
         let status_ok =
             response.starts_with(b"HTTP/1.1 200") || response.starts_with(b"HTTP/1.0 200");
         let body = body_object(&response).ok_or_else(|| {
@@ -223,7 +225,11 @@ impl Target {
             )
         })?;
         if !status_ok {
-            bail!("GET {}: {}", self.stats_path, String::from_utf8_lossy(&response));
+            bail!(
+                "GET {}: {}",
+                self.stats_path,
+                String::from_utf8_lossy(&response)
+            );
         }
         let value: serde_json::Value = serde_json::from_slice(body).context("the stats body")?;
         value

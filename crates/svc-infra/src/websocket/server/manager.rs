@@ -431,23 +431,23 @@ impl ConnectionManager {
         }
         {
             let mut reg = self.write();
-            if let Some(list) = reg.users.get_mut(&*conn.user_id) {
-                if list.remove(conn) {
-                    reg.users.remove(&*conn.user_id);
-                    self.inner
-                        .cluster
-                        .interest(|| Topic::User(conn.user_id.to_string()), false);
-                    let left = reg.leave_all_rooms(&conn.user_id);
-                    self.unsubscribe_emptied(&left);
-                    self.inner.cluster.announce(reg.connections - 1, || {
-                        let mut changes = vec![PresenceChange::Offline(conn.user_id.to_string())];
-                        changes.extend(left.iter().map(|(room, _)| PresenceChange::Left {
-                            user: conn.user_id.to_string(),
-                            room: room.to_string(),
-                        }));
-                        changes
-                    });
-                }
+            if let Some(list) = reg.users.get_mut(&*conn.user_id)
+                && list.remove(conn)
+            {
+                reg.users.remove(&*conn.user_id);
+                self.inner
+                    .cluster
+                    .interest(|| Topic::User(conn.user_id.to_string()), false);
+                let left = reg.leave_all_rooms(&conn.user_id);
+                self.unsubscribe_emptied(&left);
+                self.inner.cluster.announce(reg.connections - 1, || {
+                    let mut changes = vec![PresenceChange::Offline(conn.user_id.to_string())];
+                    changes.extend(left.iter().map(|(room, _)| PresenceChange::Left {
+                        user: conn.user_id.to_string(),
+                        room: room.to_string(),
+                    }));
+                    changes
+                });
             }
             reg.connections -= 1;
             reg.snapshot = None;
