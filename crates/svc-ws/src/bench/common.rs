@@ -549,6 +549,7 @@ mod tests {
             connect_rate: 0,
             client_read_buffer: 4096,
             json: false,
+            stats_path: "/stats".to_owned(),
         };
         let target = Target::from_args(&args).expect("valid url");
         assert_eq!((target.host.as_str(), target.port), ("127.0.0.1", 4567));
