@@ -49,7 +49,15 @@ async fn ws(ws: WsUpgrade, Path(user_id): Path<String>, WsManager(manager): WsMa
         let Ok(mut conn) = manager.connect(&user_id, socket).await else {
             return;
         };
-        while let Some(Ok(message)) = conn.recv().await {
+        // `loop` + `match` rather than `while let Some(Ok(message)) = conn.recv().await`:
+        // a `while let` keeps `recv`'s whole result (message or error) alive through the
+        // loop's body, and with it across the `broadcast` await, in the task's future, which
+        // every idle connection holds (docs/benchmarks.md, "A lighter connection").
+        loop {
+            let message = match conn.recv().await {
+                Some(Ok(message)) => message,
+                _ => break,
+            };
             let Some(text) = message.as_text() else {
                 continue;
             };
