@@ -2,7 +2,8 @@
 # Runs the three `svc-ws bench` workloads of docs/benchmarks.md against one server.
 #
 # Usage: scripts/bench.sh SERVER [SERVER ARGS...]
-#   SERVER: plain_axum | bench_app | uws
+#   SERVER: plain_axum | bench_app | uws | gateway (the `svc-ws serve` gateway: idle only,
+#           anonymous users on /ws?user=bench-idle-{i}, its /ws/stats)
 #   e.g.    scripts/bench.sh plain_axum
 #           scripts/bench.sh plain_axum --read-buffer-size 4096
 #           WORKLOADS="fanout" scripts/bench.sh uws
@@ -97,7 +98,13 @@ if [ -z "${LOADGEN_BIN:-}" ]; then
 fi
 LOADGEN=${LOADGEN_BIN:-$TARGET/release/svc-ws}
 SERVER_ENV=()
+STATS_PATH=/stats
 case "$SERVER" in
+    gateway)
+        SERVER_CMD=("${SERVER_BIN:-$LOADGEN}" serve --host 127.0.0.1 --port "$PORT")
+        STATS_PATH=/ws/stats
+        IDLE_ARGS="--path /ws?user=bench-idle-{i} ${IDLE_ARGS:-}"
+        ;;
     plain_axum)
         if [ -z "${SERVER_BIN:-}" ]; then
             cargo build --release -p svc-ws --example plain_axum
@@ -144,7 +151,7 @@ start_server() {
         >"$OUT/$LABEL-server.log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 100); do
-        if curl -fsS "http://127.0.0.1:$PORT/stats" >/dev/null 2>&1; then
+        if curl -fsS "http://127.0.0.1:$PORT$STATS_PATH" >/dev/null 2>&1; then
             return 0
         fi
         kill -0 "$SERVER_PID" 2>/dev/null || break
@@ -163,7 +170,7 @@ loadgen() {
     local status=0
     ${SETSID[@]+"${SETSID[@]}"} bash -c "$LAUNCH" _ "$NOFILE" "$NICE" \
         ${PRIO[@]+"${PRIO[@]}"} taskset -c "$CLIENT_CPU" "$LOADGEN" bench "$workload" \
-        --url "ws://127.0.0.1:$PORT" --json "$@" | tee "$log" || status=$?
+        --url "ws://127.0.0.1:$PORT" --stats-path "$STATS_PATH" --json "$@" | tee "$log" || status=$?
     tail -n 1 "$log" >"$OUT/$LABEL-$workload.json"
     return "$status"
 }

@@ -49,6 +49,8 @@ async fn ws(ws: WsUpgrade, Path(user_id): Path<String>, WsManager(manager): WsMa
         let Ok(mut conn) = manager.connect(&user_id, socket).await else {
             return;
         };
+        // The manager keeps the id (`conn.user_id()`): this copy need not live as long.
+        drop(user_id);
         // `loop` + `match` rather than `while let Some(Ok(message)) = conn.recv().await`:
         // a `while let` keeps `recv`'s whole result (message or error) alive through the
         // loop's body, and with it across the `broadcast` await, in the task's future, which

@@ -7,7 +7,7 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::time::Instant;
+use std::{pin::Pin, time::Instant};
 
 use super::{
     Gateway,
@@ -16,7 +16,7 @@ use super::{
 use crate::{
     auth::OptionalWsIdentity,
     websocket::{
-        Connection, PreparedMessage, PublishOptions, StreamPosition, WebSocketError,
+        Connection, PreparedMessage, PublishOptions, StreamPosition, WebSocket, WebSocketError,
         WebSocketMessage, WsUpgrade,
     },
 };
@@ -58,19 +58,13 @@ pub(super) async fn ws(
         }
     };
     let can_broadcast = scopes.iter().any(|s| *s == gw.inner.broadcast_scope);
-    ws.for_user(user.clone())
-        .on_upgrade(move |socket| async move {
-            let Ok(conn) = gw.inner.manager.connect(&user, socket).await else {
-                return;
-            };
-            Session {
-                gw,
-                user,
-                can_broadcast,
-            }
-            .run(conn)
-            .await;
-        })
+    let session = Session {
+        gw,
+        user: user.clone(),
+        can_broadcast,
+    };
+    ws.for_user(user)
+        .on_upgrade(move |socket| session.run(socket))
         .into_response()
 }
 
@@ -159,28 +153,48 @@ impl Session {
     /// connection's queue (`Connection::reply`), so a client that sends faster than it reads
     /// is slowed down by TCP rather than disconnected; a client over the request rate gets
     /// `error` answers, and one far over it is closed with 1008.
-    async fn run(self, mut conn: Connection) {
-        // The user's own stream (rooms with history): joined at once, from its current
-        // position; a client that reconnects re-joins it with `since`, like any room.
-        let own = user_stream(&self.user);
-        if self.gw.inner.manager.keeps_history(&own)
-            && let Err(e) = Box::pin(conn.join_room_from(&own, None, |_| None)).await
-        {
-            tracing::debug!(user = %self.user, error = %e, "the user's stream was not joined");
+    ///
+    /// This future is the connection's task for its whole life, idle or not, so it holds
+    /// only what every connection needs between requests: the session, the connection, the
+    /// rate limiter and the message being handled. The rest (joining the user's stream,
+    /// handling a request, closing) runs boxed, and the loop is a `loop` + `match` because a
+    /// `while let` would keep `recv`'s whole result alive across the request's await.
+    async fn run(self, socket: WebSocket) {
+        let Ok(mut conn) = self.gw.inner.manager.connect(&self.user, socket).await else {
+            return;
+        };
+        if let Some(join) = self.join_own_stream(&mut conn) {
+            join.await;
         }
-        let rate = self.gw.inner.rate;
-        let mut limiter = Limiter::new(rate, Instant::now());
-        while let Some(received) = conn.recv().await {
-            let Ok(message) = received else { break };
-            let verdict = limiter.check(rate, Instant::now());
-            // Boxed: the handling of a request (a join with recovery, a publish through the
-            // history store, its answer) held inline would make every connection's task
-            // larger, idle ones included; one allocation per request is cheaper.
-            if !Box::pin(self.serve(&mut conn, &message, verdict)).await {
+        let mut limiter = Limiter::new(self.gw.inner.rate, Instant::now());
+        loop {
+            let message = match conn.recv().await {
+                Some(Ok(message)) => message,
+                _ => break,
+            };
+            let verdict = limiter.check(self.gw.inner.rate, Instant::now());
+            if !Box::pin(self.serve(&mut conn, message, verdict)).await {
                 Box::pin(conn.close(1008, "rate limit exceeded")).await;
                 return;
             }
         }
+    }
+
+    /// The user's own stream (rooms with history) is joined at once, from its current
+    /// position; a client that reconnects re-joins it with `since`, like any room.
+    fn join_own_stream<'a>(
+        &'a self,
+        conn: &'a mut Connection,
+    ) -> Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>> {
+        let own = user_stream(&self.user);
+        if !self.gw.inner.manager.keeps_history(&own) {
+            return None;
+        }
+        Some(Box::pin(async move {
+            if let Err(e) = conn.join_room_from(&own, None, |_| None).await {
+                tracing::debug!(user = %self.user, error = %e, "the user's stream was not joined");
+            }
+        }))
     }
 
     /// Handles one request and answers it; `false` when the connection must be closed for
@@ -188,9 +202,10 @@ impl Session {
     async fn serve(
         &self,
         conn: &mut Connection,
-        message: &WebSocketMessage,
+        message: WebSocketMessage,
         verdict: Verdict,
     ) -> bool {
+        let message = &message;
         let rate = self.gw.inner.rate;
         let reply = match verdict {
             Verdict::Allow => self.handle(message, Some(&mut *conn)).await,

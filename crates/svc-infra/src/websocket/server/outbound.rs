@@ -65,10 +65,13 @@ pub(crate) enum Push {
 #[derive(Debug)]
 pub(crate) struct Outbound {
     state: Mutex<OutState>,
-    max_queue: usize,
+    /// `max_queue_size` (u32: every connection holds this struct; more frames than that
+    /// are not queued on one connection).
+    max_queue: u32,
     policy: SlowConsumerPolicy,
     pub(crate) max_message_size: usize,
-    pub(super) close_timeout: Duration,
+    /// `close_timeout` in milliseconds ([`close_timeout`](Self::close_timeout)).
+    close_timeout_ms: u32,
     /// The subprotocol selected in the handshake.
     pub(super) protocol: Option<Box<str>>,
     /// permessage-deflate without context takeover: the window the peer accepts from us
@@ -113,7 +116,8 @@ pub(super) struct OutState {
     /// A close frame went into the queue; nothing else may follow it.
     close_queued: bool,
     /// Set by others (manager disconnect, keepalive, overflow, shutdown): close with this.
-    kill: Option<(u16, Cow<'static, str>)>,
+    /// Boxed: rare, and every connection's state holds the slot.
+    kill: Option<Box<(u16, Cow<'static, str>)>>,
     /// The write side failed; the connection is dead.
     pub(super) broken: bool,
 }
@@ -173,10 +177,10 @@ impl Outbound {
                 kill: None,
                 broken: false,
             }),
-            max_queue: config.max_queue_size,
+            max_queue: u32::try_from(config.max_queue_size).unwrap_or(u32::MAX),
             policy,
             max_message_size: config.max_message_size,
-            close_timeout: config.close_timeout,
+            close_timeout_ms: u32::try_from(config.close_timeout.as_millis()).unwrap_or(u32::MAX),
             protocol: protocol.map(String::into_boxed_str),
             deflate_bits,
             compress_min: min,
@@ -221,7 +225,7 @@ impl Outbound {
                 Err(()) => Push::Closed,
             };
         }
-        if st.queue.len() >= self.max_queue {
+        if st.queue.len() >= self.max_queue as usize {
             match self.policy {
                 SlowConsumerPolicy::DropNewest => return Push::Dropped,
                 SlowConsumerPolicy::DropOldest => {
@@ -238,7 +242,7 @@ impl Outbound {
                     return Push::Dropped;
                 }
                 SlowConsumerPolicy::Disconnect => {
-                    st.kill = Some((1013, Cow::Borrowed("slow consumer")));
+                    st.kill = Some(Box::new((1013, Cow::Borrowed("slow consumer"))));
                     st.wake();
                     return Push::Overflow;
                 }
@@ -275,7 +279,7 @@ impl Outbound {
                 Push::Closed
             });
         }
-        if st.queue.len() >= self.max_queue {
+        if st.queue.len() >= self.max_queue as usize {
             *frame = Some(bytes);
             match &st.waker {
                 Some(w) if w.will_wake(cx.waker()) => {}
@@ -299,17 +303,22 @@ impl Outbound {
         if !st.flushing {
             return st.write_now(frame, self, deferred).is_ok();
         }
-        if st.queue.len() < self.max_queue {
+        if st.queue.len() < self.max_queue as usize {
             st.queue.push_back(frame);
         }
         true
+    }
+
+    /// How long closing may take (`close_timeout`).
+    pub(super) fn close_timeout(&self) -> Duration {
+        Duration::from_millis(u64::from(self.close_timeout_ms))
     }
 
     /// Asks the reading task to close the connection with `code`; the first request wins.
     pub(crate) fn kill(&self, code: u16, reason: impl Into<Cow<'static, str>>) {
         let mut st = self.lock();
         if st.kill.is_none() && !st.close_queued {
-            st.kill = Some((code, reason.into()));
+            st.kill = Some(Box::new((code, reason.into())));
         }
         st.wake();
     }
@@ -345,14 +354,14 @@ impl Outbound {
     pub(super) fn known_close(&self) -> Option<(u16, Cow<'static, str>)> {
         let st = self.lock();
         match &st.kill {
-            Some(kill) => Some(kill.clone()),
+            Some(kill) => Some((**kill).clone()),
             None if st.broken => Some((1006, Cow::Borrowed(""))),
             None => None,
         }
     }
 
     pub(super) fn take_kill(&self) -> Option<(u16, Cow<'static, str>)> {
-        self.lock().kill.take()
+        self.lock().kill.take().map(|kill| *kill)
     }
 
     /// Registers the reading task, so kills and the flusher's completion wake it.

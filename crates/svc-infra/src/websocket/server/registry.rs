@@ -66,11 +66,14 @@ pub(super) fn unix_us() -> u64 {
 }
 
 /// A user's connections on this node, in connection order. Almost every user has one, held
-/// inline; a second one moves them to a `Vec`.
+/// inline; a second one moves them to a boxed `Vec` (two words in the map's entry, not four).
 #[derive(Clone)]
 pub(super) enum UserConns {
     One(Arc<Conn>),
-    Many(Vec<Arc<Conn>>),
+    // Boxed on purpose: an entry of every user's holds this enum, and a plain `Vec` would make
+    // it two words larger for the few users with several connections.
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<Arc<Conn>>>),
 }
 
 impl UserConns {
@@ -91,7 +94,7 @@ impl UserConns {
 
     pub(super) fn push(&mut self, conn: Arc<Conn>) {
         match self {
-            Self::One(first) => *self = Self::Many(vec![first.clone(), conn]),
+            Self::One(first) => *self = Self::Many(Box::new(vec![first.clone(), conn])),
             Self::Many(conns) => conns.push(conn),
         }
     }

@@ -70,7 +70,7 @@ pub struct WebSocket {
 struct State {
     reader: Reader,
     /// Bytes read but not parsed yet (only when a read ended mid-event).
-    leftover: Bytes,
+    leftover: Option<Box<Bytes>>,
     parser: FrameParser,
     out: Arc<Outbound>,
     /// How fast the peer may send (`max_incoming_rate`).
@@ -114,7 +114,7 @@ impl WebSocket {
     ) -> Self {
         let s = Box::new(State {
             reader,
-            leftover: already_read,
+            leftover: (!already_read.is_empty()).then(|| Box::new(already_read)),
             parser: FrameParser::new(config.max_message_size, deflate),
             out: Arc::new(Outbound::new(
                 writer, buffered, config, policy, protocol, deflate,
@@ -251,7 +251,7 @@ impl WebSocket {
 
     fn start_close(&mut self, code: u16, reason: &str) {
         self.s.out.queue_close(code, reason);
-        let timeout = self.s.out.close_timeout;
+        let timeout = self.s.out.close_timeout();
         let cold = self.cold();
         if cold.closed_with.is_none() {
             cold.closed_with = Some((code, reason.to_owned()));
@@ -282,13 +282,13 @@ impl WebSocket {
             _ => WebSocketError::Protocol(violation.reason.to_owned()),
         });
         self.start_close(violation.code, violation.reason);
-        self.s.leftover = Bytes::new();
+        self.s.leftover = None;
         self.s.draining = true;
     }
 
     fn finish(&mut self) -> Poll<Option<Result<WebSocketMessage, WebSocketError>>> {
         self.s.phase = Phase::Closed;
-        self.s.leftover = Bytes::new();
+        self.s.leftover = None;
         self.s.reader = Reader::empty();
         self.s.out.release();
         let cold = self.cold();
@@ -369,14 +369,17 @@ impl WebSocket {
             }
 
             // Parse what was read before, then read more.
-            let event = if !self.s.leftover.is_empty() {
-                match self.s.parser.feed(&self.s.leftover) {
+            let event = if let Some(left) = self.s.leftover.as_mut() {
+                match self.s.parser.feed(left) {
                     Ok((n, ev)) => {
-                        self.s.leftover.advance(n);
+                        left.advance(n);
+                        if left.is_empty() {
+                            self.s.leftover = None;
+                        }
                         ev
                     }
                     Err(v) => {
-                        self.s.leftover = Bytes::new();
+                        self.s.leftover = None;
                         self.fail(v);
                         continue;
                     }
@@ -443,7 +446,7 @@ impl WebSocket {
                         Some((code, _)) => self.s.out.queue_close(*code, ""),
                         None => self.s.out.queue_close_empty(),
                     }
-                    let timeout = self.s.out.close_timeout;
+                    let timeout = self.s.out.close_timeout();
                     let cold = self.cold();
                     cold.closed_with = Some(frame.unwrap_or((1005, String::new())));
                     cold.close_deadline = Some(Box::pin(tokio::time::sleep(timeout)));
@@ -492,7 +495,7 @@ impl WebSocket {
                 pos += n;
                 if let Some(event) = event {
                     if pos < data.len() {
-                        self.s.leftover = Bytes::copy_from_slice(&data[pos..]);
+                        self.s.leftover = Some(Box::new(Bytes::copy_from_slice(&data[pos..])));
                     }
                     return Poll::Ready(Ok(Some(event)));
                 }
@@ -530,7 +533,7 @@ impl Drop for WebSocket {
         let mut rest = WebSocket {
             s: Box::new(State {
                 reader: std::mem::replace(&mut self.s.reader, Reader::empty()),
-                leftover: std::mem::take(&mut self.s.leftover),
+                leftover: self.s.leftover.take(),
                 parser: std::mem::replace(&mut self.s.parser, FrameParser::new(0, None)),
                 out: self.s.out.clone(),
                 phase: self.s.phase,
