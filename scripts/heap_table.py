@@ -22,7 +22,7 @@ RULES = [
     ("tokio socket registration (ScheduledIo)", r"add_source \(driver\.rs\)"),
     ("hyper: the upgraded stream (Box<dyn Io>, its Rewind)", r"(?=.*poll \(http1\.rs\))(?=.*new \(upgrade\.rs\))"),
     ("tokio::io::split (reader/writer halves' shared state)", r"split \(split\.rs\)"),
-    ("TcpStream::into_split (the halves' Arc<TcpStream>)", r"into_split \(stream\.rs\)|split_owned \(split_owned\.rs\)"),
+
     ("reader and writer boxes (Box<dyn AsyncRead/Write>)", r"split_upgraded \(upgrade\.rs\)"),
     ("socket: Outbound (send queue, writer, keepalive times)", r"(?=.*new \(socket\.rs\))(?=.*new \(sync\.rs\))"),
     ("socket: reading state (parser, reader, close state)", r"new \(socket\.rs\)"),

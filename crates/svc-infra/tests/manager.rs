@@ -790,3 +790,49 @@ async fn upgrades_from_origins_not_allowed_get_403() {
     let any = WebSocketConfig::from_vars([("WS_ALLOWED_ORIGINS", "*")]).unwrap();
     assert_eq!(any.allowed_origins, None);
 }
+
+/// A peer that neither reads nor closes holds nothing once shutdown gives up on it: the
+/// connection is released after the drain timeout and its handler's `recv` ends at once,
+/// instead of waiting for a FIN that never comes (the handler's task would live on).
+#[tokio::test]
+async fn shutdown_ends_the_handler_of_a_peer_that_never_closes() {
+    let manager = ConnectionManager::new(WebSocketConfig::default());
+    let ended = Arc::new(tokio::sync::Notify::new());
+    let app = {
+        let ended = ended.clone();
+        Router::new().route(
+            "/ws/{user}",
+            get(
+                move |ws: WsUpgrade, Path(user): Path<String>, WsManager(m): WsManager| {
+                    let ended = ended.clone();
+                    async move {
+                        ws.on_upgrade(move |socket| async move {
+                            let Ok(mut conn) = m.connect(&user, socket).await else {
+                                return;
+                            };
+                            while conn.recv().await.is_some() {}
+                            ended.notify_one();
+                        })
+                    }
+                },
+            ),
+        )
+    };
+    let addr = serve(add_websocket_manager_with(app, manager.clone())).await;
+    // Upgraded, then silent: it never reads, never answers the close, never closes.
+    let _mute = raw_upgrade(addr, "/ws/mute").await;
+    connected(&manager, 1).await;
+    let m = manager.clone();
+    within(
+        "shutdown",
+        m.shutdown(1001, "server shutting down", Duration::from_millis(200)),
+    )
+    .await;
+    assert_eq!(manager.connection_count(), 0);
+    // Well before the close timeout (10 s), which would end it otherwise.
+    let ended = tokio::time::timeout(Duration::from_secs(2), ended.notified()).await;
+    assert!(
+        ended.is_ok(),
+        "the handler's recv did not end after the release"
+    );
+}

@@ -45,6 +45,12 @@ impl Connection {
         &self.conn.user_id
     }
 
+    /// The user id as the registry holds it, for a caller that keeps it as long as the
+    /// connection (one copy per connection instead of two).
+    pub(crate) fn shared_user_id(&self) -> &Arc<str> {
+        &self.conn.user_id
+    }
+
     /// What the manager knows about this connection.
     pub fn info(&self) -> ConnectionInfo {
         self.conn.info()

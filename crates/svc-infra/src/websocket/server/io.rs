@@ -1,7 +1,8 @@
 //! The two halves of an upgraded connection: [`Reader`] for the socket's reading task,
-//! [`Writer`] inside its [`Outbound`](super::outbound::Outbound). A plain TCP connection's
-//! halves are held as they are (one pointer each, to the stream they share); anything else
-//! (TLS, a stream hyper wraps) is boxed.
+//! [`Writer`] inside its [`Outbound`]. A plain TCP connection's stream is held once, by the
+//! writer, and the reader reads it through the `Outbound` (whose lock it takes for the
+//! read): no shared allocation for the two halves, which every connection would pay for.
+//! Anything else (TLS, a stream hyper wraps) is split and boxed.
 
 use std::{
     io::{self, IoSlice},
@@ -11,18 +12,21 @@ use std::{
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::tcp::{OwnedReadHalf, OwnedWriteHalf},
+    net::TcpStream,
 };
+
+use super::outbound::Outbound;
 
 /// The reading half of a connection.
 pub(crate) enum Reader {
-    Tcp(OwnedReadHalf),
+    /// The TCP stream the connection's [`Writer::Tcp`] holds.
+    Tcp,
     Boxed(Box<dyn AsyncRead + Send + Unpin>),
 }
 
-/// The writing half of a connection.
+/// The writing half of a connection. Dropping it closes a TCP connection (both ways).
 pub(crate) enum Writer {
-    Tcp(OwnedWriteHalf),
+    Tcp(TcpStream),
     Boxed(Box<dyn AsyncWrite + Send + Unpin>),
 }
 
@@ -43,15 +47,32 @@ impl Writer {
     }
 }
 
-impl AsyncRead for Reader {
-    fn poll_read(
-        self: Pin<&mut Self>,
+impl Reader {
+    /// Reads into `buf`; `out` is the connection's sending side, whose writer holds a TCP
+    /// stream. Once the writer is released, reading a TCP stream finds the end of it.
+    pub(crate) fn poll_read(
+        &mut self,
+        out: &Outbound,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Tcp(r) => Pin::new(r).poll_read(cx, buf),
+        match self {
+            Self::Tcp => out.poll_read_tcp(cx, buf),
             Self::Boxed(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl Writer {
+    /// Reads the TCP stream this writer holds (nothing, at its end, for any other writer).
+    pub(crate) fn poll_read_tcp(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self {
+            Self::Tcp(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Self::Boxed(_) => Poll::Ready(Ok(())),
         }
     }
 }

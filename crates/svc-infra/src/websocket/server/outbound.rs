@@ -18,7 +18,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncWrite, ReadBuf};
 
 use super::{
     clock::{now_ms, now_us},
@@ -399,7 +399,21 @@ impl Outbound {
         }
     }
 
-    /// Drops the write half: the socket closes once the read half is gone too.
+    /// Reads the TCP stream the writer holds ([`Reader::Tcp`](super::io::Reader::Tcp));
+    /// at its end once the writer is released.
+    pub(super) fn poll_read_tcp(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.lock().writer.as_mut() {
+            Some(writer) => writer.poll_read_tcp(cx, buf),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    /// Drops the write half: a TCP connection closes (its reader then finds the end of the
+    /// stream); another stream closes once its read half is gone too.
     pub(crate) fn release(&self) {
         let mut st = self.lock();
         st.writer = None;
@@ -407,6 +421,11 @@ impl Outbound {
         st.context = None;
         st.broken = true;
         if let Some(w) = st.flusher.take() {
+            w.wake();
+        }
+        // A reader waiting on the TCP stream is not woken by its closing (tokio drops the
+        // stream's wakers): it learns of it here.
+        if let Some(w) = st.waker.take() {
             w.wake();
         }
     }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes};
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::ReadBuf;
 
 use super::{
     budget::ReadBudget,
@@ -264,7 +264,7 @@ impl WebSocket {
         let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         loop {
             let mut buf = ReadBuf::uninit(&mut chunk);
-            match Pin::new(&mut self.s.reader).poll_read(cx, &mut buf) {
+            match self.s.reader.poll_read(&self.s.out, cx, &mut buf) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
                 Poll::Ready(_) => return Poll::Ready(()),
@@ -476,7 +476,7 @@ impl WebSocket {
         let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         loop {
             let mut buf = ReadBuf::uninit(&mut chunk);
-            match Pin::new(&mut self.s.reader).poll_read(cx, &mut buf) {
+            match self.s.reader.poll_read(&self.s.out, cx, &mut buf) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(_)) => return Poll::Ready(Err(ReadError::Io)),
                 Poll::Ready(Ok(())) => {}

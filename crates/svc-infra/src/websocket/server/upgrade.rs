@@ -273,7 +273,7 @@ fn split_upgraded(upgraded: hyper::upgrade::Upgraded) -> (Reader, Writer, bool, 
         Ok(parts) => {
             let tcp = parts.io.into_inner();
             let _ = tcp.set_nodelay(true);
-            let (r, w) = tcp.into_split();
+
             // Bytes the client sent after its request: copied, so that they do not keep
             // hyper's whole read buffer alive for the life of the connection.
             let early = if parts.read_buf.is_empty() {
@@ -281,7 +281,7 @@ fn split_upgraded(upgraded: hyper::upgrade::Upgraded) -> (Reader, Writer, bool, 
             } else {
                 Bytes::copy_from_slice(&parts.read_buf)
             };
-            (Reader::Tcp(r), Writer::Tcp(w), false, early)
+            (Reader::Tcp, Writer::Tcp(tcp), false, early)
         }
         Err(upgraded) => {
             let (r, w) = tokio::io::split(TokioIo::new(upgraded));
