@@ -30,6 +30,8 @@ RULES = [
     ("registry: the user's connection list (Vec)", r"(?=.*register \(manager\.rs\))(?=.*grow_one)"),
     ("registry: user id (Arc<str>)", r"(?=.*register \(manager\.rs\))(?=.*from \(sync\.rs\))"),
     ("registry: Conn (id, user, times, metadata)", r"register \(manager\.rs\)"),
+    ("gateway: user id (Arc<str>, shared by the session and the registry)", r"(?=.*\{async_fn#0\} \(protocol\.rs\))(?=.*\(sync\.rs\))"),
+    ("metrics: histogram samples awaiting the next scrape (not per connection)", r"record \(recency\.rs\)"),
     ("registry: broadcast snapshot (Arc<[Arc<Conn>]>)", r"snapshot \(manager\.rs\)"),
     ("application: the user id string its handler keeps (Path<String>)", r"deserialize_string"),
 ]

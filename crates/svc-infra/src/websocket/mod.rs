@@ -60,6 +60,8 @@ pub use server::history::{self, HistoryConfig, HistoryLimits};
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub use server::metrics;
 #[cfg(feature = "server")]
+pub(crate) use server::now_us;
+#[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub use server::{
     ClusterNode, Connection, ConnectionHooks, ConnectionManager, IntoMessage, Json, LISTEN_BACKLOG,

@@ -45,12 +45,6 @@ impl Connection {
         &self.conn.user_id
     }
 
-    /// The user id as the registry holds it, for a caller that keeps it as long as the
-    /// connection (one copy per connection instead of two).
-    pub(crate) fn shared_user_id(&self) -> &Arc<str> {
-        &self.conn.user_id
-    }
-
     /// What the manager knows about this connection.
     pub fn info(&self) -> ConnectionInfo {
         self.conn.info()
@@ -89,19 +83,26 @@ impl Connection {
 
     /// Receives the next message; `None` once the connection is closed (it is then removed
     /// from the manager). See [`WebSocket::recv`].
-    pub async fn recv(&mut self) -> Option<Result<WebSocketMessage, WebSocketError>> {
-        let item = self.socket.recv().await;
-        match &item {
-            Some(Ok(message)) => {
-                self.conn.touch(unix_ms());
-                self.manager.inner.counters.received(message.len());
+    ///
+    /// The future is one pointer: a handler waits in it for most of its life, so it is part
+    /// of every idle connection's task.
+    pub fn recv(
+        &mut self,
+    ) -> impl Future<Output = Option<Result<WebSocketMessage, WebSocketError>>> + Send + '_ {
+        std::future::poll_fn(move |cx| {
+            let item = std::task::ready!(self.socket.poll_recv(cx));
+            match &item {
+                Some(Ok(message)) => {
+                    self.conn.touch(unix_ms());
+                    self.manager.inner.counters.received(message.len());
+                }
+                Some(Err(_)) | None => {
+                    let ended = Ended::here(self.socket.close_code());
+                    self.manager.remove(&self.conn, true, ended);
+                }
             }
-            Some(Err(_)) | None => {
-                let ended = Ended::here(self.socket.close_code());
-                self.manager.remove(&self.conn, true, ended);
-            }
-        }
-        item
+            std::task::Poll::Ready(item)
+        })
     }
 
     /// Sends a message to this connection only. Never waits: written now or queued. A full

@@ -314,6 +314,18 @@ impl ConnectionManager {
         socket: WebSocket,
         metadata: Metadata,
     ) -> impl Future<Output = Result<Connection, WebSocketError>> + Send + 'static {
+        self.connect_shared(Arc::from(user_id), socket, metadata)
+    }
+
+    /// [`connect_with_metadata`](Self::connect_with_metadata) with the user id already
+    /// shared: the registry keeps this `Arc`, so a caller that holds the id for the life of
+    /// the connection (the gateway's session) does not hold a second copy.
+    pub(crate) fn connect_shared(
+        &self,
+        user_id: Arc<str>,
+        socket: WebSocket,
+        metadata: Metadata,
+    ) -> impl Future<Output = Result<Connection, WebSocketError>> + Send + 'static {
         // Registration is synchronous; the rare slow paths (closing a refused socket,
         // running a hook) are boxed. The future lives inside every connection's task for
         // its whole life, so it is kept to a few words.
@@ -332,12 +344,13 @@ impl ConnectionManager {
 
     fn register(
         &self,
-        user_id: &str,
+        shared_id: Arc<str>,
         socket: WebSocket,
         metadata: Metadata,
     ) -> Result<Connection, (Box<WebSocket>, Refused)> {
         self.start_keepalive();
         self.start_sampler();
+        let user_id: &str = &shared_id;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         // The connection's span (`WsUpgrade` opens one, at debug) gets its id and user, so
         // every line written in its task names them.
@@ -349,7 +362,7 @@ impl ConnectionManager {
         let now = unix_ms();
         let conn = Arc::new(Conn {
             id,
-            user_id: Arc::from(user_id),
+            user_id: shared_id.clone(),
             out: socket.outbound().clone(),
             connected_at: now,
             last_activity: AtomicU64::new(now),

@@ -29,6 +29,8 @@ mod tls;
 mod upgrade;
 
 pub use builder::ManagerBuilder;
+/// Microseconds on the process's monotonic clock (for the gateway's rate limiter).
+pub(crate) use clock::now_us;
 pub use cluster::ClusterNode;
 pub use connection::Connection;
 pub use hooks::ConnectionHooks;

@@ -167,8 +167,12 @@ impl WebSocket {
     /// Receives the next message. `None` once the connection is closed. An `Err` reports
     /// why we closed it (message too large: 1009; invalid UTF-8: 1007; protocol
     /// violation: 1002; slow consumer: 1013); the close is already done when it is returned.
-    pub async fn recv(&mut self) -> Option<Result<WebSocketMessage, WebSocketError>> {
-        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    ///
+    /// The future is one pointer (a handler waits in it for most of its life).
+    pub fn recv(
+        &mut self,
+    ) -> impl Future<Output = Option<Result<WebSocketMessage, WebSocketError>>> + Send + '_ {
+        std::future::poll_fn(move |cx| self.poll_recv(cx))
     }
 
     /// Sends a message. Never waits for the socket: the frame is written now or queued; a
@@ -299,7 +303,7 @@ impl WebSocket {
         Poll::Ready(cold.pending_error.take().map(Err))
     }
 
-    fn poll_recv(
+    pub(super) fn poll_recv(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<WebSocketMessage, WebSocketError>>> {
