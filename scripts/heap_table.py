@@ -23,17 +23,18 @@ RULES = [
     ("hyper: the upgraded stream (Box<dyn Io>, its Rewind)", r"(?=.*poll \(http1\.rs\))(?=.*new \(upgrade\.rs\))"),
     ("tokio::io::split (reader/writer halves' shared state)", r"split \(split\.rs\)"),
 
+    ("TcpStream::into_split (the halves' shared Arc<TcpStream>)", r"into_split \(stream\.rs\)"),
     ("reader and writer boxes (Box<dyn AsyncRead/Write>)", r"split_upgraded \(upgrade\.rs\)"),
     ("socket: Outbound (send queue, writer, keepalive times)", r"(?=.*new \(socket\.rs\))(?=.*new \(sync\.rs\))"),
     ("socket: reading state (parser, reader, close state)", r"new \(socket\.rs\)"),
     ("registry: user → connections map", r"(?=.*register \(manager\.rs\))(?=.*reserve_rehash)"),
     ("registry: the user's connection list (Vec)", r"(?=.*register \(manager\.rs\))(?=.*grow_one)"),
-    ("registry: user id (Arc<str>)", r"(?=.*register \(manager\.rs\))(?=.*from \(sync\.rs\))"),
+    ("registry: user id (Arc<str>)", r"(?=.*(register|connect_with_metadata) \(manager\.rs\))(?=.*from \(sync\.rs\))"),
     ("registry: Conn (id, user, times, metadata)", r"register \(manager\.rs\)"),
     ("gateway: user id (Arc<str>, shared by the session and the registry)", r"(?=.*\{async_fn#0\} \(protocol\.rs\))(?=.*\(sync\.rs\))"),
     ("metrics: histogram samples awaiting the next scrape (not per connection)", r"record \(recency\.rs\)"),
     ("registry: broadcast snapshot (Arc<[Arc<Conn>]>)", r"snapshot \(manager\.rs\)"),
-    ("application: the user id string its handler keeps (Path<String>)", r"deserialize_string"),
+    ("application: the user id string its handler keeps (from the path or the query)", r"deserialize_string"),
 ]
 
 
