@@ -59,7 +59,7 @@ pub use server::history::{self, HistoryConfig, HistoryLimits};
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub use server::metrics;
-#[cfg(feature = "server")]
+#[cfg(feature = "gateway")]
 pub(crate) use server::now_us;
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]

@@ -30,6 +30,7 @@ mod upgrade;
 
 pub use builder::ManagerBuilder;
 /// Microseconds on the process's monotonic clock (for the gateway's rate limiter).
+#[cfg(feature = "gateway")]
 pub(crate) use clock::now_us;
 pub use cluster::ClusterNode;
 pub use connection::Connection;
