@@ -33,6 +33,7 @@ RULES = [
     ("registry: Conn (id, user, times, metadata)", r"register \(manager\.rs\)"),
     ("gateway: user id (Arc<str>, shared by the session and the registry)", r"(?=.*\{async_fn#0\} \(protocol\.rs\))(?=.*\(sync\.rs\))"),
     ("metrics: histogram samples awaiting the next scrape (not per connection)", r"record \(recency\.rs\)"),
+    ("registry: rooms (user → rooms map, room → members set)", r"(?=.*\{async_fn#0\} \(manager\.rs\))(?=.*(rustc_entry|insert \(set\.rs\)|insert \(map\.rs\)|from \(sync\.rs\)))"),
     ("registry: broadcast snapshot (Arc<[Arc<Conn>]>)", r"snapshot \(manager\.rs\)"),
     ("application: the user id string its handler keeps (from the path or the query)", r"deserialize_string"),
 ]

@@ -91,7 +91,14 @@ async fn ws_in_room(
             return;
         };
         manager.join_room(&user_id, room).await;
-        while let Some(Ok(message)) = conn.recv().await {
+        drop(user_id);
+        // As in `ws`: `loop` + `match`, and the publish (a history store's round trip)
+        // boxed, so that neither is part of every connection's task.
+        loop {
+            let message = match conn.recv().await {
+                Some(Ok(message)) => message,
+                _ => break,
+            };
             let Some(text) = message.as_text() else {
                 continue;
             };
@@ -102,7 +109,7 @@ async fn ws_in_room(
                 Some("echo") if conn.send(&message).is_err() => break,
                 Some("broadcast") => {
                     let options = PublishOptions::default().embed_position();
-                    let _ = manager.publish(room, &message, options).await;
+                    let _ = Box::pin(manager.publish(room, &message, options)).await;
                 }
                 _ => {}
             }

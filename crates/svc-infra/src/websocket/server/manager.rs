@@ -28,7 +28,7 @@ use super::{
     message::{IntoMessage, PreparedMessage},
     outbound::{Push, SlowConsumerPolicy},
     recovery::History,
-    registry::{Conn, Metadata, Registry, UserConns, unix_ms},
+    registry::{Conn, Metadata, Registry, UserConns, UserRooms, unix_ms},
     socket::WebSocket,
     stats::{Counters, ManagerStats},
 };
@@ -698,7 +698,14 @@ impl ConnectionManager {
     /// leaves every room when their last connection closes.
     pub async fn join_room(&self, user_id: &str, room: &str) {
         let mut reg = self.write();
-        let user: Arc<str> = Arc::from(user_id);
+        // The id the registry already holds for this user, if any: one copy per user.
+        let user: Arc<str> = match reg.users.get_key_value(user_id) {
+            Some((k, _)) => k.clone(),
+            None => match reg.memberships.get_key_value(user_id) {
+                Some((k, _)) => k.clone(),
+                None => Arc::from(user_id),
+            },
+        };
         let room_key: Arc<str> = match reg.rooms.get_key_value(room) {
             Some((k, _)) => k.clone(),
             None => {
@@ -713,7 +720,12 @@ impl ConnectionManager {
             .entry(room_key.clone())
             .or_default()
             .insert(user.clone());
-        reg.memberships.entry(user).or_default().insert(room_key);
+        match reg.memberships.entry(user) {
+            Entry::Occupied(mut rooms) => rooms.get_mut().insert(room_key),
+            Entry::Vacant(slot) => {
+                slot.insert(UserRooms::One(room_key));
+            }
+        }
         if joined {
             self.inner.cluster.announce(reg.connections, || {
                 vec![PresenceChange::Joined {
@@ -744,11 +756,10 @@ impl ConnectionManager {
                 });
             }
         }
-        if let Some(rooms) = reg.memberships.get_mut(user_id) {
-            rooms.remove(room);
-            if rooms.is_empty() {
-                reg.memberships.remove(user_id);
-            }
+        if let Some(rooms) = reg.memberships.get_mut(user_id)
+            && rooms.remove(room)
+        {
+            reg.memberships.remove(user_id);
         }
     }
 

@@ -127,6 +127,67 @@ impl<'a> IntoIterator for &'a UserConns {
     }
 }
 
+/// The rooms a user is in on this node. Most users are in one: held inline (no set of its
+/// own); a second moves them to a boxed set (two words in the map's entry).
+pub(super) enum UserRooms {
+    One(Arc<str>),
+    // Boxed on purpose, as `UserConns::Many`.
+    #[allow(clippy::box_collection)]
+    Many(Box<HashSet<Arc<str>>>),
+}
+
+impl UserRooms {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Self::One(_) => 1,
+            Self::Many(rooms) => rooms.len(),
+        }
+    }
+
+    pub(super) fn contains(&self, room: &str) -> bool {
+        match self {
+            Self::One(only) => &**only == room,
+            Self::Many(rooms) => rooms.contains(room),
+        }
+    }
+
+    /// Adds `room` (nothing if it is there already).
+    pub(super) fn insert(&mut self, room: Arc<str>) {
+        match self {
+            Self::One(only) if *only == room => {}
+            Self::One(only) => *self = Self::Many(Box::new(HashSet::from([only.clone(), room]))),
+            Self::Many(rooms) => {
+                rooms.insert(room);
+            }
+        }
+    }
+
+    /// Takes `room` out; `true` when none are left.
+    pub(super) fn remove(&mut self, room: &str) -> bool {
+        match self {
+            Self::One(only) => &**only == room,
+            Self::Many(rooms) => {
+                rooms.remove(room);
+                rooms.is_empty()
+            }
+        }
+    }
+
+    pub(super) fn iter(&self) -> Box<dyn Iterator<Item = &Arc<str>> + '_> {
+        match self {
+            Self::One(only) => Box::new(std::iter::once(only)),
+            Self::Many(rooms) => Box::new(rooms.iter()),
+        }
+    }
+
+    pub(super) fn into_vec(self) -> Vec<Arc<str>> {
+        match self {
+            Self::One(only) => vec![only],
+            Self::Many(rooms) => rooms.into_iter().collect(),
+        }
+    }
+}
+
 /// Who is connected to this node and which rooms they are in. Lives behind the manager's
 /// `RwLock`; every method here is synchronous and short.
 #[derive(Default)]
@@ -136,7 +197,7 @@ pub(super) struct Registry {
     /// room → its members (users).
     pub(super) rooms: HashMap<Arc<str>, HashSet<Arc<str>>>,
     /// user → the rooms they are in (the reverse index, so leaving all rooms is cheap).
-    pub(super) memberships: HashMap<Arc<str>, HashSet<Arc<str>>>,
+    pub(super) memberships: HashMap<Arc<str>, UserRooms>,
     pub(super) connections: usize,
     /// Every connection, rebuilt lazily after a change, so a broadcast costs one `Arc` clone.
     pub(super) snapshot: Option<Arc<[Arc<Conn>]>>,
@@ -148,7 +209,7 @@ impl Registry {
     pub(super) fn leave_all_rooms(&mut self, user: &str) -> Vec<(Arc<str>, bool)> {
         let mut left = Vec::new();
         if let Some(rooms) = self.memberships.remove(user) {
-            for room in rooms {
+            for room in rooms.into_vec() {
                 let mut emptied = false;
                 if let Some(members) = self.rooms.get_mut(&room) {
                     members.remove(user);
@@ -171,7 +232,7 @@ impl Registry {
             .map(|u| PresenceChange::Online(u.to_string()))
             .collect();
         for (user, rooms) in &self.memberships {
-            for room in rooms {
+            for room in rooms.iter() {
                 changes.push(PresenceChange::Joined {
                     user: user.to_string(),
                     room: room.to_string(),
