@@ -264,3 +264,34 @@ impl Registry {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_users_rooms_go_from_one_to_many_and_back_to_none() {
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let mut rooms = UserRooms::One(a.clone());
+        rooms.insert(a.clone());
+        assert!(matches!(rooms, UserRooms::One(_)), "joining twice is once");
+        rooms.insert(b.clone());
+        assert_eq!(
+            (rooms.len(), rooms.contains("a"), rooms.contains("b")),
+            (2, true, true)
+        );
+        assert!(!rooms.remove("c"), "not a member: nothing changes");
+        assert!(!rooms.remove("a"));
+        assert_eq!((rooms.len(), rooms.contains("a")), (1, false));
+        assert!(rooms.remove("b"), "the last room left");
+        let one = UserRooms::One(b.clone());
+        assert!(!one.contains("a"));
+        assert_eq!(one.into_vec(), vec![b]);
+    }
+
+    #[test]
+    fn a_map_entry_is_two_words_for_the_few_with_several() {
+        assert_eq!(size_of::<UserRooms>(), 2 * size_of::<usize>());
+        assert_eq!(size_of::<UserConns>(), 2 * size_of::<usize>());
+    }
+}
