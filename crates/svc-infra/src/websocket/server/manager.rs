@@ -28,11 +28,13 @@ use super::{
     message::{IntoMessage, PreparedMessage},
     outbound::{Push, SlowConsumerPolicy},
     recovery::History,
-    registry::{Conn, Metadata, Registry, UserConns, UserRooms, unix_ms},
+    registry::{Conn, Metadata, Registry, UserConns, unix_ms},
     socket::WebSocket,
     stats::{Counters, ManagerStats},
 };
 use crate::websocket::{ConnectionInfo, WebSocketConfig, WebSocketError};
+
+mod rooms;
 
 /// Why the manager turns a new connection away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -694,75 +696,6 @@ impl ConnectionManager {
         reached
     }
 
-    /// Adds `user_id` to `room` (idempotent). The user need not be connected yet; a user
-    /// leaves every room when their last connection closes.
-    pub async fn join_room(&self, user_id: &str, room: &str) {
-        let mut reg = self.write();
-        // The id the registry already holds for this user, if any: one copy per user.
-        let user: Arc<str> = match reg.users.get_key_value(user_id) {
-            Some((k, _)) => k.clone(),
-            None => match reg.memberships.get_key_value(user_id) {
-                Some((k, _)) => k.clone(),
-                None => Arc::from(user_id),
-            },
-        };
-        let room_key: Arc<str> = match reg.rooms.get_key_value(room) {
-            Some((k, _)) => k.clone(),
-            None => {
-                self.inner
-                    .cluster
-                    .interest(|| Topic::Room(room.to_owned()), true);
-                Arc::from(room)
-            }
-        };
-        let joined = reg
-            .rooms
-            .entry(room_key.clone())
-            .or_default()
-            .insert(user.clone());
-        match reg.memberships.entry(user) {
-            Entry::Occupied(mut rooms) => rooms.get_mut().insert(room_key),
-            Entry::Vacant(slot) => {
-                slot.insert(UserRooms::One(room_key));
-            }
-        }
-        if joined {
-            self.inner.cluster.announce(reg.connections, || {
-                vec![PresenceChange::Joined {
-                    user: user_id.to_owned(),
-                    room: room.to_owned(),
-                }]
-            });
-        }
-    }
-
-    /// Removes `user_id` from `room`; an empty room disappears.
-    pub async fn leave_room(&self, user_id: &str, room: &str) {
-        let mut reg = self.write();
-        if let Some(members) = reg.rooms.get_mut(room) {
-            let was_member = members.remove(user_id);
-            if members.is_empty() {
-                reg.rooms.remove(room);
-                self.inner
-                    .cluster
-                    .interest(|| Topic::Room(room.to_owned()), false);
-            }
-            if was_member {
-                self.inner.cluster.announce(reg.connections, || {
-                    vec![PresenceChange::Left {
-                        user: user_id.to_owned(),
-                        room: room.to_owned(),
-                    }]
-                });
-            }
-        }
-        if let Some(rooms) = reg.memberships.get_mut(user_id)
-            && rooms.remove(room)
-        {
-            reg.memberships.remove(user_id);
-        }
-    }
-
     /// What is known about each connection of `user_id` (empty if none).
     pub fn get_user_connections(&self, user_id: &str) -> Vec<ConnectionInfo> {
         self.read()
@@ -775,30 +708,6 @@ impl ConnectionManager {
     /// Whether `user_id` has at least one connection; with a backplane, on any node.
     pub fn is_user_connected(&self, user_id: &str) -> bool {
         self.read().users.contains_key(user_id) || self.inner.cluster.has_user(user_id)
-    }
-
-    /// How many rooms `user_id` is in on this node, and whether `room` is one of them.
-    #[cfg(feature = "gateway")]
-    pub(crate) fn rooms_of(&self, user_id: &str, room: &str) -> (usize, bool) {
-        self.read()
-            .memberships
-            .get(user_id)
-            .map_or((0, false), |rooms| (rooms.len(), rooms.contains(room)))
-    }
-
-    /// The members of `room` (empty for an unknown room), sorted; with a backplane, on
-    /// every node.
-    pub fn get_room_users(&self, room: &str) -> Vec<String> {
-        let mut users: Vec<String> = self
-            .read()
-            .rooms
-            .get(room)
-            .map(|m| m.iter().map(|u| u.to_string()).collect())
-            .unwrap_or_default();
-        self.inner.cluster.room_users(room, &mut users);
-        users.sort_unstable();
-        users.dedup();
-        users
     }
 
     /// The users with at least one connection, sorted; with a backplane, on every node.

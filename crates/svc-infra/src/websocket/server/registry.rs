@@ -137,6 +137,7 @@ pub(super) enum UserRooms {
 }
 
 impl UserRooms {
+    #[cfg(any(feature = "gateway", test))]
     pub(super) fn len(&self) -> usize {
         match self {
             Self::One(_) => 1,
@@ -144,6 +145,7 @@ impl UserRooms {
         }
     }
 
+    #[cfg(any(feature = "gateway", test))]
     pub(super) fn contains(&self, room: &str) -> bool {
         match self {
             Self::One(only) => &**only == room,
@@ -173,11 +175,12 @@ impl UserRooms {
         }
     }
 
-    pub(super) fn iter(&self) -> Box<dyn Iterator<Item = &Arc<str>> + '_> {
-        match self {
-            Self::One(only) => Box::new(std::iter::once(only)),
-            Self::Many(rooms) => Box::new(rooms.iter()),
-        }
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
+        let (one, many) = match self {
+            Self::One(only) => (Some(only), None),
+            Self::Many(rooms) => (None, Some(rooms.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
     }
 
     pub(super) fn into_vec(self) -> Vec<Arc<str>> {
